@@ -1,0 +1,3 @@
+"""minitron: prune and distill hybrid Mamba-Transformer (Nemotron-H) language models."""
+
+__version__ = "0.1.0"

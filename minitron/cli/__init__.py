@@ -1,0 +1,1 @@
+"""The `minitron` command line: one module per command, each thin (options -> library call -> rendering)."""

@@ -1,0 +1,57 @@
+"""`describe()`: the facts `minitron inspect` shows, as one plain dict (the `--json` document)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minitron.memory import Budget, estimate
+from minitron.models.checkpoint import open_checkpoint
+from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, MOE
+
+
+def describe(
+    path: str | Path,
+    *,
+    context_length: int = 131072,
+    batch_size: int = 1,
+    dtype: str = "bf16",
+    state_dtype: str | None = None,
+    budget: Budget | None = None,
+) -> dict:
+    ckpt = open_checkpoint(path)  # strict header check when weights are present
+    a = ckpt.arch
+    est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype)
+    doc = {
+        "path": str(ckpt.path),
+        "model_type": a.raw.get("model_type"),
+        "pattern": a.pattern,
+        "num_layers": a.num_layers,
+        "layers": {LAYER_TYPE_NAMES[c]: a.count(c) for c in (MAMBA, MLP, ATTENTION, MOE)},
+        "hidden_size": a.hidden_size,
+        "intermediate_size": a.intermediate_size,
+        "num_attention_heads": a.num_attention_heads,
+        "num_key_value_heads": a.num_key_value_heads,
+        "head_dim": a.head_dim,
+        "mamba_num_heads": a.mamba_num_heads,
+        "mamba_head_dim": a.mamba_head_dim,
+        "n_groups": a.n_groups,
+        "ssm_state_size": a.ssm_state_size,
+        "conv_kernel": a.conv_kernel,
+        "vocab_size": a.vocab_size,
+        "tie_word_embeddings": a.tie_word_embeddings,
+        "max_position_embeddings": a.max_position_embeddings,
+        "mamba_ssm_cache_dtype": a.mamba_ssm_cache_dtype,
+        "params": a.params(),
+        "units": a.unit_counts(),
+        "weights": {
+            "present": ckpt.has_weights,
+            "files": [f.name for f in ckpt.shard_files()] if ckpt.has_weights else [],
+            "tensors": len(ckpt.tensors),
+            "bytes": ckpt.weights_bytes,
+            "dtype": ckpt.dtype,
+        },
+        "memory": est.to_dict(),
+    }
+    if budget is not None:
+        doc["budget"] = budget.to_dict(est)
+    return doc

@@ -1,0 +1,127 @@
+"""Tiny random Nemotron-H models for tests, examples and benchmarks.
+
+`tiny_config()` is a 9-layer hybrid with every layer type (Mamba-2, MLP, attention with GQA, MoE),
+several Mamba groups, hidden size 64; `make_tiny_model_dir()` writes it as an ordinary Hugging Face
+directory (sharded safetensors + index, config, generation config and a byte-level BPE tokenizer
+trained offline on a built-in paragraph), which every command reads like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_PATTERN = "M-M*EM-*M"
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. A state space model keeps a running summary of the
+sequence it has read, while attention looks back at every token. Hybrid models mix both: most layers
+are Mamba layers, a few are attention layers, and feed-forward layers sit between them. Pruning removes
+the parts of a model that matter least; distillation teaches the smaller model to imitate the larger
+one. Numbers such as 0 1 2 3 4 5 6 7 8 9 10 100 1000 appear in text too, and so does punctuation:
+commas, colons; semicolons! question marks? (parentheses) [brackets] {braces} "quotes" 'apostrophes'.
+"""
+
+
+def tiny_config(**overrides) -> dict:
+    cfg = {
+        "architectures": ["NemotronHForCausalLM"],
+        "model_type": "nemotron_h",
+        "vocab_size": 384,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "mamba_num_heads": 8,
+        "mamba_head_dim": 12,
+        "n_groups": 2,
+        "ssm_state_size": 16,
+        "conv_kernel": 4,
+        "expand": 2,
+        "chunk_size": 16,
+        "use_conv_bias": True,
+        "mamba_hidden_act": "silu",
+        "mamba_proj_bias": False,
+        "mlp_hidden_act": "relu2",
+        "mlp_bias": False,
+        "use_bias": False,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "moe_shared_expert_intermediate_size": 48,
+        "n_shared_experts": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        "layer_norm_epsilon": 1e-5,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "mamba_ssm_cache_dtype": "float32",
+        "time_step_limit": [0.0, 1e30],
+        "hybrid_override_pattern": TINY_PATTERN,
+        "num_hidden_layers": len(TINY_PATTERN),
+        "torch_dtype": "float32",
+    }
+    cfg.update(overrides)
+    if "hybrid_override_pattern" in overrides:
+        cfg["num_hidden_layers"] = len(cfg["hybrid_override_pattern"])
+    return cfg
+
+
+def build_tokenizer(vocab_size: int = 384, corpus: str = _CORPUS):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained offline; ids 0/1/2 are <pad>/<s>/</s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([corpus] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=1 << 30
+    )
+
+
+def build_model(cfg: dict | None = None, seed: int = 0):
+    """A random `NemotronHForCausalLM` from a config dict (transformers' own class)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(cfg or tiny_config())
+    config = AutoConfig.for_model(**cfg)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Give the norms and Mamba scalars some spread so that no unit is trivially tied with another.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith(("mixer.D", "mixer.dt_bias")):
+                p.copy_(p + 0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def make_tiny_model_dir(path, cfg: dict | None = None, seed: int = 0, max_shard_size: str = "200KB", model=None):
+    """Write a tiny random Nemotron-H model as a Hugging Face directory (sharded safetensors); return its path."""
+    path = Path(path)
+    cfg = dict(cfg or tiny_config())
+    model = model if model is not None else build_model(cfg, seed=seed)
+    model.save_pretrained(path, max_shard_size=max_shard_size)
+    tokenizer = build_tokenizer(vocab_size=cfg["vocab_size"])
+    tokenizer.save_pretrained(path)
+    # Keep the config in the legacy spelling NVIDIA's checkpoints use (`hybrid_override_pattern`).
+    saved = json.loads((path / "config.json").read_text())
+    saved["hybrid_override_pattern"] = cfg["hybrid_override_pattern"]
+    (path / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    return path
