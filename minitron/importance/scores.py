@@ -1,0 +1,105 @@
+"""`Scores`: the importance of every prunable unit, as saved in `scores.safetensors`.
+
+Tensors (all finite, non-negative, larger = more important):
+
+    hidden          [hidden_size]
+    ffn             [n_mlp_layers, intermediate_size]        rows in layer order of the MLP layers
+    attention_heads [n_attention_layers, num_attention_heads]
+    kv_heads        [n_attention_layers, num_key_value_heads]
+    mamba_heads     [n_mamba_layers, mamba_num_heads]
+    mamba_head_dim  [n_mamba_layers, mamba_head_dim]
+    layers          [num_layers]                              for the chosen layer metric
+    layers_<metric> [num_layers]                              optional, other metrics
+
+`minitron.json` beside it records the model fingerprint the scores belong to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minitron.errors import InputError
+from minitron.models.architecture import Architecture
+from minitron.models.layers import ATTENTION, MAMBA, MLP
+
+SCORES_FILE = "scores.safetensors"
+WIDTH_AXES = ("hidden", "ffn", "attention_heads", "kv_heads", "mamba_heads", "mamba_head_dim")
+
+
+def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    return {
+        "hidden": (arch.hidden_size,),
+        "ffn": (arch.count(MLP), arch.intermediate_size if arch.count(MLP) else 0),
+        "attention_heads": (arch.count(ATTENTION), arch.num_attention_heads if arch.count(ATTENTION) else 0),
+        "kv_heads": (arch.count(ATTENTION), arch.num_key_value_heads if arch.count(ATTENTION) else 0),
+        "mamba_heads": (arch.count(MAMBA), arch.mamba_num_heads if arch.count(MAMBA) else 0),
+        "mamba_head_dim": (arch.count(MAMBA), arch.mamba_head_dim if arch.count(MAMBA) else 0),
+        "layers": (arch.num_layers,),
+    }
+
+
+@dataclass
+class Scores:
+    tensors: dict  # name -> torch.Tensor (float32, CPU)
+    metric: str = "kl"
+    fingerprint: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str):
+        return self.tensors[name]
+
+    def get(self, name: str, default=None):
+        return self.tensors.get(name, default)
+
+    def validate(self, arch: Architecture, *, flag: str = "--scores") -> None:
+        import torch
+
+        for name, shape in expected_shapes(arch).items():
+            if name not in self.tensors:
+                raise InputError(f"scores have no {name!r} tensor", flag=flag)
+            got = tuple(self.tensors[name].shape)
+            if got != shape:
+                raise InputError(
+                    f"scores tensor {name!r} has shape {list(got)} but the model needs {list(shape)} "
+                    "(scores of another model?)",
+                    flag=flag,
+                )
+        for name, t in self.tensors.items():
+            if not torch.isfinite(t).all() or (t < 0).any():
+                raise InputError(f"scores tensor {name!r} has negative or non-finite values", flag=flag)
+
+    def save(self, out_dir: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(out_dir) / SCORES_FILE
+        meta = {"metric": self.metric, "fingerprint": self.fingerprint or ""}
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in sorted(self.tensors.items())}, str(path),
+                  metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, flag: str = "--scores") -> Scores:
+        """From a scores directory (or the `scores.safetensors` file itself)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        p = Path(path)
+        f = p / SCORES_FILE if p.is_dir() else p
+        if not f.is_file():
+            raise InputError(f"no {SCORES_FILE} in {p}", flag=flag)
+        try:
+            tensors = load_file(str(f))
+            with safe_open(str(f), "pt") as h:
+                meta = h.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"{f}: cannot read scores ({e})", flag=flag) from None
+        prov = {}
+        if (f.parent / "minitron.json").is_file():
+            try:
+                prov = json.loads((f.parent / "minitron.json").read_text())
+            except json.JSONDecodeError:
+                prov = {}
+        fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov)
