@@ -223,7 +223,9 @@ class Architecture:
         h = self.hidden_size
         out = {c: 0 for c in COMPONENTS}
         out["embedding"] = self.vocab_size * h
-        out["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
+        # transformers' NemotronHForCausalLM declares no tied weights: lm_head is its own tensor even
+        # when the config says `tie_word_embeddings` (checked against the built model in the tests).
+        out["lm_head"] = self.vocab_size * h
         out["norm"] = h * (self.num_layers + 1)  # block pre-norms + final norm_f
         names = {MAMBA: "mamba", ATTENTION: "attention", MLP: "mlp", MOE: "moe"}
         for c in self.pattern:

@@ -46,8 +46,12 @@ def read_safetensors_header(path: Path) -> dict:
             if len(raw) < 8:
                 raise CheckpointError(f"{path.name}: truncated safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 100 * 2**20:
-                raise CheckpointError(f"{path.name}: corrupt safetensors header (length {n}, file {size} bytes)")
+            if n > 100 * 2**20:
+                raise CheckpointError(f"{path.name}: corrupt safetensors header (claims {n} bytes)")
+            if n > size - 8:
+                raise CheckpointError(
+                    f"{path.name}: truncated safetensors file (header of {n} bytes, file of {size} bytes)"
+                )
             header = json.loads(f.read(n))
     except OSError as e:
         raise CheckpointError(f"{path.name}: cannot read ({e.strerror})") from None
@@ -153,8 +157,6 @@ class Checkpoint:
             return
         expected = self.specs()
         found = {canonical_name(k): e for k, e in self.tensors.items()}
-        if self.arch.tie_word_embeddings:
-            found.pop("lm_head.weight", None)
         missing = sorted(set(expected) - set(found))
         unexpected = sorted(set(found) - set(expected))
         if missing:

@@ -140,7 +140,7 @@ def model_specs(arch: Architecture, layout: str = "checkpoint") -> dict[str, Ten
 
     `layout`: "checkpoint" (as stored in safetensors files) or "module" (the model's `state_dict()`);
     they differ only in how MoE experts are named.
-    `lm_head.weight` is absent when the embeddings are tied. The MoE router's
+    `lm_head.weight` is always there: transformers' `NemotronHForCausalLM` never ties it. The MoE router's
     `e_score_correction_bias` is a persistent buffer, not a parameter.
     """
     vocab, h = _fixed(arch.vocab_size), _one(HIDDEN, arch.hidden_size)
@@ -148,8 +148,7 @@ def model_specs(arch: Architecture, layout: str = "checkpoint") -> dict[str, Ten
     for i, c in enumerate(arch.pattern):
         specs += layer_specs(arch, i, c, layout)
     specs.append(TensorSpec("norm_f.weight", None, (h,)))
-    if not arch.tie_word_embeddings:
-        specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
+    specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
     return {s.name: s for s in specs}
 
 

@@ -1,0 +1,94 @@
+"""Memory model: the paper's figures, and the bytes transformers' own cache really holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REF_9B, REF_12B
+
+from minitron.errors import InputError
+from minitron.memory import GiB, estimate, make_budget, parse_size
+from minitron.models import Architecture
+from minitron.testing import build_model, tiny_config
+
+
+def test_nano2_9b_fits_a10g_at_128k():
+    arch = Architecture.from_path(REF_9B)
+    est = estimate(arch, context_length=131072, batch_size=1, dtype="bf16", state_dtype="bf16")
+    assert est.weights_bytes == 8_888_227_328 * 2
+    assert round(est.weights_bytes / GiB, 2) == 16.56
+    assert est.kv_cache_bytes == 4 * 2 * 8 * 128 * 131072 * 2
+    assert abs(est.total_bytes / GiB - 18.6) < 0.05
+    assert abs(est.mamba_state_bytes / GiB - 0.07) < 0.005
+    budget = make_budget(gpu="a10g", headroom=0.05, reserve_gib=1.3)
+    assert abs(budget.budget_bytes / GiB - 19.66) < 0.005
+    assert budget.fits(est)
+    # fp32 SSM state (the config's mamba_ssm_cache_dtype): about 0.13 GiB.
+    est32 = estimate(arch, context_length=131072, dtype="bf16")
+    assert est32.state_dtype == "fp32" and abs(est32.mamba_state_bytes / GiB - 0.13) < 0.01
+
+
+def test_nano2_12b_does_not_fit_a10g():
+    arch = Architecture.from_path(REF_12B)
+    est = estimate(arch, context_length=131072, dtype="bf16", state_dtype="bf16")
+    assert round(est.weights_bytes / GiB, 2) == 22.93
+    assert est.kv_cache_bytes == 6 * 2 * 8 * 128 * 131072 * 2  # 3.0 GiB
+    assert abs(est.total_bytes / GiB - 26.0) < 0.1
+    assert not make_budget(gpu="a10g", headroom=0.05, reserve_gib=1.3).fits(est)
+
+
+def _cache_bytes(cache) -> tuple[int, int]:
+    kv = state = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if torch.is_tensor(t):
+                kv += t.numel() * t.element_size()
+        for name in ("conv_states", "recurrent_states"):
+            for t in (getattr(layer, name, None) or {}).values():
+                state += t.numel() * t.element_size()
+    return kv, state
+
+
+@pytest.mark.parametrize(("dtype", "torch_dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_estimate_equals_transformers_cache_after_forward(dtype, torch_dtype):
+    cfg = tiny_config()
+    arch = Architecture.from_config(cfg)
+    model = build_model(cfg).to(torch_dtype)
+    batch, ctx = 3, 41
+    with torch.no_grad():
+        out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
+    kv, state = _cache_bytes(out.past_key_values)
+    est = estimate(arch, context_length=ctx, batch_size=batch, dtype=dtype)
+    assert est.kv_cache_bytes == kv
+    assert est.mamba_state_bytes == state
+    # The weight term against the model's real tensors.
+    assert est.weights_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_budgets_and_sizes():
+    assert parse_size("19.66GiB") == int(19.66 * GiB)
+    assert parse_size("20GB") == 20 * 10**9
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("21474836480") == 21474836480
+    assert make_budget(memory_budget="10GiB").budget_bytes == 10 * GiB
+    assert make_budget() is None
+    with pytest.raises(InputError, match="--gpu"):
+        make_budget(gpu="tpu-v9")
+    with pytest.raises(InputError, match="--headroom"):
+        make_budget(gpu="a10g", headroom=1.5)
+    with pytest.raises(InputError, match="--memory-budget"):
+        parse_size("lots")
+    with pytest.raises(InputError, match="not both"):
+        make_budget(gpu="a10g", memory_budget="1GiB")
+
+
+def test_state_dtype_override_and_errors():
+    arch = Architecture.from_config(tiny_config())
+    a = estimate(arch, context_length=10, state_dtype="bf16")
+    b = estimate(arch, context_length=10, state_dtype="fp32")
+    assert b.mamba_ssm_bytes == 2 * a.mamba_ssm_bytes
+    with pytest.raises(InputError, match="--state-dtype"):
+        estimate(arch, state_dtype="int3")
+    with pytest.raises(InputError, match="--batch-size"):
+        estimate(arch, batch_size=0)
