@@ -12,7 +12,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The reference configs of ../shared/reference (identical copies ship in minitron/assets/configs).
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+if not REFERENCE.is_dir():
+    REFERENCE = Path(__file__).resolve().parents[1] / "minitron" / "assets" / "configs"
 REF_12B = REFERENCE / "nemotron-nano-12b-v2-base"
 REF_9B = REFERENCE / "nemotron-nano-9b-v2"
 
