@@ -1,0 +1,204 @@
+"""Logit-distillation losses: forward KL, reverse KL and Jensen-Shannon, chunked over tokens.
+
+Notation, per token: teacher logits `t`, student logits `s` (both `[V]`), temperature `T`,
+p = softmax(t / T) (teacher), q = softmax(s / T) (student).
+
+    forward-kl   KL(p || q) = sum_v p_v (log p_v - log q_v)         (Minitron, Nemotron Nano 2)
+    reverse-kl   KL(q || p) = sum_v q_v (log q_v - log p_v)
+    jsd          0.5 KL(p || m) + 0.5 KL(q || m),  m = (p + q) / 2
+
+Each is multiplied by T^2 (Hinton et al.) so that gradient magnitudes do not shrink with T; at the
+default T = 1 this changes nothing. With `top_k`, both distributions are restricted to the teacher's
+k most likely tokens and renormalised there, so the three divergences stay proper divergences
+between two distributions over k outcomes.
+
+Two implementations of one maths:
+
+- `plain_divergence` / `plain_per_token` — the formulas written out on whole `[N, V]` tensors:
+  the readable reference, used in tests.
+- `distill_loss` / `per_token_divergence` — the same formulas applied to `chunk_size` tokens at a
+  time by a custom autograd function that computes the gradient of each chunk *during the forward*
+  (one small autograd call per chunk), keeps only that gradient for the backward and saves neither
+  the student's nor the teacher's logits. So at most one chunk of fp32 `[chunk, V]` temporaries is
+  alive at a time, and the caller may free both logit tensors as soon as the loss is computed.
+
+Masked tokens (padding, `mask == 0`) contribute nothing; a batch with no valid token gives a loss of
+0 that still back-propagates (a zero gradient).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("forward-kl", "reverse-kl", "jsd")
+DEFAULT_CHUNK = 1024
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        from minitron.errors import InputError
+
+        raise InputError(f"unknown loss {kind!r} (expected {', '.join(KINDS)})", flag="--loss")
+    return kind
+
+
+# ------------------------------------------------------------------ the formulas, on [n, V] rows
+def _log_probs(student: torch.Tensor, teacher: torch.Tensor, temperature: float, top_k: int | None):
+    """fp32 (log q, log p), both [n, K] with K = V, or k when restricted to the teacher's top-k."""
+    s = student.float() / temperature
+    t = teacher.float() / temperature
+    if top_k is not None and top_k < t.shape[-1]:
+        t, idx = t.topk(top_k, dim=-1)  # [n, k]
+        s = s.gather(-1, idx)  # [n, k]: the student's logits at the teacher's top-k tokens
+    return F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+
+
+def _divergence_rows(log_q: torch.Tensor, log_p: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-row divergence [n] from log-probabilities [n, K]."""
+    if kind == "forward-kl":
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    if kind == "reverse-kl":
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+    raise ValueError(kind)
+
+
+def _rows(student, teacher, kind, temperature, top_k):
+    log_q, log_p = _log_probs(student, teacher, temperature, top_k)
+    return _divergence_rows(log_q, log_p, kind) * (temperature**2)
+
+
+def _flatten(student_logits, teacher_logits, mask):
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher logits {tuple(teacher_logits.shape)}")
+    v = student_logits.shape[-1]
+    s = student_logits.reshape(-1, v)
+    t = teacher_logits.reshape(-1, v)
+    m = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if mask is None else mask.reshape(-1).bool()
+    if m.shape[0] != s.shape[0]:
+        raise ValueError(f"mask has {m.shape[0]} tokens, logits have {s.shape[0]}")
+    return s, t, m
+
+
+def _reduce(per_token: torch.Tensor, mask: torch.Tensor, reduction: str, shape) -> torch.Tensor:
+    if reduction == "none":
+        return per_token.reshape(shape)
+    if reduction == "sum":
+        return per_token.sum()
+    if reduction == "mean":
+        return per_token.sum() / mask.sum().clamp(min=1)
+    raise ValueError(f"reduction must be mean, sum or none, not {reduction!r}")
+
+
+# ------------------------------------------------------------------ reference
+def plain_per_token(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None):
+    """Reference: the divergence of every token, whole tensors at once; masked tokens are 0."""
+    check_kind(kind)
+    s, t, m = _flatten(student_logits, teacher_logits, mask)
+    return (_rows(s, t.detach(), kind, temperature, top_k) * m).reshape(student_logits.shape[:-1])
+
+
+def plain_divergence(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
+                     reduction="mean"):  # fmt: skip
+    """Reference: the loss on whole tensors (autograd keeps every [N, V] fp32 intermediate)."""
+    s, t, m = _flatten(student_logits, teacher_logits, mask)
+    per = plain_per_token(s, t, m, kind=kind, temperature=temperature, top_k=top_k)
+    return _reduce(per, m, reduction, student_logits.shape[:-1])
+
+
+# ------------------------------------------------------------------ chunked
+class _ChunkedDivergence(torch.autograd.Function):
+    """Per-token divergence [N] of [N, V] logits, `chunk` rows at a time.
+
+    Forward: for each chunk, the formula and (when the student needs a gradient) its gradient with
+    respect to the chunk's student logits, written into `grad` [N, V] (student dtype). Backward:
+    `grad * grad_output[:, None]` — exact, because token n's divergence depends on row n only.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, mask, kind, temperature, top_k, chunk):
+        n = student.shape[0]
+        out = torch.zeros(n, dtype=torch.float32, device=student.device)
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(student) if need_grad else None
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            m = mask[a:b]
+            if not bool(m.any()):
+                continue
+            s = student[a:b].detach()
+            if need_grad:
+                with torch.enable_grad():
+                    s = s.requires_grad_(True)
+                    rows = _rows(s, teacher[a:b], kind, temperature, top_k) * m
+                    (g,) = torch.autograd.grad(rows.sum(), s)
+                grad[a:b] = g
+                out[a:b] = rows.detach()
+            else:
+                out[a:b] = _rows(s, teacher[a:b], kind, temperature, top_k) * m
+        ctx.save_for_backward(grad if need_grad else torch.empty(0))
+        ctx.used = False
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if ctx.used:  # the gradient buffer is scaled in place: a second backward would be wrong
+            raise RuntimeError("the chunked distillation loss supports one backward pass (no retain_graph)")
+        ctx.used = True
+        grad.mul_(grad_out.to(grad.dtype)[:, None])
+        return grad, None, None, None, None, None, None
+
+
+def per_token_divergence(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
+                         chunk_size=DEFAULT_CHUNK):  # fmt: skip
+    """The divergence of every token, shape `student_logits.shape[:-1]`, fp32; masked tokens are 0.
+
+    Chunked over tokens; differentiable in `student_logits`; the teacher is never differentiated.
+    """
+    check_kind(kind)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    s, t, m = _flatten(student_logits, teacher_logits, mask)
+    per = _ChunkedDivergence.apply(s, t.detach(), m, kind, float(temperature), top_k, max(1, int(chunk_size)))
+    return per.reshape(student_logits.shape[:-1])
+
+
+def distill_loss(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
+                 reduction="mean", chunk_size=DEFAULT_CHUNK):  # fmt: skip
+    """The distillation loss (chunked). `reduction`: mean over valid tokens, sum, or none (per token).
+
+    `student_logits`, `teacher_logits`: [..., V] (any float dtype; maths in fp32); `mask`: [...],
+    1 for tokens that count. An all-masked batch gives 0 with a (zero) gradient.
+    """
+    s, t, m = _flatten(student_logits, teacher_logits, mask)
+    per = per_token_divergence(s, t, m, kind=kind, temperature=temperature, top_k=top_k, chunk_size=chunk_size)
+    return _reduce(per, m, reduction, student_logits.shape[:-1])
+
+
+def kl_divergence(student_logits, teacher_logits, mask=None, temperature=1.0, chunk_size=DEFAULT_CHUNK,
+                  reduction="mean"):  # fmt: skip
+    """KL(teacher || student) per token (`reduction="none"`) or its mean over valid tokens.
+
+    The figure "KL of a model to the teacher" used by training and evaluation. Stable API.
+    """
+    return distill_loss(student_logits, teacher_logits, mask, kind="forward-kl", temperature=temperature,
+                        reduction=reduction, chunk_size=chunk_size)  # fmt: skip
+
+
+def lm_loss(logits, input_ids, mask=None, *, reduction="mean"):
+    """Next-token cross-entropy of `logits` [B, L, V] on `input_ids` [B, L] (position l predicts l+1)."""
+    v = logits.shape[-1]
+    pred = logits[:, :-1].reshape(-1, v).float()
+    target = input_ids[:, 1:].reshape(-1)
+    per = F.cross_entropy(pred, target, reduction="none")
+    m = torch.ones_like(per, dtype=torch.bool) if mask is None else mask[:, 1:].reshape(-1).bool()
+    per = per * m
+    return _reduce(per, m, reduction, input_ids[:, 1:].shape)
