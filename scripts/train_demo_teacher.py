@@ -1,0 +1,326 @@
+"""Train the bundled demo teacher: a small Nemotron-H with its own byte-level BPE tokenizer.
+
+Reads the corpus written by `scripts/build_demo_corpus.py` (train.txt, heldout.txt), trains a
+tokenizer on train.txt, then a small hybrid `NemotronHForCausalLM` (transformers' own class, built
+from a config dict; the pure-PyTorch Mamba path on CPU) with plain next-token loss, AdamW and a
+cosine schedule with warm-up, bounded by `--minutes` of wall-clock time and `--max-steps`. The LR
+schedule is laid out over the step budget estimated from the speed of the first steps, so that a
+time-bounded run still ends its cosine decay. Writes an ordinary Hugging Face directory (safetensors,
+config, generation config, tokenizer) with a model card README.md and `training.json`.
+
+    python scripts/train_demo_teacher.py                       # ~25 minutes, 1 CPU thread
+    python scripts/train_demo_teacher.py --minutes 1 --out /tmp/teacher --probe   # speed probe
+
+Everything is seeded; with the same thread count and step count, the run is deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "minitron" / "assets" / "demo" / "corpus"
+DEFAULT_OUT = REPO / "minitron" / "assets" / "demo" / "teacher"
+SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
+
+
+def teacher_config(vocab_size: int, hidden: int, pattern: str, ffn: int, heads: int, kv_heads: int,
+                   mamba_heads: int, mamba_head_dim: int, groups: int, state: int, seq_len: int) -> dict:
+    """The config dict of the demo teacher (every layer type but MoE; GQA; several Mamba groups)."""
+    return {
+        "architectures": ["NemotronHForCausalLM"],
+        "model_type": "nemotron_h",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
+        "mamba_num_heads": mamba_heads,
+        "mamba_head_dim": mamba_head_dim,
+        "n_groups": groups,
+        "ssm_state_size": state,
+        "conv_kernel": 4,
+        "expand": 2,
+        "chunk_size": 64,
+        "use_conv_bias": True,
+        "mamba_hidden_act": "silu",
+        "mamba_proj_bias": False,
+        "mlp_hidden_act": "relu2",
+        "mlp_bias": False,
+        "use_bias": False,
+        "attention_bias": False,
+        "layer_norm_epsilon": 1e-5,
+        "residual_in_fp32": False,
+        "max_position_embeddings": max(1024, seq_len),
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "rescale_prenorm_residual": True,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "mamba_ssm_cache_dtype": "float32",
+        "time_step_limit": [0.0, 1e30],
+        "hybrid_override_pattern": pattern,
+        "num_hidden_layers": len(pattern),
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def train_tokenizer(text: str, vocab_size: int):
+    """Byte-level BPE (no unknown tokens) trained on `text`; a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   model_max_length=1 << 30)
+
+
+def token_blocks(tokenizer, text: str, seq_len: int):
+    """Tokenise `text` as one document (as `minitron.data` does for a .txt file) and cut [n, seq_len] blocks."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), len(ids)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `floor * peak` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def evaluate(model, blocks, batch: int) -> float:
+    """Mean next-token loss (nats) over all `blocks`."""
+    import torch
+
+    model.eval()
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, blocks.shape[0], batch):
+            x = blocks[i:i + batch]
+            logits = model(input_ids=x).logits[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                     reduction="sum")
+            tot += loss.item()
+            n += x[:, 1:].numel()
+    model.train()
+    return tot / n
+
+
+def sample(model, tokenizer, prompt: str, n: int = 60) -> str:
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=True, temperature=0.8, top_k=40,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget of the training loop")
+    ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--pattern", default="M-M*M-M*M-")
+    ap.add_argument("--ffn", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--mamba-heads", type=int, default=16)
+    ap.add_argument("--mamba-head-dim", type=int, default=16)
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--state", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--eval-blocks", type=int, default=64, help="held-out blocks for the validation loss")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the saved weights")
+    ap.add_argument("--probe", action="store_true", help="only measure tokens/s for --minutes; write nothing")
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    train_text = (args.corpus / "train.txt").read_text("utf-8")
+    heldout_text = (args.corpus / "heldout.txt").read_text("utf-8")
+    tokenizer = train_tokenizer(train_text, args.vocab)
+    train, n_train_tokens = token_blocks(tokenizer, train_text, args.seq_len + 1)
+    val, n_val_tokens = token_blocks(tokenizer, heldout_text, args.seq_len)
+    val = val[: args.eval_blocks]
+    print(f"tokenizer: vocab {len(tokenizer)}; train {n_train_tokens:,} tokens ({len(train_text.encode()) / n_train_tokens:.2f} "
+          f"bytes/token), {train.shape[0]} blocks; heldout {n_val_tokens:,} tokens, {val.shape[0]} eval blocks "
+          f"[{time.time() - t_start:.0f}s]", file=sys.stderr)
+
+    cfg = teacher_config(len(tokenizer), args.hidden, args.pattern, args.ffn, args.heads, args.kv_heads,
+                         args.mamba_heads, args.mamba_head_dim, args.groups, args.state, args.seq_len)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params:,} parameters, pattern {args.pattern}", file=sys.stderr)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    g = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(train.shape[0], generator=g)
+    budget_s = args.minutes * 60
+    total_steps = args.max_steps  # re-estimated from measured speed after the first steps
+    model.train()
+    t0 = time.time()
+    step, pos, epoch, ema = 0, 0, 0, None
+    history = []
+    while step < total_steps:
+        if pos + args.batch > len(order):
+            order, pos, epoch = torch.randperm(train.shape[0], generator=g), 0, epoch + 1
+        x = train[order[pos:pos + args.batch]]
+        pos += args.batch
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
+        logits = model(input_ids=x[:, :-1]).logits  # [B, T, V]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        elapsed = time.time() - t0
+        if step == 20:
+            # Lay the schedule out over the steps that fit the budget at the measured speed.
+            total_steps = min(args.max_steps, max(step + 1, int(budget_s / (elapsed / step))))
+            print(f"{elapsed / step:.2f}s/step, {args.batch * args.seq_len * step / elapsed:,.0f} tokens/s "
+                  f"-> {total_steps} steps in {args.minutes:g} min", file=sys.stderr)
+            if args.probe:
+                return
+        if step % 50 == 0 or step == total_steps:
+            history.append({"step": step, "train_loss_ema": round(ema, 4), "seconds": round(elapsed, 1)})
+            print(f"step {step}/{total_steps} loss {ema:.3f} lr {opt.param_groups[0]['lr']:.2e} "
+                  f"[{elapsed / 60:.1f} min]", file=sys.stderr)
+        if elapsed > budget_s * 1.05:
+            break
+    train_seconds = time.time() - t0
+    tokens_seen = step * args.batch * args.seq_len
+    val_loss = evaluate(model, val, args.batch)
+    tail = train[order[:args.eval_blocks]][:, :-1]
+    train_loss = evaluate(model, tail, args.batch)
+    print(f"done: {step} steps, {tokens_seen:,} tokens, {train_seconds / 60:.1f} min; "
+          f"train loss {train_loss:.3f}, val loss {val_loss:.3f} (uniform {math.log(len(tokenizer)):.3f})",
+          file=sys.stderr)
+
+    model.eval()
+    samples = {p: sample(model, tokenizer, p) for p in ["The list", "A dictionary is", "To open a file,"]}
+    for s in samples.values():
+        print("  >>", s.replace("\n", " "), file=sys.stderr)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True
+    model.to(getattr(torch, args.dtype)).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, temperature=0.8,
+                     top_k=40, max_new_tokens=64).save_pretrained(out)
+    command = "python scripts/train_demo_teacher.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    record = {
+        "command": command.strip(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "parameters": n_params,
+        "steps": step,
+        "epochs_started": epoch + 1,
+        "tokens_seen": tokens_seen,
+        "train_corpus_tokens": n_train_tokens,
+        "heldout_corpus_tokens": n_val_tokens,
+        "train_seconds": round(train_seconds, 1),
+        "train_loss": round(train_loss, 4),
+        "val_loss": round(val_loss, 4),
+        "val_blocks": int(val.shape[0]),
+        "uniform_loss": round(math.log(len(tokenizer)), 4),
+        "history": history,
+        "samples": samples,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(record, cfg))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def model_card(r: dict, cfg: dict) -> str:
+    pat = cfg["hybrid_override_pattern"]
+    counts = {c: pat.count(c) for c in "M-*"}
+    samples = "\n".join(f"- `{p}` → {s!r}" for p, s in r["samples"].items())
+    return f"""---
+license: psf-2.0
+library_name: transformers
+tags: [nemotron_h, mamba2, hybrid, minitron-demo]
+---
+
+# minitron demo teacher
+
+A small Nemotron-H hybrid (Mamba-2 + MLP + attention) trained from scratch by minitron as the
+bundled model of `minitron demo`: something real to score, prune, distill and evaluate offline in
+minutes. It is a toy: it writes Python-documentation-flavoured English, not correct facts.
+
+- Architecture: `NemotronHForCausalLM` (stock transformers), {r['parameters']:,} parameters,
+  {len(pat)} layers `{pat}` ({counts['M']} Mamba-2, {counts['-']} MLP, {counts['*']} attention);
+  hidden {cfg['hidden_size']}, FFN {cfg['intermediate_size']} (relu²), attention {cfg['num_attention_heads']}
+  query / {cfg['num_key_value_heads']} KV heads × {cfg['head_dim']}, Mamba {cfg['mamba_num_heads']} heads × {cfg['mamba_head_dim']}
+  in {cfg['n_groups']} groups, state {cfg['ssm_state_size']}; untied embeddings; vocabulary {cfg['vocab_size']}
+  (byte-level BPE trained on the training text; `<pad>`=0, `<s>`=1, `</s>`=2).
+- Corpus: plain text extracted from the reST sources of the Python 3.11 documentation (Debian
+  `python3.11-doc`, PSF license; see `../corpus/LICENSE`) by `scripts/build_demo_corpus.py`;
+  {r['train_corpus_tokens']:,} training tokens, {r['heldout_corpus_tokens']:,} held-out tokens
+  (whole documents held out).
+- Training: next-token cross-entropy, AdamW (β 0.9/0.95, weight decay {r['args']['weight_decay']}), peak LR
+  {r['args']['lr']}, warm-up {r['args']['warmup']} steps then cosine decay, batch {r['args']['batch']} × {r['args']['seq_len']}
+  tokens, seed {r['args']['seed']}, {r['args']['threads']} CPU thread(s), weights saved in {r['args']['dtype']}.
+- Steps: {r['steps']:,}; tokens seen: {r['tokens_seen']:,}; wall time {r['train_seconds'] / 60:.1f} min
+  (torch {r['versions']['torch']}, transformers {r['versions']['transformers']}).
+- Final loss (nats/token): train {r['train_loss']:.3f}, validation {r['val_loss']:.3f} on
+  {r['val_blocks']} held-out blocks of {r['args']['seq_len']} tokens (uniform over the vocabulary: {r['uniform_loss']:.3f}).
+
+Samples (temperature 0.8, top-k 40):
+
+{samples}
+
+Reproduce (after `apt-get install python3.11-doc` and `python scripts/build_demo_corpus.py`):
+
+```
+{r['command']}
+```
+
+`training.json` holds the full record (arguments, loss history, versions).
+"""
+
+
+if __name__ == "__main__":
+    main()
