@@ -1,0 +1,153 @@
+"""`minitron prune`: structured pruning to an exact shape, a parameter budget or a GPU-memory budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from minitron.cli.common import (
+    JsonOpt,
+    OverwriteOpt,
+    command,
+    emit_json,
+    fmt_bytes,
+    fmt_int,
+    fmt_params,
+    info,
+    progress,
+    stdout,
+)
+from minitron.memory import GPU_PRESETS
+
+
+def _int(flag: str, help: str):
+    return Annotated[int | None, typer.Option(flag, help=help)]
+
+
+@command
+def command(
+    model: Annotated[Path, typer.Argument(help="Model directory (or a bare config / bundled config name with --dry-run).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output model directory.")] = None,
+    scores: Annotated[Path | None, typer.Option("--scores", help="Scores directory written by `minitron score`.")] = None,
+    hidden_size: _int("--hidden-size", "Exact target: hidden (embedding) channels.") = None,
+    ffn_size: _int("--ffn-size", "Exact target: FFN neurons per MLP layer.") = None,
+    mamba_heads: _int("--mamba-heads", "Exact target: Mamba heads per layer (a multiple of the groups).") = None,
+    mamba_head_dim: _int("--mamba-head-dim", "Exact target: channels per Mamba head.") = None,
+    attention_heads: _int("--attention-heads", "Exact target: query heads per attention layer.") = None,
+    kv_heads: _int("--kv-heads", "Exact target: KV heads (whole GQA groups) per attention layer.") = None,
+    num_layers: _int("--num-layers", "Exact depth: drop the least important layers (layer scores).") = None,
+    drop_layers: Annotated[str | None, typer.Option("--drop-layers", help="Exact depth: 0-based layers to drop, e.g. 7,8,17.")] = None,
+    iterative: Annotated[bool, typer.Option("--iterative", help="With --num-layers: re-score layers after each removal (needs --data).")] = False,
+    keep_layer_types: Annotated[str | None, typer.Option("--keep-layer-types", help="Minimum layers kept per type, e.g. attention=4,mamba=20.")] = None,
+    target_params: Annotated[str | None, typer.Option("--target-params", help="Search under a parameter count: 9B, 8.9e9, 8888227328.")] = None,
+    memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Search under a memory budget, e.g. 19.66GiB.")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help=f"Search under a GPU's memory: {', '.join(GPU_PRESETS)}.")] = None,
+    headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
+    reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
+    context_length: Annotated[int, typer.Option("--context-length", help="Tokens per sequence for the memory model.")] = 131072,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences held at once (memory model).")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV dtype of the memory model: bf16, fp16, fp32.")] = "bf16",
+    state_dtype: Annotated[str | None, typer.Option("--state-dtype", help="Mamba SSM state dtype (default: the config's).")] = None,
+    search: Annotated[list[str] | None, typer.Option("--search", help="Search range AXIS=MIN:MAX[:STEP] (repeatable).")] = None,
+    drop_order: Annotated[str | None, typer.Option("--drop-order", help="Order in which layers go when depth is searched.")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration text to rank candidates by a zero-shot proxy.")] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration block.")] = 128,
+    proxy_samples: Annotated[int, typer.Option("--proxy-samples", help="Held-back blocks for the proxy.")] = 8,
+    proxy: Annotated[str, typer.Option("--proxy", help="Zero-shot proxy: kl (to the original) or loss (LM loss).")] = "kl",
+    shortlist: Annotated[int, typer.Option("--shortlist", help="Largest feasible candidates ranked by the proxy.")] = 8,
+    candidate_distill_steps: Annotated[int, typer.Option("--candidate-distill-steps", help="Short distillation of the best --top-k before the final ranking.")] = 0,
+    distill_samples: Annotated[int, typer.Option("--distill-samples", help="Training blocks for --candidate-distill-steps.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the short distillation.")] = 1e-4,
+    top_k: Annotated[int, typer.Option("--top-k", help="Candidates shown (and distilled); 0 lists every feasible one.")] = 10,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan or the candidate table; write nothing.")] = False,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest output shard.")] = "5GB",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration sample.")] = 0,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Prune a Nemotron-H model to an exact shape, a parameter count or a GPU-memory budget.
+
+    Exact shape (hidden, FFN, Mamba heads, depth), here the Nemotron Nano 2 12B -> 9B plan:
+
+      minitron prune nemotron-nano-12b-v2-base --hidden-size 4480 --ffn-size 15680 --mamba-heads 128 --drop-layers 7,8,17,18,48,52 --dry-run
+
+      minitron prune MODEL --scores scores/ --hidden-size 4480 --ffn-size 15680 --num-layers 56 --out pruned/
+
+    Search the architectures that fit an A10G at 128k tokens (the paper's space), prune the best:
+
+      minitron prune MODEL --scores scores/ --gpu a10g --headroom 0.05 --reserve-gib 1.3 --context-length 131072 --search num_layers=52:56:2 --search hidden_size=4480:5120:128 --search ffn_size=13440:20480:64 --search mamba_heads=112:128:8 --data calib.txt --out pruned/
+
+      minitron prune MODEL --scores scores/ --target-params 9B --top-k 0 --dry-run --json
+    """
+    from minitron.memory import make_budget, parse_size
+    from minitron.prune.run import PruneOptions, prune
+    from minitron.prune.search import parse_params
+    from minitron.prune.select import Shape
+
+    opts = PruneOptions(
+        model=model, out=out, scores=scores,
+        shape=Shape(hidden_size, ffn_size, mamba_heads, mamba_head_dim, attention_heads, kv_heads),
+        num_layers=num_layers, drop_layers=drop_layers, iterative=iterative, keep_layer_types=keep_layer_types,
+        target_params=parse_params(target_params) if target_params is not None else None,
+        budget=make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib),
+        context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype,
+        search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
+        proxy=proxy, shortlist=shortlist, candidate_distill_steps=candidate_distill_steps,
+        distill_samples=distill_samples, lr=lr, top_k=top_k, dry_run=dry_run, overwrite=overwrite,
+        max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed,
+    )  # fmt: skip
+    with progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(desc: str, done: int, total: int) -> None:
+            if desc not in tasks:
+                tasks[desc] = bar.add_task(desc, total=total, status="")
+            bar.update(tasks[desc], completed=done)
+
+        doc = prune(opts, progress=report, log=info)
+    if json_out:
+        emit_json(doc)
+        return
+    render(doc)
+
+
+def render(doc: dict) -> None:
+    from rich.table import Table
+
+    out = stdout()
+    if "candidates" in doc:
+        t = Table(title=f"candidates ({doc['n_feasible']} feasible of {doc['n_candidates']}, ranked by {doc['ranking']})",
+                  title_justify="left")
+        cols = ["rank", "num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads",
+                "kv_heads", "params", "memory"]
+        extra = [k for k in ("proxy_kl", "proxy_loss", "distill_kl", "distill_loss") if any(k in c for c in doc["candidates"])]
+        heads = ["#", "layers", "hidden", "ffn", "m.heads", "m.dim", "q", "kv", "params", "memory"]
+        for c in heads + [k.replace("_", " ") for k in extra]:
+            t.add_column(c, justify="right", no_wrap=True)
+        for c in doc["candidates"]:
+            row = [str(c["rank"]), *(str(c[k]) for k in cols[1:8]), fmt_params(c["params"]), fmt_bytes(c["memory_bytes"])]
+            row += [f"{c[k]:.4f}" if c.get(k) is not None else "—" for k in extra]
+            t.add_row(*row)
+        out.print(t)
+    p = doc["plan"]
+    out.print(
+        f"plan: {p['num_layers']} layers, hidden {p['hidden_size']}, ffn {p['ffn_size']}, "
+        f"mamba {p['mamba_heads']} x {p['mamba_head_dim']}, attention {p['attention_heads']}q/{p['kv_heads']}kv"
+    )
+    out.print(f"dropped layers: {p['dropped_layers'] or 'none'}")
+    out.print(f"pattern: {p['pattern']}")
+    out.print(f"parameters: {fmt_int(doc['params_before'])} -> [bold]{fmt_int(doc['params_after'])}[/bold] "
+              f"({fmt_params(doc['params_after'])})")
+    mb, ma = doc["memory_before"], doc["memory"]
+    out.print(f"memory at {ma['context_length']:,} tokens x {ma['batch_size']}: {fmt_bytes(mb['total_bytes'])} -> "
+              f"[bold]{fmt_bytes(ma['total_bytes'])}[/bold]")
+    if "budget" in doc:
+        b = doc["budget"]
+        verdict = "[green]fits[/green]" if b["fits"] else "[red]does not fit[/red]"
+        out.print(f"budget {fmt_bytes(b['budget_bytes'])}: {verdict} (margin {fmt_bytes(b['margin_bytes'])})")
+    if doc["dry_run"]:
+        out.print("dry run: nothing written")
+    else:
+        out.print(f"wrote {doc['out']} ({len(doc['files']['files'])} shard(s), {fmt_bytes(doc['files']['bytes'])})")

@@ -1,0 +1,60 @@
+"""Apply a `PrunePlan` in memory: to a state dict, or to a model (a new `NemotronHForCausalLM`).
+
+Each tensor is cut with `tensor_indices` (plan.py), the same function the streaming apply uses;
+dropped blocks are left out and the others renumbered.
+"""
+
+from __future__ import annotations
+
+from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_layer
+from minitron.prune.plan import PrunePlan, tensor_indices
+
+
+def prune_tensor(t, idx):
+    """`t` restricted to the kept indices of each dimension (`idx[d]` None keeps dimension d whole)."""
+    import torch
+
+    for d, ix in enumerate(idx):
+        if ix is not None:
+            t = t.index_select(d, torch.as_tensor(ix, dtype=torch.long, device=t.device))
+    return t.contiguous()
+
+
+def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module") -> dict:
+    """A new state dict for `plan.target()`; keys keep their prefix (`model.`/`backbone.`) and are renumbered.
+
+    `layout`: "module" for a model's `state_dict()` (fused MoE experts), "checkpoint" for tensors as
+    stored in safetensors files (one tensor per expert).
+    """
+    specs = model_specs(plan.source, layout=layout)
+    dropped, renumber = set(plan.dropped_layers), plan.new_index()
+    out = {}
+    for key, t in state_dict.items():
+        name = canonical_name(key)
+        if name not in specs:
+            if name == "lm_head.weight" and plan.source.tie_word_embeddings:
+                continue  # tied: transformers re-ties it to the embeddings
+            raise KeyError(f"{key}: not a tensor of this architecture")
+        spec = specs[name]
+        if spec.layer is not None and spec.layer in dropped:
+            continue
+        new_name = renumber_layer(name, renumber[spec.layer]) if spec.layer is not None else name
+        prefix = key[: len(key) - len(name)]
+        out[checkpoint_name(new_name, prefix) if prefix else new_name] = prune_tensor(t, tensor_indices(spec, plan))
+    return out
+
+
+def prune_model(model, plan: PrunePlan):
+    """A new transformers model of `plan.target()` holding the kept slices of `model` (strict load)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**plan.target().to_config())
+    dtype = next(model.parameters()).dtype
+    sd = prune_state_dict(model.state_dict(), plan)
+    with torch.device("meta"):
+        new = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    new.load_state_dict(sd, strict=True, assign=True)
+    if plan.source.tie_word_embeddings:
+        new.tie_weights()
+    return new.eval()

@@ -1,0 +1,310 @@
+"""`prune()`: the whole command as a library call — validate, plan or search, then write.
+
+Everything a user can get wrong is checked before any model is loaded or anything is written:
+the target kind, the shape against the model, the scores against the model (shapes and
+fingerprint), the output directory, the search space. The result is the `prune --json` document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minitron.errors import InputError
+from minitron.memory import Budget, estimate
+from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from minitron.prune.search import (
+    AXES,
+    default_space,
+    enumerate_candidates,
+    parse_search,
+    rank_by_params,
+    require_feasible,
+)
+from minitron.prune.select import (
+    Shape,
+    check_drop,
+    least_important,
+    make_plan,
+    parse_keep_types,
+    parse_layer_list,
+    validate_shape,
+)
+from minitron.prune.stream import DEFAULT_SHARD_BYTES
+
+
+@dataclass
+class PruneOptions:
+    model: Path
+    out: Path | None = None
+    scores: Path | None = None
+    shape: Shape = field(default_factory=Shape)
+    num_layers: int | None = None
+    drop_layers: str | None = None
+    iterative: bool = False
+    keep_layer_types: str | None = None
+    target_params: int | None = None
+    budget: Budget | None = None
+    context_length: int = 131072
+    batch_size: int = 1
+    dtype: str = "bf16"
+    state_dtype: str | None = None
+    search: list[str] = field(default_factory=list)
+    drop_order: str | None = None
+    data: list[Path] = field(default_factory=list)
+    seq_len: int = 128
+    proxy_samples: int = 8
+    proxy: str = "kl"
+    shortlist: int = 8
+    candidate_distill_steps: int = 0
+    distill_samples: int = 32
+    lr: float = 1e-4
+    top_k: int = 10
+    dry_run: bool = False
+    overwrite: bool = False
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    seed: int = 0
+
+    @property
+    def searching(self) -> bool:
+        return self.target_params is not None or self.budget is not None
+
+
+def _validate_kind(o: PruneOptions) -> None:
+    exact = not o.shape.is_empty() or o.num_layers is not None or o.drop_layers is not None
+    if o.target_params is not None and o.budget is not None:
+        raise InputError("give one target: --target-params or a memory budget, not both", flag="--target-params")
+    if exact and o.searching:
+        raise InputError("exact sizes and a searched target (--target-params / memory budget) cannot be combined; "
+                         "restrict the search with --search AXIS=MIN:MAX instead", flag="--search")
+    if not exact and not o.searching:
+        raise InputError("no target: give sizes (--hidden-size, --ffn-size, ..., --num-layers, --drop-layers), "
+                         "--target-params, or --memory-budget / --gpu", flag="--target-params")
+    if o.num_layers is not None and o.drop_layers is not None:
+        raise InputError("give --num-layers or --drop-layers, not both", flag="--drop-layers")
+    if (o.search or o.drop_order) and not o.searching:
+        flag = "--search" if o.search else "--drop-order"
+        raise InputError("only used with --target-params or a memory budget", flag=flag)
+    if o.iterative and o.num_layers is None:
+        raise InputError("re-scoring between removals needs --num-layers", flag="--iterative")
+    if o.proxy not in ("kl", "loss"):
+        raise InputError(f"expected kl or loss, got {o.proxy!r}", flag="--proxy")
+    if o.top_k < 0 or o.shortlist < 0 or o.candidate_distill_steps < 0:
+        raise InputError("must be >= 0", flag="--top-k" if o.top_k < 0 else "--shortlist")
+
+
+def _load_scores(o: PruneOptions, ckpt: Checkpoint):
+    if o.scores is None:
+        return None
+    from minitron.importance.scores import Scores
+    from minitron.io import model_fingerprint
+
+    scores = Scores.load(o.scores)
+    scores.validate(ckpt.arch)
+    if ckpt.has_weights and scores.fingerprint:
+        fp = model_fingerprint(ckpt.path)
+        if fp != scores.fingerprint:
+            raise InputError(f"these scores were computed on another model (fingerprint {scores.fingerprint}, "
+                             f"this model {fp})", flag="--scores")
+    return scores
+
+
+def _memory(arch, o: PruneOptions):
+    return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
+                    state_dtype=o.state_dtype)
+
+
+def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
+    """Run `minitron prune`. `progress(description, done, total)` reports long loops."""
+    _validate_kind(o)
+    ckpt = open_checkpoint(o.model)
+    arch = ckpt.arch
+    if not o.dry_run:
+        if o.out is None:
+            raise InputError("an output directory is needed (or use --dry-run)", flag="--out")
+        if not ckpt.has_weights:
+            raise InputError(f"{ckpt.path} has no weights; only --dry-run works on a bare config", flag="--dry-run")
+        from minitron.io import check_output_dir
+
+        check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
+    if o.budget is not None:
+        _memory(arch, o)  # validates --context-length, --batch-size, dtypes
+    scores = _load_scores(o, ckpt)
+    if not o.dry_run and scores is None:
+        raise InputError("writing a pruned model needs importance scores (run `minitron score` first)",
+                         flag="--scores")
+    keep_min = parse_keep_types(o.keep_layer_types)
+    doc: dict = {"model": str(ckpt.path), "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None}
+
+    if o.searching:
+        plan, cands = _search(o, ckpt, scores, keep_min, doc, progress, log)
+    else:
+        plan, cands = _exact(o, ckpt, scores, keep_min, log), None
+
+    target = plan.target()
+    before, after = _memory(arch, o), _memory(target, o)
+    doc.update(
+        params_before=arch.total_params,
+        params_after=target.total_params,
+        memory=after.to_dict(),
+        memory_before=before.to_dict(),
+        plan=plan.summary(),
+    )
+    if o.budget is not None:
+        doc["budget"] = o.budget.to_dict(after)
+    if o.target_params is not None:
+        doc["target_params"] = o.target_params
+    if cands is not None:
+        doc["candidates"] = cands
+    if o.dry_run:
+        return doc
+    doc["out"] = str(o.out)
+    _write(o, ckpt, plan, doc, progress)
+    return doc
+
+
+def _exact(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, log):
+    arch = ckpt.arch
+    shape = validate_shape(arch, o.shape)
+    dropped: list[int] = []
+    if o.drop_layers is not None:
+        dropped = parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers")
+        check_drop(arch, dropped, keep_min, "--drop-layers")
+    elif o.num_layers is not None:
+        if not 1 <= o.num_layers <= arch.num_layers:
+            raise InputError(f"must be in 1..{arch.num_layers}, got {o.num_layers}", flag="--num-layers")
+        k = arch.num_layers - o.num_layers
+        if k and o.iterative:
+            dropped = _iterative_drop(o, ckpt, k, keep_min, log)
+        elif k:
+            if scores is None:
+                raise InputError("choosing layers needs the layer scores of --scores (or give --drop-layers)",
+                                 flag="--num-layers")
+            order = least_important(scores["layers"], arch, keep_min)
+            if len(order) < k:
+                raise InputError(f"--keep-layer-types leaves only {len(order)} droppable layers", flag="--num-layers")
+            dropped = order[:k]
+    return make_plan(arch, shape, scores, dropped)
+
+
+def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) -> list[int]:
+    """Drop one layer at a time, re-scoring the remaining layers with the others already skipped."""
+    try:
+        from minitron.importance.layers import layer_scores
+    except ImportError:
+        raise InputError("--iterative needs minitron.importance.layers (not available in this build)",
+                         flag="--iterative") from None
+    from minitron.prune.select import drop_sequence
+
+    if not ckpt.has_weights:
+        raise InputError("re-scoring layers needs weights", flag="--iterative")
+    model, blocks, _ = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=0)
+    dropped: list[int] = []
+    for step in range(k):
+        s = layer_scores(model, blocks, metric="kl", skip=frozenset(dropped))
+        order = sorted((i for i in range(ckpt.arch.num_layers) if i not in dropped), key=lambda i: (float(s[i]), i))
+        arch_left = ckpt.arch  # keep_min counts are over the original pattern minus the dropped layers
+        allowed = drop_sequence(arch_left, [*dropped, *order], keep_min)[len(dropped):]
+        if not allowed:
+            raise InputError(f"--keep-layer-types leaves only {len(dropped)} droppable layers", flag="--num-layers")
+        dropped.append(allowed[0])
+        log(f"iterative depth: drop layer {allowed[0]} ({step + 1}/{k})")
+    return dropped
+
+
+def _model_and_blocks(o: PruneOptions, ckpt: Checkpoint, *, n_eval: int, n_train: int):
+    from minitron.data import load_blocks
+    from minitron.models.checkpoint import load_model, load_tokenizer
+
+    if not o.data:
+        raise InputError("calibration text is needed to rank candidates in memory", flag="--data")
+    tok = load_tokenizer(ckpt.path)
+    blocks = load_blocks(o.data, tok, seq_len=o.seq_len, samples=n_eval + n_train, seed=o.seed,
+                         max_positions=ckpt.arch.max_position_embeddings)
+    model = load_model(ckpt.path, dtype="fp32")
+    # Held-back evaluation blocks are the last ones; distillation trains on the others.
+    return model, blocks[n_train:], blocks[:n_train]
+
+
+def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, log):
+    arch = ckpt.arch
+    order = None
+    if o.drop_order is not None:
+        order = parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
+    elif scores is not None:
+        order = least_important(scores["layers"], arch, keep_min)
+    space = default_space(arch, depth=order is not None)
+    asked = parse_search(o.search)
+    if order is None and "num_layers" in asked and asked["num_layers"].lo < arch.num_layers:
+        raise InputError("searching depth needs a drop order: --drop-order or the layer scores of --scores",
+                         flag="--search")
+    space.update(asked)
+    doc["search_space"] = {a: [space[a].lo, space[a].hi, space[a].step] for a in AXES}
+    cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
+                                 target_params=o.target_params, context_length=o.context_length,
+                                 batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype)
+    require_feasible(cands, budget=o.budget, target_params=o.target_params)
+    ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
+    doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)
+    doc["ranking"] = "params"
+    use_proxy = scores is not None and ckpt.has_weights and bool(o.data) and o.shortlist > 0
+    if use_proxy:
+        ranked = _rank_with_model(o, ckpt, scores, ranked, progress, log)
+        doc["ranking"] = f"distill_kl after {o.candidate_distill_steps} steps" if o.candidate_distill_steps \
+            else f"proxy_{o.proxy}"
+    elif scores is not None and ckpt.has_weights:
+        log("ranking candidates by parameters (give --data to rank a shortlist by a zero-shot proxy)")
+    best = ranked[0]["_c"]
+    shown = ranked if o.top_k == 0 else ranked[: o.top_k]
+    for rank, d in enumerate(ranked, 1):
+        d["rank"] = rank
+    cands_out = [{k: v for k, v in d.items() if k != "_c"} for d in shown]
+    return make_plan(arch, best.shape(), scores, best.dropped_layers), cands_out
+
+
+def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress, log):
+    from minitron.prune.proxy import distill_scores, proxy_scores
+
+    short = ranked[: o.shortlist]
+    n_train = o.distill_samples if o.candidate_distill_steps else 0
+    model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
+    log(f"zero-shot proxy on the {len(short)} largest feasible candidates ({len(eval_blocks)} held-back blocks)")
+    figs = proxy_scores(model, ckpt.arch, [d["_c"] for d in short], scores, eval_blocks,
+                        progress=(lambda n, t: progress("proxy", n, t)) if progress else None)
+    for d, f in zip(short, figs, strict=True):
+        d.update(f)
+    key = f"proxy_{o.proxy}"
+    short.sort(key=lambda d: d[key])
+    if o.candidate_distill_steps:
+        k = len(short) if o.top_k == 0 else min(o.top_k, len(short))
+        log(f"short distillation ({o.candidate_distill_steps} steps) of the best {k}")
+        figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
+                              steps=o.candidate_distill_steps, lr=o.lr,
+                              progress=(lambda n, t: progress("distill", n, t)) if progress else None)
+        for d, f in zip(short[:k], figs, strict=True):
+            d.update(f)
+        short = sorted(short[:k], key=lambda d: d["distill_kl"]) + short[k:]
+    return short + ranked[o.shortlist:]
+
+
+def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None:
+    import json
+
+    from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
+    from minitron.prune.stream import prune_checkpoint
+
+    target = plan.target()
+    cb = (lambda n, t, b: progress("prune", n, t)) if progress else None
+    with atomic_output_dir(o.out, overwrite=o.overwrite) as tmp:
+        files = prune_checkpoint(ckpt, plan, tmp, max_shard_bytes=o.max_shard_bytes, progress=cb)
+        cfg = target.to_config()
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        copy_side_files(ckpt.path, tmp)
+        doc["files"] = files
+        inputs = {"model": str(ckpt.path), "model_fingerprint": model_fingerprint(ckpt.path),
+                  "scores": str(o.scores) if o.scores else None}
+        options = {k: v for k, v in vars(o).items() if k not in ("budget", "shape")}
+        options["shape"] = vars(o.shape) if hasattr(o.shape, "__dict__") else str(o.shape)
+        write_provenance(tmp, "prune", options, inputs=inputs,
+                         result={**{k: v for k, v in doc.items() if k != "candidates"},
+                                 "candidates": doc.get("candidates", [])[:50], "indices": plan.indices()})

@@ -1,0 +1,218 @@
+"""From a target shape and importance scores to a `PrunePlan`: rank units, keep the top ones.
+
+Ranking rules (Minitron, Minitron-SSM):
+
+- hidden channels, FFN neurons: the top-k by score, kept in their original order;
+- attention: `kv_heads` keeps whole KV groups (ranked by the `kv_heads` score) with their query
+  heads; `attention_heads` keeps the same number of query heads in every kept group, ranked inside
+  the group, so the pruned layer is still valid GQA (query head j uses KV head j // (nq / nkv));
+- Mamba heads: group-aware, the same number kept in each of the n_groups groups, ranked inside
+  the group (the B/C projections and the gated norm are per group);
+- Mamba head dim: the same channels kept in every head of a layer, ranked by that layer's score;
+- depth: the least important layers by the `layers` score, or an explicit drop order.
+
+Without scores every ranking is the identity (the first units are kept): only used to show a plan's
+shape (`--dry-run` on a bare config), never to write weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from minitron.errors import InputError
+from minitron.models.architecture import Architecture
+from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, layer_char
+from minitron.prune.plan import PrunePlan
+
+SHAPE_FLAGS = {
+    "hidden_size": "--hidden-size",
+    "ffn_size": "--ffn-size",
+    "mamba_heads": "--mamba-heads",
+    "mamba_head_dim": "--mamba-head-dim",
+    "attention_heads": "--attention-heads",
+    "kv_heads": "--kv-heads",
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Width targets; None keeps the model's value."""
+
+    hidden_size: int | None = None
+    ffn_size: int | None = None
+    mamba_heads: int | None = None
+    mamba_head_dim: int | None = None
+    attention_heads: int | None = None
+    kv_heads: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in asdict(self).values())
+
+    def resolve(self, arch: Architecture) -> Shape:
+        """Every value filled in from the model; `kv_heads` alone keeps the query heads of the kept groups."""
+        kv = self.kv_heads or arch.num_key_value_heads
+        q = self.attention_heads
+        if q is None:
+            q = arch.num_attention_heads // arch.num_key_value_heads * kv
+        return Shape(
+            hidden_size=self.hidden_size or arch.hidden_size,
+            ffn_size=self.ffn_size or arch.intermediate_size,
+            mamba_heads=self.mamba_heads or arch.mamba_num_heads,
+            mamba_head_dim=self.mamba_head_dim or arch.mamba_head_dim,
+            attention_heads=q,
+            kv_heads=kv,
+        )
+
+
+def validate_shape(arch: Architecture, shape: Shape) -> Shape:
+    """The resolved shape, or a one-line error naming the flag at fault."""
+    original = {
+        "hidden_size": arch.hidden_size, "ffn_size": arch.intermediate_size, "mamba_heads": arch.mamba_num_heads,
+        "mamba_head_dim": arch.mamba_head_dim, "attention_heads": arch.num_attention_heads,
+        "kv_heads": arch.num_key_value_heads,
+    }  # fmt: skip
+    for key, value in asdict(shape).items():
+        if value is None:
+            continue
+        if value < 1:
+            raise InputError(f"must be >= 1, got {value}", flag=SHAPE_FLAGS[key])
+        if value > original[key]:
+            raise InputError(f"{value} is larger than the model's {original[key]}", flag=SHAPE_FLAGS[key])
+    s = shape.resolve(arch)
+    if s.mamba_heads % arch.n_groups:
+        raise InputError(
+            f"{s.mamba_heads} Mamba heads is not a multiple of the model's {arch.n_groups} groups", flag="--mamba-heads"
+        )
+    if s.attention_heads % s.kv_heads:
+        raise InputError(
+            f"{s.attention_heads} query heads is not a multiple of {s.kv_heads} KV heads", flag="--attention-heads"
+        )
+    per_group = arch.num_attention_heads // arch.num_key_value_heads
+    if s.attention_heads // s.kv_heads > per_group:
+        raise InputError(
+            f"{s.attention_heads} query heads over {s.kv_heads} KV heads needs {s.attention_heads // s.kv_heads} "
+            f"per group; the model has {per_group}",
+            flag="--attention-heads",
+        )
+    return s
+
+
+# ---------------------------------------------------------------------- ranking (pure)
+def top_k(scores, k: int) -> tuple[int, ...]:
+    """Indices of the k largest scores (ties: lower index first), in ascending order."""
+    import torch
+
+    order = torch.argsort(torch.as_tensor(scores, dtype=torch.float64), descending=True, stable=True)
+    return tuple(sorted(order[:k].tolist()))
+
+
+def grouped_top_k(scores, n_groups: int, k_per_group: int) -> tuple[int, ...]:
+    """The top `k_per_group` of each of `n_groups` equal consecutive groups, ascending."""
+    n = len(scores)
+    size = n // n_groups
+    out = []
+    for g in range(n_groups):
+        out += [g * size + i for i in top_k(scores[g * size:(g + 1) * size], k_per_group)]
+    return tuple(out)
+
+
+def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) -> PrunePlan:
+    """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape."""
+    import torch
+
+    s = validate_shape(arch, shape)
+
+    def rows(name: str, n_rows: int, n: int):
+        if scores is None:
+            return torch.zeros(n_rows, n)
+        return scores[name].double()
+
+    a = arch
+    plan = PrunePlan(source=a, hidden=top_k(rows("hidden", 1, a.hidden_size).reshape(-1), s.hidden_size),
+                     dropped_layers=tuple(sorted(set(dropped_layers))))
+    mlp = a.layers_of(MLP)
+    ffn_scores = rows("ffn", len(mlp), a.intermediate_size)
+    for j, i in enumerate(mlp):
+        plan.ffn[i] = top_k(ffn_scores[j], s.ffn_size)
+    attn = a.layers_of(ATTENTION)
+    q_scores = rows("attention_heads", len(attn), a.num_attention_heads)
+    kv_scores = rows("kv_heads", len(attn), a.num_key_value_heads)
+    per_group = a.num_attention_heads // a.num_key_value_heads
+    keep_per_group = s.attention_heads // s.kv_heads
+    for j, i in enumerate(attn):
+        groups = top_k(kv_scores[j], s.kv_heads)
+        plan.kv_heads[i] = groups
+        plan.q_heads[i] = tuple(
+            g * per_group + h for g in groups for h in top_k(q_scores[j][g * per_group:(g + 1) * per_group], keep_per_group)
+        )
+    mamba = a.layers_of(MAMBA)
+    head_scores = rows("mamba_heads", len(mamba), a.mamba_num_heads)
+    dim_scores = rows("mamba_head_dim", len(mamba), a.mamba_head_dim)
+    for j, i in enumerate(mamba):
+        plan.mamba_heads[i] = grouped_top_k(head_scores[j], a.n_groups, s.mamba_heads // a.n_groups)
+        plan.mamba_dims[i] = top_k(dim_scores[j], s.mamba_head_dim)
+    plan.target()  # validates the pattern left (e.g. nothing left)
+    return plan
+
+
+# ---------------------------------------------------------------------- depth
+def parse_layer_list(text: str, num_layers: int, flag: str) -> list[int]:
+    """`7,8,17` -> [7, 8, 17] (0-based, in the given order); errors name the flag."""
+    try:
+        out = [int(t) for t in str(text).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"expected comma-separated 0-based layer indices, got {text!r}", flag=flag) from None
+    if not out:
+        raise InputError("no layer indices given", flag=flag)
+    bad = [i for i in out if not 0 <= i < num_layers]
+    if bad:
+        raise InputError(f"layer {bad[0]} is out of range (the model has {num_layers} layers: 0..{num_layers - 1})",
+                         flag=flag)
+    if len(set(out)) != len(out):
+        raise InputError("a layer is listed twice", flag=flag)
+    return out
+
+
+def parse_keep_types(text: str | None) -> dict[str, int]:
+    """`--keep-layer-types attention=4,mamba=20` (or `*=4,M=20`) -> {"*": 4, "M": 20}."""
+    if not text:
+        return {}
+    out = {}
+    for item in str(text).split(","):
+        name, sep, n = item.partition("=")
+        try:
+            out[layer_char(name.strip())] = int(n)
+            if not sep or int(n) < 0:
+                raise ValueError
+        except (ValueError, InputError):
+            raise InputError(f"expected TYPE=MIN items like attention=4,mamba=20; got {item!r}",
+                             flag="--keep-layer-types") from None
+    return out
+
+
+def drop_sequence(arch: Architecture, order, keep_min: dict[str, int]) -> list[int]:
+    """The layers of `order` that may go, in order, skipping those whose type would fall under its minimum."""
+    left = {c: arch.count(c) for c in set(arch.pattern)}
+    out = []
+    for i in order:
+        c = arch.pattern[i]
+        if left[c] - 1 < keep_min.get(c, 0):
+            continue
+        left[c] -= 1
+        out.append(i)
+    return out
+
+
+def check_drop(arch: Architecture, dropped, keep_min: dict[str, int], flag: str) -> None:
+    if len(set(dropped)) >= arch.num_layers:
+        raise InputError("that would drop every layer", flag=flag)
+    for c, n in keep_min.items():
+        left = sum(1 for i, x in enumerate(arch.pattern) if x == c and i not in set(dropped))
+        if left < n:
+            raise InputError(f"leaves {left} {LAYER_TYPE_NAMES[c]} layer(s); --keep-layer-types asks for {n}", flag=flag)
+
+
+def least_important(layer_scores, arch: Architecture, keep_min: dict[str, int]) -> list[int]:
+    """All layers, least important first (by score, ties: lower index), types protected by `keep_min` last."""
+    order = sorted(range(arch.num_layers), key=lambda i: (float(layer_scores[i]), i))
+    return drop_sequence(arch, order, keep_min)

@@ -1,0 +1,147 @@
+"""Apply a `PrunePlan` to a checkpoint on disk, shard by shard, never holding the model in memory.
+
+Every output shape is known from the plan before any data is read, so each output shard's
+safetensors header is written first and the tensors are then streamed into it one at a time:
+
+    for each source tensor, in file order (dropped blocks are never read):
+        read its kept row range with `safe_open(...).get_slice(key)[lo:hi]`
+        cut every dimension with `tensor_indices` (the function the in-memory apply uses)
+        append the bytes to the current output shard
+
+Peak memory is about one source tensor and its pruned copy, plus the pages of the source shard
+being read (the file is memory-mapped by safetensors and closed when the next shard starts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from minitron.models.checkpoint import DTYPE_BYTES, Checkpoint
+from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_layer
+from minitron.prune.plan import PrunePlan, pruned_shape, tensor_indices
+
+DEFAULT_SHARD_BYTES = 5 * 10**9
+
+
+@dataclass(frozen=True)
+class Item:
+    """One output tensor: where it comes from and how it is cut."""
+
+    out_key: str
+    src_file: str
+    src_key: str
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]  # after pruning
+    idx: tuple[list[int] | None, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+
+
+def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
+    """The output tensors, in source file order (shard, then byte offset)."""
+    specs = model_specs(plan.source, layout="checkpoint")
+    dropped, renumber = set(plan.dropped_layers), plan.new_index()
+    entries = sorted(ckpt.tensors.values(), key=lambda e: (e.file, e.offsets[0]))
+    items = []
+    for e in entries:
+        name = canonical_name(e.key)
+        if name not in specs:  # a tied lm_head stored anyway
+            continue
+        spec = specs[name]
+        if spec.layer is not None and spec.layer in dropped:
+            continue
+        idx = tensor_indices(spec, plan)
+        new = renumber_layer(name, renumber[spec.layer]) if spec.layer is not None else name
+        prefix = e.key[: len(e.key) - len(name)]
+        items.append(Item(checkpoint_name(new, prefix) if prefix else new, e.file, e.key, e.dtype,
+                          pruned_shape(spec, idx), idx))
+    return items
+
+
+def split_shards(items: list[Item], max_shard_bytes: int) -> list[list[Item]]:
+    shards, cur, size = [], [], 0
+    for it in items:
+        if cur and size + it.nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(it)
+        size += it.nbytes
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def shard_header(items: list[Item]) -> bytes:
+    """Length-prefixed safetensors JSON header (space-padded to 8 bytes) for `items` in order."""
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for it in items:
+        header[it.out_key] = {"dtype": it.dtype, "shape": list(it.shape), "data_offsets": [off, off + it.nbytes]}
+        off += it.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def read_pruned(handle, item: Item):
+    """Read only the bounding row range of the kept rows, then cut every dimension."""
+    import torch
+
+    from minitron.prune.apply import prune_tensor
+
+    sl = handle.get_slice(item.src_key)
+    rows = item.idx[0]
+    if rows is None:
+        t = sl[:]
+        idx = item.idx
+    else:
+        lo, hi = min(rows), max(rows) + 1
+        t = sl[lo:hi]
+        idx = ([r - lo for r in rows], *item.idx[1:])
+    t = prune_tensor(t, idx)
+    assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
+    return t.view(torch.uint8) if t.numel() else t
+
+
+def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
+                     max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> dict:
+    """Write the pruned tensors of `ckpt` as sharded safetensors + index into `out_dir`.
+
+    `progress(n_done, n_total, bytes_written)` is called after each tensor. Returns file names and sizes.
+    """
+    from safetensors import safe_open
+
+    items = plan_items(ckpt, plan)
+    shards = split_shards(items, max_shard_bytes)
+    out_dir = Path(out_dir)
+    weight_map, written, done = {}, 0, 0
+    handle, handle_file = None, None
+    try:
+        for s, shard in enumerate(shards):
+            fname = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+            with open(out_dir / fname, "wb") as f:
+                f.write(shard_header(shard))
+                for it in shard:
+                    if it.src_file != handle_file:
+                        handle = None  # release the previous shard's mapping first
+                        handle = safe_open(str(ckpt.path / it.src_file), framework="pt")
+                        handle_file = it.src_file
+                    t = read_pruned(handle, it)
+                    if t.numel():
+                        f.write(memoryview(t.numpy()).cast("B"))
+                    del t
+                    weight_map[it.out_key] = fname
+                    written += it.nbytes
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(items), written)
+    finally:
+        handle = None
+    index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return {"files": [f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors" for s in range(len(shards))],
+            "tensors": len(items), "bytes": written}
