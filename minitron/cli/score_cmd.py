@@ -1,0 +1,131 @@
+"""`minitron score`: Minitron activation importance of every width axis, and layer importance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, info, progress, stdout
+
+
+@command
+def command(
+    model: Annotated[Path, typer.Argument(help="Hugging Face Nemotron-H model directory.")],
+    data: Annotated[list[Path], typer.Option("--data", help="Calibration text: .txt, .jsonl or .parquet (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for scores.safetensors, minitron.json, importance.png.")],
+    samples: Annotated[int, typer.Option("--samples", help="Calibration blocks to score on.")] = 1024,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", help="Tokens per block (default: min(4096, max_position_embeddings)).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Blocks per forward pass.")] = 8,
+    layer_metric: Annotated[
+        str, typer.Option("--layer-metric", help="Layer importance when a block is skipped: kl, mse, loss or cosine.")
+    ] = "kl",
+    aggregation: Annotated[
+        str, typer.Option("--aggregation", help="Reduction over the sequence, then the batch: mean or l2 each.")
+    ] = "mean,l2",
+    text_field: Annotated[str, typer.Option("--text-field", help="Field of .jsonl records / parquet column.")] = "text",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample selection.")] = 0,
+    streaming: Annotated[
+        bool | None,
+        typer.Option("--streaming/--no-streaming", help="Stream one block at a time from the safetensors files "
+                     "(default: when the weights don't fit in the device's free memory)."),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Score the importance of every prunable unit and every layer on calibration data.
+
+    Width: hidden channels, FFN neurons, attention and KV heads, Mamba heads and head-dim channels
+    (Minitron activation importance; mean over the sequence, L2 over the batch by default).
+    Layers: the change of the output when the block is skipped (--layer-metric), plus 1 - cos(in, out).
+    Models larger than free memory are streamed block by block from their safetensors files.
+    Under torchrun the samples are split across the processes.
+
+    Examples:
+
+      minitron score MODEL --data train.txt --out scores/
+
+      minitron score MODEL --data a.jsonl --data b.parquet --samples 256 --seq-len 2048 --out scores/ --json
+
+      minitron score MODEL --data train.txt --layer-metric cosine --streaming --device cuda --out scores/
+
+      torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
+    """
+    from minitron import distributed
+    from minitron.importance.run import ScoreOptions, prepare, run
+    from minitron.io import check_output_dir
+
+    opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,
+                        aggregation=aggregation, device=device, dtype=dtype, seed=seed, text_field=text_field,
+                        streaming=streaming)
+    check_output_dir(out, overwrite=overwrite, inputs=[model])
+    with distributed.session("cuda" if device.startswith("cuda") else "cpu"):
+        p = prepare(model, [str(d) for d in data], opts)
+        main = distributed.is_main()
+        path = "layer-streamed" if p.streaming else "in memory"
+        if main:
+            info(f"scoring {p.tokens.shape[0]} x {p.opts.seq_len} tokens on {p.device} ({p.dtype_name}, {path}, "
+                 f"{distributed.world_size()} process(es))")
+        with progress(disable=None if main else True) as bar:
+            task = bar.add_task("scoring", total=None, status="")
+
+            def tick(done, total):
+                bar.update(task, completed=done, total=total)
+
+            result = run(p, progress=tick)
+        if main:
+            doc = write_outputs(out, p, result, overwrite=overwrite)
+            emit_json(doc) if json_out else render(doc)
+
+
+def write_outputs(out: Path, p, result, *, overwrite: bool) -> dict:
+    from minitron.data import data_fingerprints
+    from minitron.importance.plot import plot_importance
+    from minitron.importance.summary import concentration, least_important_layers
+    from minitron.io import atomic_output_dir, write_provenance
+
+    t = result.scores.tensors
+    doc = {
+        "out": str(out),
+        "model": str(p.ckpt.path),
+        "model_fingerprint": result.scores.fingerprint,
+        "metric": p.opts.layer_metric,
+        "aggregation": str(p.agg),
+        **result.info,
+        "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),
+        "concentration": concentration(t),
+        "tensors": {k: list(v.shape) for k, v in sorted(t.items())},
+        "files": ["scores.safetensors", "minitron.json", "importance.png"],
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        result.scores.save(tmp)
+        plot_importance(t, p.arch.pattern, p.opts.layer_metric, tmp / "importance.png")
+        inputs = {"model": str(p.ckpt.path), "model_fingerprint": result.scores.fingerprint,
+                  "data": data_fingerprints(p.data)}
+        write_provenance(tmp, "score", p.opts.to_dict(), inputs=inputs, result=doc)
+    return doc
+
+
+def render(doc: dict) -> None:
+    from rich.table import Table
+
+    out = stdout()
+    out.print(f"[bold]scores written to {doc['out']}[/bold]  ({doc['samples']} samples x {doc['seq_len']} tokens, "
+              f"{'layer-streamed' if doc['streaming'] else 'in memory'}, {doc['seconds']:.1f} s)")
+    t = Table(title=f"least important layers ({doc['metric']} when skipped)", title_justify="left")
+    for col in ("layer", "type", "score"):
+        t.add_column(col, justify="right" if col != "type" else "left")
+    for row in doc["least_important_layers"]:
+        t.add_row(str(row["layer"]), row["type"], f"{row['score']:.4g}")
+    out.print(t)
+    t = Table(title="concentration of importance (per layer, averaged)", title_justify="left")
+    for col in ("axis", "units", "layers", "top 10% share", "gini"):
+        t.add_column(col, justify="left" if col == "axis" else "right")
+    for axis, c in doc["concentration"].items():
+        t.add_row(axis, str(c["units"]), str(c["rows"]), f"{100 * c['top10_share']:.1f}%", f"{c['gini']:.3f}")
+    out.print(t)

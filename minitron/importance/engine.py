@@ -1,0 +1,174 @@
+"""The scoring pass: run a model block by block over token blocks, collecting width statistics and
+skip-one-block layer metrics in one go.
+
+A *source* provides the model's pieces as context managers, so the same loop runs an in-memory model
+(`InMemorySource`, batch-major: each micro-batch goes through every layer) and a model streamed from
+its safetensors files (`minitron.streaming.StreamingSource`, layer-major: each block is materialised
+once and applied to every micro-batch, then freed).
+
+Per micro-batch, with h the running hidden state [B, T, hidden]:
+
+    h = embed(tokens)
+    for block j:                          (blocks in `skip` are left out everywhere)
+        y = block_j(h)                    width hooks collect here; cosine(h, y) for layer j
+        branch[i] = block_j(branch[i])    for every live branch i < j (hooks off)
+        branch[j] = h                     block j skipped: its branch starts from its input
+        h = y
+    logits = lm_head(norm_f(h)); for each branch i: metrics(logits, lm_head(norm_f(branch[i])))
+
+The head is evaluated in chunks of `HEAD_ROWS` tokens, so [B, T, vocab] logits never exist at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from minitron.importance.layers import (
+    LOGIT_METRICS,
+    cosine_distance,
+    kl_per_token,
+    mse_per_token,
+    nll_per_token,
+)
+
+HEAD_ROWS = 1024
+
+
+class InMemorySource:
+    """The pieces of a loaded `NemotronHForCausalLM` (nothing to load or free)."""
+
+    layer_major = False
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    @contextlib.contextmanager
+    def embedding(self):
+        yield self.model.model.embeddings
+
+    @contextlib.contextmanager
+    def block(self, j: int):
+        yield self.model.model.layers[j]
+
+    @contextlib.contextmanager
+    def head(self):
+        yield self.model.model.norm_f, self.model.lm_head
+
+
+def block_kwargs(config, h) -> dict:
+    """Masks and positions for calling a `NemotronHBlock` directly on [B, T, hidden] states (no padding)."""
+    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+
+    pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+    kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "past_key_values": None, "position_ids": pos}
+    masks = {"full_attention": create_causal_mask(**kw), "linear_attention": create_recurrent_attention_mask(**kw)}
+    return {"masks": masks, "position_ids": pos}
+
+
+def _call_block(blk, h, kw):
+    return blk(h, attention_mask=kw["masks"].get(blk.block_type), position_ids=kw["position_ids"])
+
+
+def run_engine(source, tokens, *, batch_size: int, layer_metric: str | None, skip=frozenset(), stats,
+               collector=None, progress=None) -> None:
+    """Run `tokens` [S, T] through `source`, adding partial sums to `stats` (and to `collector`'s)."""
+    n = tokens.shape[0]
+    n_layers = len(source.config.layers_block_type)
+    micro = [tokens[s : s + batch_size] for s in range(0, n, batch_size)]
+    chunks = [micro] if source.layer_major else [[m] for m in micro]
+    total = len(chunks) * (n_layers + 1)
+    done = 0
+
+    def step():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    with torch.inference_mode():
+        for chunk in chunks:
+            _run_chunk(source, chunk, layer_metric, frozenset(skip), stats, collector, step)
+
+
+def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> None:
+    n_layers = len(source.config.layers_block_type)
+    branches_on = layer_metric in LOGIT_METRICS
+    dev = source.device
+    with source.embedding() as emb:
+        states = [emb(t.to(dev)).to(source.dtype) for t in micro]
+    kws = [block_kwargs(source.config, h) for h in states]
+    branches: dict[int, list] = {}
+    cos = torch.zeros(n_layers, dtype=torch.float64)
+    for j in range(n_layers):
+        if j in skip:
+            step()
+            continue
+        with source.block(j) as blk:
+            for m, h in enumerate(states):
+                if collector is not None:
+                    collector.enabled = True
+                y = _call_block(blk, h, kws[m])
+                if collector is not None:
+                    collector.enabled = False
+                cos[j] += cosine_distance(h, y).double().sum().cpu()
+                for i, br in branches.items():
+                    if i < j:  # branch j (block j skipped) starts after this block
+                        br[m] = _call_block(blk, br[m], kws[m])
+                if branches_on:
+                    branches.setdefault(j, [None] * len(states))[m] = h
+                states[m] = y
+        step()
+    n_tok = sum(t.numel() for t in micro)
+    stats.add("samples", torch.tensor([float(sum(t.shape[0] for t in micro))]))
+    stats.add("tokens", torch.tensor([float(n_tok)]))
+    stats.add("pred_tokens", torch.tensor([float(sum(t.shape[0] * (t.shape[1] - 1) for t in micro))]))
+    stats.add("layer_cosine", cos)
+    with source.head() as (norm_f, lm_head):
+        kl, mse, loss = (torch.zeros(n_layers, dtype=torch.float64) for _ in range(3))
+        ref_loss = torch.zeros(1, dtype=torch.float64)
+        for m, tok in enumerate(micro):
+            normed = norm_f(states[m])
+            if collector is not None:
+                collector.enabled = True
+                collector.add_final(normed)
+                collector.enabled = False
+            if not branches_on:
+                continue
+            tok = tok.to(dev)
+            branch_normed = {i: norm_f(br[m]) for i, br in branches.items()}
+            for b, s, e in _head_chunks(tok.shape):
+                ref = lm_head(normed[b, s:e]).float()  # [rows, V]
+                tgt = tok[b, s + 1 : e + 1]  # next tokens; the last position has none
+                ref_loss += nll_per_token(ref[: len(tgt)], tgt).double().sum().cpu()
+                for i, bn in branch_normed.items():
+                    logits = lm_head(bn[b, s:e]).float()
+                    kl[i] += kl_per_token(ref, logits).double().sum().cpu()
+                    mse[i] += mse_per_token(ref, logits).double().sum().cpu()
+                    loss[i] += nll_per_token(logits[: len(tgt)], tgt).double().sum().cpu()
+        if branches_on:
+            stats.add("layer_kl", kl)
+            stats.add("layer_mse", mse)
+            stats.add("layer_loss", loss)
+            stats.add("ref_loss", ref_loss)
+    step()
+
+
+def _head_chunks(shape, rows: int = HEAD_ROWS):
+    """(sample, start, end) token ranges of at most `rows` tokens covering a [B, T] batch."""
+    b_n, t_n = shape
+    for b in range(b_n):
+        for s in range(0, t_n, rows):
+            yield b, s, min(s + rows, t_n)
+
+
+def stat_shapes(n_layers: int, layer_metric: str | None) -> dict:
+    """The engine's own statistics (for the cross-rank reduction)."""
+    shapes = {"samples": (1,), "tokens": (1,), "pred_tokens": (1,), "layer_cosine": (n_layers,)}
+    if layer_metric in LOGIT_METRICS:
+        shapes.update(layer_kl=(n_layers,), layer_mse=(n_layers,), layer_loss=(n_layers,), ref_loss=(1,))
+    return shapes

@@ -1,0 +1,152 @@
+"""Forward hooks that collect the width statistics of a Nemotron-H model; the maths is in `width.py`.
+
+Hooks are attached to transformers' own modules (`NemotronHForCausalLM.model.layers[i]`):
+
+    block.norm            output         -> hidden channels of layer i
+    mlp.down_proj         input          -> FFN neurons
+    attention.o_proj      input          -> attention heads (KV heads derived at the end)
+    mamba.in_proj         output         -> x-slice: Mamba heads and head-dim channels
+
+The x-slice is read from in_proj's output, which every Mamba path of transformers computes with the
+module itself (the torch path, the mamba_ssm kernels and the fused training kernel alike), so the
+statistics do not depend on which path runs. The final norm_f output is added by the engine
+(`add_final`), since the head is evaluated in token chunks.
+
+Collection only happens while `enabled` is true: the engine switches it off while it runs the
+skip-one-block branches of the layer metrics.
+"""
+
+from __future__ import annotations
+
+from minitron.importance import width
+from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
+from minitron.models.architecture import Architecture
+from minitron.models.layers import ATTENTION, MAMBA, MLP
+
+
+class WidthCollector:
+    def __init__(self, arch: Architecture, agg: Aggregation, stats):
+        self.arch, self.agg, self.stats = arch, agg, stats
+        self.enabled = False
+        self.out_norms: dict[int, object] = {}  # Mamba layer position -> [H] output weight norms
+        self._handles: list = []
+
+    # ------------------------------------------------------------------ collection
+    def add(self, name: str, values) -> None:
+        """[B, T, U] per-token unit values of one batch -> the running statistic `name`."""
+        self.stats.add(name, batch_partial(reduce_seq(values, self.agg.seq), self.agg.batch))
+
+    def add_final(self, normed) -> None:
+        """The output of norm_f, [B, T, hidden] (counted as one more layer of the hidden signal)."""
+        if self.enabled:
+            self.add("hidden.final", width.channel_values(normed))
+
+    def attach(self, model) -> WidthCollector:
+        a = self.arch
+        layers = model.model.layers
+        positions = {c: {i: k for k, i in enumerate(a.layers_of(c))} for c in (MLP, ATTENTION, MAMBA)}
+        for i, c in enumerate(a.pattern):
+            blk = layers[i]
+            self._handles.append(blk.norm.register_forward_hook(self._out_hook(f"hidden.{i}", width.channel_values)))
+            if c == MLP:
+                k = positions[MLP][i]
+                self._handles.append(
+                    blk.mixer.down_proj.register_forward_pre_hook(self._in_hook(f"ffn.{k}", width.channel_values))
+                )
+            elif c == ATTENTION:
+                k, nq = positions[ATTENTION][i], a.num_attention_heads
+                self._handles.append(
+                    blk.mixer.o_proj.register_forward_pre_hook(
+                        self._in_hook(f"attention.{k}", lambda t, nq=nq: width.head_values(t, nq))
+                    )
+                )
+            elif c == MAMBA:
+                self._handles.append(blk.mixer.in_proj.register_forward_hook(self._mamba_hook(positions[MAMBA][i], blk.mixer)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _out_hook(self, name, fn):
+        def hook(_module, _inputs, output):
+            if self.enabled:
+                self.add(name, fn(output))
+
+        return hook
+
+    def _in_hook(self, name, fn):
+        def hook(_module, inputs):
+            if self.enabled:
+                self.add(name, fn(inputs[0]))
+
+        return hook
+
+    def _mamba_hook(self, k: int, mixer):
+        a = self.arch
+
+        def hook(_module, _inputs, projected):
+            if not self.enabled:
+                return
+            x = width.mamba_x_slice(projected, a.mamba_intermediate)  # [B, T, H·P]
+            self.add(f"mamba_heads.{k}", width.head_values(x, a.mamba_num_heads))
+            self.add(f"mamba_channels.{k}", width.channel_values(x))
+            if k not in self.out_norms:  # the weights are materialised now (also when streaming)
+                self.out_norms[k] = width.mamba_output_weight_norms(
+                    mixer.out_proj.weight.detach(), mixer.norm.weight.detach(), a.mamba_num_heads
+                ).double().cpu()
+
+        return hook
+
+    # ------------------------------------------------------------------ results
+    def stat_shapes(self, skip=frozenset()) -> dict[str, tuple[int, ...]]:
+        """Every statistic this collector produces (for the cross-rank reduction)."""
+        a = self.arch
+        shapes = {f"hidden.{i}": (a.hidden_size,) for i in range(a.num_layers) if i not in skip}
+        shapes["hidden.final"] = (a.hidden_size,)
+        for k, i in enumerate(a.layers_of(MLP)):
+            if i not in skip:
+                shapes[f"ffn.{k}"] = (a.intermediate_size,)
+        for k, i in enumerate(a.layers_of(ATTENTION)):
+            if i not in skip:
+                shapes[f"attention.{k}"] = (a.num_attention_heads,)
+        for k, i in enumerate(a.layers_of(MAMBA)):
+            if i not in skip:
+                shapes[f"mamba_heads.{k}"] = (a.mamba_num_heads,)
+                shapes[f"mamba_channels.{k}"] = (a.mamba_intermediate,)
+        return shapes
+
+    def finalize(self, n_samples: float) -> dict:
+        """The width tensors of `scores.safetensors` (float32); layers never run score 0."""
+        import torch
+
+        a, how = self.arch, self.agg.batch
+
+        def get(name, size):
+            if name not in self.stats:
+                return torch.zeros(size, dtype=torch.float64)
+            return finalize_batch(self.stats[name], n_samples, how)
+
+        hidden = sum(get(f"hidden.{i}", a.hidden_size) for i in range(a.num_layers)) + get("hidden.final", a.hidden_size)
+        ffn = [get(f"ffn.{k}", a.intermediate_size) for k in range(a.count(MLP))]
+        att = [get(f"attention.{k}", a.num_attention_heads) for k in range(a.count(ATTENTION))]
+        mh, md = [], []
+        for k in range(a.count(MAMBA)):
+            norms = self.out_norms.get(k, torch.zeros(a.mamba_num_heads, dtype=torch.float64))
+            mh.append(width.mamba_head_scores(get(f"mamba_heads.{k}", a.mamba_num_heads), norms))
+            md.append(width.mamba_head_dim_scores(get(f"mamba_channels.{k}", a.mamba_intermediate), a.mamba_num_heads))
+
+        def stack(rows, width_):
+            return torch.stack(rows) if rows else torch.zeros((0, 0), dtype=torch.float64)
+
+        att_t = stack(att, a.num_attention_heads)
+        out = {
+            "hidden": hidden,
+            "ffn": stack(ffn, a.intermediate_size),
+            "attention_heads": att_t,
+            "kv_heads": width.kv_scores(att_t, a.num_key_value_heads) if att else torch.zeros((0, 0), dtype=torch.float64),
+            "mamba_heads": stack(mh, a.mamba_num_heads),
+            "mamba_head_dim": stack(md, a.mamba_head_dim),
+        }
+        return {k: v.float() for k, v in out.items()}

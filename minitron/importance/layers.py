@@ -1,0 +1,86 @@
+"""Layer importance: how much the model's output changes when one block is skipped.
+
+Metrics (pure functions, per token; larger = more important):
+
+    kl      KL(p_full || p_skipped) of the next-token distributions (default)
+    mse     mean over the vocabulary of (logits_skipped - logits_full)^2
+    loss    increase of the next-token cross-entropy (clamped at 0 in the final score)
+    cosine  1 - cos(block input, block output): free, from the full pass alone
+
+`layer_scores()` is the library entry point (prune's `--iterative` depth pruning re-scores with it
+after each removal). It does not pay N+1 full passes: the full pass runs once, and the input of every
+block is carried as the start of a "branch" in which that block is skipped; each later block is then
+applied to the live branches. Block i's branch costs only the suffix i+1..N-1 (N + N(N-1)/2 block
+evaluations in all instead of N(N+1)), and the head once per branch. See `engine.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAYER_METRICS = ("kl", "mse", "loss", "cosine")
+LOGIT_METRICS = ("kl", "mse", "loss")
+
+
+def kl_per_token(ref_logits, logits):
+    """[..., V] full-model and skipped-block logits -> [...] KL(p_ref || p) in nats (float32)."""
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).clamp_min(0)
+
+
+def mse_per_token(ref_logits, logits):
+    """[..., V] -> [...] mean squared difference of the logits."""
+    return (logits.float() - ref_logits.float()).pow(2).mean(dim=-1)
+
+
+def nll_per_token(logits, targets):
+    """[..., V] logits and [...] target ids -> [...] cross-entropy in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def cosine_distance(x, y):
+    """[..., C] block input and output -> [...] 1 - cos(x, y), in [0, 2]."""
+    cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1, eps=1e-8)
+    return (1.0 - cos).clamp_min(0)
+
+
+def finalize_layer_scores(stats, num_layers: int, skip=frozenset()) -> dict:
+    """Partial sums of the engine -> {metric: [num_layers] float32} for the metrics collected."""
+    tokens = float(stats["tokens"].item()) if "tokens" in stats else 0.0
+    pred = float(stats["pred_tokens"].item()) if "pred_tokens" in stats else 0.0
+    out = {}
+    if "layer_cosine" in stats:
+        out["cosine"] = stats["layer_cosine"] / max(tokens, 1.0)
+    if "layer_kl" in stats:
+        out["kl"] = stats["layer_kl"] / max(tokens, 1.0)
+        out["mse"] = stats["layer_mse"] / max(tokens, 1.0)
+        out["loss"] = ((stats["layer_loss"] - stats["ref_loss"]) / max(pred, 1.0)).clamp_min(0)
+    for name, t in out.items():
+        t = t.clone()
+        for i in skip:
+            t[i] = 0.0
+        out[name] = t.float()
+    return out
+
+
+def layer_scores(model, blocks, metric: str = "kl", batch_size: int = 8, skip=frozenset(), progress=None):
+    """Importance of every layer of an in-memory `NemotronHForCausalLM` -> [num_layers] float32.
+
+    `blocks`: [n_samples, seq_len] token ids. `skip`: layers already removed; they are skipped in
+    every pass (the model is evaluated as if they were gone) and score 0. `progress`: optional
+    callable `progress(done, total)`.
+    """
+    from minitron.importance.aggregate import Stats
+    from minitron.importance.engine import InMemorySource, run_engine
+    from minitron.models.architecture import Architecture
+
+    if metric not in LAYER_METRICS:
+        raise ValueError(f"unknown layer metric {metric!r} (expected one of {', '.join(LAYER_METRICS)})")
+    arch = Architecture.from_config(model.config.to_dict())
+    source = InMemorySource(model)
+    stats = Stats()
+    run_engine(source, blocks, batch_size=batch_size, layer_metric=metric, skip=frozenset(skip), stats=stats,
+               collector=None, progress=progress)
+    return finalize_layer_scores(stats, arch.num_layers, frozenset(skip))[metric]

@@ -1,0 +1,196 @@
+"""`score_model()`: the whole of `minitron score` as a library call (validate, load, run, reduce).
+
+Everything a user can get wrong is checked before the model runs: the checkpoint's headers against
+its config, the options, the data (tokenised and packed), and - for the layer-streamed path - the
+memory the activations will need. Under torchrun each rank takes a contiguous slice of the samples
+and the float64 partial sums are summed over the ranks before the scores are finalised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from minitron.errors import InputError
+from minitron.importance.aggregate import Aggregation
+from minitron.importance.layers import LAYER_METRICS, LOGIT_METRICS
+
+DEFAULT_SEQ_LEN = 4096
+MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
+
+
+@dataclass
+class ScoreOptions:
+    samples: int = 1024
+    seq_len: int | None = None  # None: min(4096, max_position_embeddings)
+    batch_size: int = 8
+    layer_metric: str = "kl"
+    aggregation: str = "mean,l2"
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+    text_field: str = "text"
+    streaming: bool | None = None  # None: automatic
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ScoreResult:
+    scores: object  # minitron.importance.scores.Scores
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """What `prepare()` checked and decided; `run()` does the work."""
+
+    ckpt: object
+    arch: object
+    opts: ScoreOptions
+    agg: Aggregation
+    tokens: object  # [samples, seq_len] LongTensor (all ranks)
+    device: str
+    dtype: object
+    dtype_name: str
+    streaming: bool
+    data: list = field(default_factory=list)
+
+
+def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
+    """Validate everything and tokenise the data; nothing heavy, nothing written."""
+    import torch
+
+    from minitron import distributed
+    from minitron.data import load_blocks
+    from minitron.models.checkpoint import load_tokenizer, open_checkpoint, resolve_device, torch_dtype
+
+    if opts.samples < 1:
+        raise InputError(f"must be >= 1, got {opts.samples}", flag="--samples")
+    if opts.batch_size < 1:
+        raise InputError(f"must be >= 1, got {opts.batch_size}", flag="--batch-size")
+    if opts.layer_metric not in LAYER_METRICS:
+        raise InputError(f"unknown metric {opts.layer_metric!r} (expected {', '.join(LAYER_METRICS)})",
+                         flag="--layer-metric")
+    agg = Aggregation.parse(opts.aggregation)
+    if not data:
+        raise InputError("give at least one data file", flag="--data")
+    ckpt = open_checkpoint(model, require_weights=True)
+    arch = ckpt.arch
+    seq_len = opts.seq_len if opts.seq_len is not None else min(DEFAULT_SEQ_LEN, arch.max_position_embeddings)
+    if seq_len > arch.max_position_embeddings:
+        raise InputError(f"{seq_len} exceeds the model's max_position_embeddings ({arch.max_position_embeddings})",
+                         flag="--seq-len")
+    device = distributed.local_device(resolve_device(opts.device))
+    dtype_name = opts.dtype if opts.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    dtype = torch_dtype(dtype_name)
+    tokenizer = load_tokenizer(ckpt.path)
+    tokens = load_blocks(data, tokenizer, seq_len=seq_len, samples=opts.samples, text_field=opts.text_field,
+                         seed=opts.seed, max_positions=arch.max_position_embeddings)
+    weights = arch.total_params * torch.tensor([], dtype=dtype).element_size()
+    free = available_memory(device)
+    streaming = opts.streaming if opts.streaming is not None else weights > MEMORY_FRACTION * free
+    opts = ScoreOptions(**{**opts.to_dict(), "seq_len": seq_len})
+    p = Prepared(ckpt=ckpt, arch=arch, opts=opts, agg=agg, tokens=tokens, device=device, dtype=dtype,
+                 dtype_name=dtype_name, streaming=streaming, data=[str(d) for d in data])
+    if streaming:
+        _check_streaming_memory(p, free)
+    return p
+
+
+def available_memory(device: str) -> int:
+    """Free bytes on the device (system RAM available for the CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def streaming_activation_bytes(arch, n_samples: int, seq_len: int, dtype_bytes: int, layer_metric: str) -> int:
+    """Hidden states the layer-major path holds at once: every sample, in the main pass and each branch."""
+    copies = 2 + (arch.num_layers if layer_metric in LOGIT_METRICS else 0)  # main in + out, branches
+    return n_samples * seq_len * arch.hidden_size * dtype_bytes * copies
+
+
+def _check_streaming_memory(p: Prepared, free: int) -> None:
+    from minitron import distributed
+    from minitron.cli.common import fmt_bytes
+
+    n = len(distributed.shard_range(p.tokens.shape[0]))
+    need = streaming_activation_bytes(p.arch, n, p.opts.seq_len, p.tokens.new_empty(0, dtype=p.dtype).element_size(),
+                                      p.opts.layer_metric)
+    if need > 0.8 * free:
+        hint = " or --layer-metric cosine" if p.opts.layer_metric in LOGIT_METRICS else ""
+        raise InputError(
+            f"layer-streamed scoring would hold {fmt_bytes(need)} of activations but {fmt_bytes(free)} is free; "
+            f"lower --samples or --seq-len{hint}",
+            flag="--samples",
+        )
+
+
+def run(p: Prepared, progress=None) -> ScoreResult:
+    """Score a prepared model; every rank returns the same (all-reduced) scores."""
+    import torch
+
+    from minitron import distributed
+    from minitron.importance.aggregate import Stats
+    from minitron.importance.engine import InMemorySource, run_engine, stat_shapes
+    from minitron.importance.hooks import WidthCollector
+    from minitron.importance.layers import finalize_layer_scores
+    from minitron.importance.scores import Scores
+    from minitron.io import model_fingerprint
+
+    t0 = time.perf_counter()
+    torch.manual_seed(p.opts.seed)
+    if p.streaming:
+        from minitron.streaming import StreamingSource
+
+        source = StreamingSource(p.ckpt.path, device=p.device, dtype=p.dtype, ckpt=p.ckpt)
+    else:
+        from minitron.models.checkpoint import load_model
+
+        source = InMemorySource(load_model(p.ckpt.path, dtype=p.dtype_name, device=p.device, check=False))
+    stats = Stats()
+    collector = WidthCollector(p.arch, p.agg, stats).attach(source.model)
+    mine = p.tokens[list(distributed.shard_range(p.tokens.shape[0]))]
+    try:
+        run_engine(source, mine, batch_size=p.opts.batch_size, layer_metric=p.opts.layer_metric, stats=stats,
+                   collector=collector, progress=progress)
+    finally:
+        collector.detach()
+    stats.all_reduce({**collector.stat_shapes(), **stat_shapes(p.arch.num_layers, p.opts.layer_metric)})
+    n_samples = float(stats["samples"].item())
+    tensors = collector.finalize(n_samples)
+    layer = finalize_layer_scores(stats, p.arch.num_layers)
+    tensors["layers"] = layer[p.opts.layer_metric]
+    for name, t in layer.items():
+        if name != p.opts.layer_metric:
+            tensors[f"layers_{name}"] = t
+    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise RuntimeError(f"non-finite scores in {', '.join(bad)} (try --dtype fp32)")
+    scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path))
+    scores.validate(p.arch)
+    info = {
+        "samples": int(n_samples),
+        "seq_len": p.opts.seq_len,
+        "tokens": int(stats["tokens"].item()),
+        "device": p.device,
+        "dtype": p.dtype_name,
+        "streaming": p.streaming,
+        "world_size": distributed.world_size(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if p.streaming:
+        info["bytes_read"] = source.bytes_read
+    return ScoreResult(scores=scores, info=info)
+
+
+def score_model(model: str | Path, data, opts: ScoreOptions | None = None, progress=None) -> ScoreResult:
+    """Validate, then score: `Scores` for every width axis and the layers, plus run facts."""
+    return run(prepare(model, data, opts or ScoreOptions()), progress=progress)
