@@ -1,0 +1,26 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for a Nemotron-H model: one unit per decoder block.
+
+Each block of `model.model.layers` becomes its own FSDP unit (its parameters are gathered just for
+its forward/backward), then the root (embedding, final norm, lm_head). Both the student and the
+frozen teacher are sharded, so a 12B teacher and a 9B student fit on devices that hold neither.
+"""
+
+from __future__ import annotations
+
+
+def fsdp_wrap(model, device: str):
+    """Shard `model` over all ranks in place (FSDP2) and return it; parameters become DTensors."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from minitron import distributed as dist
+
+    kind = torch.device(device).type
+    mesh = init_device_mesh(kind, (dist.world_size(),))
+    if kind == "cuda":
+        model.to(device)
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model

@@ -1,0 +1,300 @@
+"""`minitron distill` as a library call: validate, load, train (resuming if asked), write the result.
+
+Order of work: every input is checked (paths, models, tokenizers, data, options, the output
+directory) before a model is loaded or a file written; then the run directory `<out>.partial/`
+(see `checkpointing`) receives checkpoints and metrics; at the end the student is written as a
+Hugging Face directory into a temporary directory beside `--out` and renamed into place.
+Under torchrun every rank runs this function; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minitron import distributed as dist
+from minitron.distill.checkpointing import RunDir, run_dir_for
+from minitron.distill.trainer import TrainConfig, Trainer, unwrap
+from minitron.errors import InputError, MinitronError
+
+
+@dataclass
+class DistillOptions:
+    teacher: Path
+    student: Path
+    data: list[Path]
+    out: Path
+    train: TrainConfig
+    tokens: int | None = None  # alternative to train.steps (steps = ceil(tokens / (global x seq_len)))
+    seq_len: int = 1024
+    eval_data: list[Path] = field(default_factory=list)
+    eval_samples: int | None = None  # at most this many eval blocks (default: all of --eval-data, or 16 train blocks)
+    text_field: str = "text"
+    save_every: int = 100
+    keep_last: int = 2
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    fsdp: bool = False
+    overwrite: bool = False
+    restart: bool = False
+
+
+# ---------------------------------------------------------------------- validation
+def _open_model_dir(path: Path, flag: str):
+    from minitron.models.checkpoint import open_checkpoint
+
+    if not path.exists():
+        raise InputError(f"no such directory: {path}", flag=flag)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
+    try:
+        return open_checkpoint(path, require_weights=True, check=True)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None
+
+
+def _tokenizer(path: Path, flag: str):
+    from minitron.models.checkpoint import load_tokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return None
+    try:
+        return load_tokenizer(path)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None
+
+
+def check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok) -> None:
+    """Teacher and student must agree on the vocabulary (size and ids)."""
+    tv, sv = t_ckpt.arch.vocab_size, s_ckpt.arch.vocab_size
+    if tv != sv:
+        raise InputError(f"teacher vocabulary ({tv}) and student vocabulary ({sv}) differ; "
+                         "distillation needs one tokenizer", flag="--student")  # fmt: skip
+    if t_tok is None or s_tok is None:
+        return
+    if t_tok.get_vocab() != s_tok.get_vocab():
+        raise InputError("teacher and student tokenizers map tokens to different ids", flag="--student")
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        if getattr(t_tok, attr, None) != getattr(s_tok, attr, None):
+            raise InputError(f"teacher and student tokenizers differ in {attr}", flag="--student")
+
+
+def _compute_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    from minitron.models.checkpoint import torch_dtype
+
+    torch_dtype(dtype)  # validates
+    return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(dtype, dtype)
+
+
+@dataclass
+class Prepared:
+    opts: DistillOptions
+    teacher_ckpt: object
+    student_ckpt: object
+    tokenizer: object
+    tokenizer_dir: Path
+    train_blocks: object
+    eval_blocks: object
+    eval_source: str
+    device: str
+    dtype: str
+    run_dir: RunDir
+    identity: dict
+
+
+def prepare(opts: DistillOptions) -> Prepared:
+    """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
+    from minitron.data import data_fingerprints, load_blocks
+    from minitron.io import check_output_dir, model_fingerprint
+    from minitron.models.checkpoint import resolve_device
+
+    opts.teacher, opts.student, opts.out = Path(opts.teacher), Path(opts.student), Path(opts.out)
+    world = dist.world_size()
+    if opts.tokens is not None:
+        if opts.tokens < 1:
+            raise InputError(f"must be >= 1, got {opts.tokens}", flag="--tokens")
+    if opts.seq_len < 2:
+        raise InputError(f"must be at least 2, got {opts.seq_len}", flag="--seq-len")
+    if opts.save_every < 0:
+        raise InputError(f"must be >= 0, got {opts.save_every}", flag="--save-every")
+    if opts.keep_last < 1:
+        raise InputError(f"must be >= 1, got {opts.keep_last}", flag="--keep-last")
+    if opts.eval_samples is not None and opts.eval_samples < 1:
+        raise InputError(f"must be >= 1, got {opts.eval_samples}", flag="--eval-samples")
+    g = opts.train.global_batch_size or opts.train.micro_batch_size * world
+    if opts.tokens is not None:
+        opts.train.steps = max(1, math.ceil(opts.tokens / (g * opts.seq_len)))
+    opts.train.validate(world)
+    device = dist.local_device(resolve_device(opts.device))
+    dtype = _compute_dtype(opts.dtype, device)
+    opts.train.autocast_dtype = None if dtype == "fp32" else dtype
+    if opts.fsdp and world < 2:
+        raise InputError("needs torchrun with at least 2 processes (torchrun --nproc-per-node N -m minitron ...)",
+                         flag="--fsdp")  # fmt: skip
+
+    t_ckpt = _open_model_dir(opts.teacher, "--teacher")
+    s_ckpt = _open_model_dir(opts.student, "--student")
+    t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
+    check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok)
+    tok, tok_dir = (s_tok, opts.student) if s_tok is not None else (t_tok, opts.teacher)
+    if tok is None:
+        raise InputError(f"neither {opts.teacher} nor {opts.student} has tokenizer files", flag="--teacher")
+    check_output_dir(opts.out, overwrite=opts.overwrite, inputs=[opts.teacher, opts.student])
+
+    max_pos = min(t_ckpt.arch.max_position_embeddings or 1 << 30, s_ckpt.arch.max_position_embeddings or 1 << 30)
+    train_blocks = load_blocks(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
+                               max_positions=max_pos)  # fmt: skip
+    if opts.eval_data:
+        eval_blocks = load_blocks(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
+                                  flag="--eval-data", max_positions=max_pos)  # fmt: skip
+        eval_blocks, source = eval_blocks[: opts.eval_samples or eval_blocks.shape[0]], "eval-data"
+    else:  # no held-out data: report figures on the first training blocks (recorded as such)
+        eval_blocks, source = train_blocks[: opts.eval_samples or 16], "train"
+
+    run_dir = RunDir(run_dir_for(opts.out))
+    identity = {
+        "teacher": model_fingerprint(opts.teacher), "student": model_fingerprint(opts.student),
+        "data": [d["sha256"] for d in data_fingerprints(opts.data)], "seq_len": opts.seq_len,
+        **{k: v for k, v in opts.train.to_dict().items() if k not in ("eval_every", "eval_batch_size")},
+    }  # fmt: skip
+    if not opts.restart:
+        run_dir.check_resumable(identity)
+    return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train_blocks, eval_blocks, source, device, dtype, run_dir,
+                    identity)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- models
+def load_models(p: Prepared):
+    """Teacher in the compute dtype (frozen); student in fp32 master weights; wrapped for DDP/FSDP."""
+    import torch
+
+    from minitron.models.checkpoint import load_model
+
+    teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
+    student = load_model(p.opts.student, dtype="fp32", device="cpu" if p.opts.fsdp else p.device)
+    if p.opts.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.config.use_cache = False
+    if p.opts.fsdp:
+        from minitron.distill.parallel import fsdp_wrap
+
+        return fsdp_wrap(teacher, p.device), fsdp_wrap(student, p.device)
+    if dist.world_size() > 1:
+        ids = [torch.device(p.device).index] if p.device.startswith("cuda") else None
+        student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    return teacher, student
+
+
+# ---------------------------------------------------------------------- the run
+def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
+    """Validate, train (resuming from `<out>.partial/` when it holds a checkpoint), write `--out`.
+
+    `on_event(kind, payload)` is called on rank 0 for "resume", "step" and "eval" (for live output).
+    Returns the summary (the `--json` document).
+    """
+    import torch
+
+    p = prepare(opts)
+    main = dist.is_main()
+    emit = on_event if (on_event and main) else (lambda *a: None)
+    if opts.restart and main:
+        p.run_dir.remove()
+    dist.barrier()
+    if main:
+        p.run_dir.start(p.identity)
+    dist.barrier()
+
+    torch.manual_seed(opts.train.seed)
+    teacher, student = load_models(p)
+    trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp)
+    resumed_from = None
+    latest = p.run_dir.latest()
+    if latest is not None:
+        trainer.load_state_dict(p.run_dir.load(latest[1]))
+        resumed_from = trainer.step
+        if main:
+            p.run_dir.truncate_metrics(trainer.step)
+        emit("resume", {"step": trainer.step, "checkpoint": str(latest[1])})
+    elif main:
+        p.run_dir.truncate_metrics(-1)
+
+    def on_step(m):
+        if main:
+            p.run_dir.append_metrics(m)
+        emit("step", m)
+
+    def on_eval(step, ev):
+        rec = {"step": step, "tokens": step * opts.train.global_batch_size * p.train_blocks.shape[1], "eval": ev}
+        if main:
+            p.run_dir.append_metrics(rec)
+        emit("eval", rec)
+
+    def save():
+        state = trainer.state_dict()  # collective under FSDP
+        if main:
+            p.run_dir.save(state, trainer.step, opts.keep_last)
+        dist.barrier()
+
+    t0 = time.perf_counter()
+    summary = trainer.train(on_step=on_step, on_eval=on_eval, save=save,
+                            should_save=lambda s: opts.save_every > 0 and s % opts.save_every == 0)  # fmt: skip
+    final_sd = _full_state_dict(trainer) if opts.fsdp else None
+    summary.update({"out_dir": str(opts.out), "resumed_from": resumed_from, "eval_source": p.eval_source,
+                    "world_size": dist.world_size(), "wall_time_s": time.perf_counter() - t0,
+                    "seq_len": p.train_blocks.shape[1], "global_batch_size": opts.train.global_batch_size,
+                    "loss_kind": opts.train.loss})  # fmt: skip
+    if main:
+        _write_output(p, unwrap(student), summary, final_sd)
+        p.run_dir.remove()
+    dist.barrier()
+    return summary
+
+
+def _full_state_dict(trainer):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(trainer.student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
+    """The student as a Hugging Face directory (in the student checkpoint's dtype) + tokenizer +
+    metrics.jsonl + minitron.json, renamed into place in one step."""
+    from minitron.data import data_fingerprints
+    from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
+    from minitron.models.checkpoint import copy_side_files, torch_dtype
+
+    opts = p.opts
+    dtype = torch_dtype({"BF16": "bf16", "F16": "fp16"}.get(p.student_ckpt.dtype, "fp32"))
+    sd = state_dict if state_dict is not None else student.state_dict()
+    sd = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()}
+    with atomic_output_dir(opts.out, overwrite=opts.overwrite) as tmp:
+        student.config.use_cache = True
+        student.save_pretrained(tmp, state_dict=sd, max_shard_size="5GB")
+        cfg = Path(tmp) / "config.json"
+        _set_config_dtype(cfg, dtype)
+        copy_side_files(p.tokenizer_dir, Path(tmp))
+        if p.run_dir.metrics.is_file():
+            shutil.copy2(p.run_dir.metrics, Path(tmp) / "metrics.jsonl")
+        options = {k: v for k, v in vars(opts).items() if k != "train"} | {"train": opts.train.to_dict()}
+        inputs = {"teacher": {"path": str(opts.teacher), "fingerprint": model_fingerprint(opts.teacher)},
+                  "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
+                  "data": data_fingerprints(opts.data),
+                  "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
+        write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
+
+
+def _set_config_dtype(cfg: Path, dtype) -> None:
+    import json
+
+    doc = json.loads(cfg.read_text())
+    name = str(dtype).replace("torch.", "")
+    doc["dtype"] = name
+    if "torch_dtype" in doc:
+        doc["torch_dtype"] = name
+    cfg.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,370 @@
+"""The distillation loop: a frozen teacher, a training student, AdamW, a schedule, evaluation.
+
+In-memory only: models and token blocks in, metrics out; files (checkpoints, metrics.jsonl, the
+final model) are the business of `minitron.distill.run`, which calls `Trainer.train` with callbacks.
+
+One optimiser step reads `global_batch_size` blocks. Under torchrun each of the `world` ranks takes
+a contiguous `global / world` share of them, in micro-batches of `micro_batch_size`, so gradient
+accumulation is `global / (world * micro)` micro-batches. Each micro-batch's loss is a *sum* over its
+tokens divided by the tokens of the whole global batch (times `world`, since DDP and FSDP average
+gradients over ranks): the gradient is the same whatever the split, and a 2-process run equals the
+1-process run with the same global batch up to float summation order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from minitron import distributed as dist
+from minitron.distill.losses import DEFAULT_CHUNK, check_kind, distill_loss, lm_loss
+from minitron.distill.schedule import SCHEDULES, Schedule
+from minitron.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    micro_batch_size: int = 4
+    global_batch_size: int | None = None  # None: micro_batch_size x world size (no accumulation)
+    lr: float = 1e-4
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 0
+    schedule: str = "wsd"
+    weight_decay: float = 0.0
+    clip: float | None = 1.0  # None or 0: no clipping
+    loss: str = "forward-kl"
+    temperature: float = 1.0
+    top_k: int | None = None
+    ce_weight: float = 0.0
+    eval_every: int = 0  # 0: evaluate at the start and the end only
+    eval_batch_size: int | None = None
+    seed: int = 0
+    chunk_size: int = DEFAULT_CHUNK
+    autocast_dtype: str | None = None  # bf16/fp16: forward passes under torch.autocast
+
+    def validate(self, world: int = 1) -> TrainConfig:
+        def need(ok, msg, flag):
+            if not ok:
+                raise InputError(msg, flag=flag)
+
+        need(self.steps >= 1, f"must be >= 1, got {self.steps}", "--steps")
+        need(self.micro_batch_size >= 1, f"must be >= 1, got {self.micro_batch_size}", "--micro-batch-size")
+        g = self.global_batch_size if self.global_batch_size is not None else self.micro_batch_size * world
+        need(g >= 1, f"must be >= 1, got {g}", "--global-batch-size")
+        need(g % (self.micro_batch_size * world) == 0,
+             f"{g} is not a multiple of --micro-batch-size ({self.micro_batch_size}) x processes ({world})",
+             "--global-batch-size")  # fmt: skip
+        need(self.lr > 0, f"must be > 0, got {self.lr}", "--lr")
+        need(self.min_lr is None or 0 <= self.min_lr <= self.lr, f"must be in [0, --lr], got {self.min_lr}", "--min-lr")
+        need(0 <= self.warmup_steps <= self.steps, f"must be in [0, --steps], got {self.warmup_steps}", "--warmup-steps")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected {', '.join(SCHEDULES)})",
+             "--schedule")  # fmt: skip
+        need(self.weight_decay >= 0, f"must be >= 0, got {self.weight_decay}", "--weight-decay")
+        need(self.clip is None or self.clip >= 0, f"must be >= 0, got {self.clip}", "--clip")
+        check_kind(self.loss)
+        need(self.temperature > 0, f"must be > 0, got {self.temperature}", "--temperature")
+        need(self.top_k is None or self.top_k >= 1, f"must be >= 1, got {self.top_k}", "--top-k")
+        need(self.ce_weight >= 0, f"must be >= 0, got {self.ce_weight}", "--ce-weight")
+        need(self.eval_every >= 0, f"must be >= 0, got {self.eval_every}", "--eval-every")
+        need(self.chunk_size >= 1, f"must be >= 1, got {self.chunk_size}", "--chunk-size")
+        self.global_batch_size = g
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- data order
+def epoch_order(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """The order in which epoch `epoch` visits the `n` blocks: a permutation fixed by (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def step_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
+    """Block indices of optimiser step `step` (0-based): positions step*G .. step*G+G-1 of the stream of
+    epochs. A pure function of the step, so a resumed run reads exactly the data it would have read."""
+    out, cache = [], {}
+    for pos in range(step * global_batch, (step + 1) * global_batch):
+        epoch, i = divmod(pos, n)
+        if epoch not in cache:
+            cache[epoch] = epoch_order(n, epoch, seed)
+        out.append(int(cache[epoch][i]))
+    return out
+
+
+def rank_micro_batches(indices: list[int], micro: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's contiguous share of a global batch, cut into micro-batches."""
+    share = len(indices) // world
+    mine = indices[rank * share : (rank + 1) * share]
+    return [mine[i : i + micro] for i in range(0, len(mine), micro)]
+
+
+# ---------------------------------------------------------------------- helpers
+def _autocast(device: str, dtype: str | None):
+    if dtype in (None, "fp32", "float32"):
+        return contextlib.nullcontext()
+    from minitron.models.checkpoint import torch_dtype
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
+
+
+def unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _logits(model, ids):
+    return model(input_ids=ids, use_cache=False).logits  # [B, L, V]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, device: str = "cpu",
+             autocast_dtype: str | None = None, chunk_size: int = DEFAULT_CHUNK) -> dict:  # fmt: skip
+    """Validation KL(teacher || student) per token and the student's LM loss per predicted token.
+
+    Blocks are dealt round-robin to ranks; every rank runs the same number of forwards (ranks short
+    of data repeat a block with weight 0), which FSDP's collectives require.
+    """
+    was_training = student.training
+    student.eval()
+    r, w = dist.rank(), dist.world_size()
+    mine = list(range(r, blocks.shape[0], w))
+    most = -(-blocks.shape[0] // w)  # ceil: the blocks of the rank with the most
+    n_batches = -(-most // micro_batch_size)
+    sums = torch.zeros(4, dtype=torch.float64)  # kl sum, kl tokens, ce sum, ce tokens
+    for b in range(n_batches):
+        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
+        weight = 1.0 if idx else 0.0
+        ids = blocks[idx or [0]].to(device)
+        with _autocast(device, autocast_dtype):
+            t_logits = _logits(teacher, ids)
+            s_logits = _logits(student, ids)
+        kl = distill_loss(s_logits, t_logits, reduction="sum", chunk_size=chunk_size)
+        del t_logits
+        ce = lm_loss(s_logits, ids, reduction="sum")
+        del s_logits
+        sums += weight * torch.tensor([float(kl), ids.numel(), float(ce), ids[:, 1:].numel()], dtype=torch.float64)
+    dist.all_reduce_sum(sums)
+    if was_training:
+        student.train()
+    return {"kl": float(sums[0] / max(sums[1], 1)), "loss": float(sums[2] / max(sums[3], 1)),
+            "tokens": int(sums[1])}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    """Owns the optimiser, schedule and position of one distillation run (models are given)."""
+
+    def __init__(self, teacher, student, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None,
+                 cfg: TrainConfig, *, device: str = "cpu", fsdp: bool = False):  # fmt: skip
+        self.world, self.rank = dist.world_size(), dist.rank()
+        self.cfg = cfg.validate(self.world)
+        self.device, self.fsdp = device, fsdp
+        self.teacher, self.student = teacher, student  # student: plain, DDP- or FSDP2-wrapped module
+        self.train_blocks, self.eval_blocks = train_blocks, eval_blocks
+        if train_blocks.shape[0] < 1:
+            raise InputError("no training blocks", flag="--data")
+        self.seq_len = int(train_blocks.shape[1])
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student.train()
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+        )  # fmt: skip
+        self.schedule = Schedule(cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule)
+        self.step = 0
+        self.initial_eval: dict | None = None
+        self.final_eval: dict | None = None
+        self.last_metrics: dict = {}
+        self.train_time = 0.0
+        self.trained_tokens = 0  # tokens trained in this session (tokens/s)
+
+    # -- state
+    @property
+    def tokens(self) -> int:
+        return self.step * self.cfg.global_batch_size * self.seq_len
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs. Collective under FSDP (every rank must call it)."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd, optim_sd = get_state_dict(self.student, self.optimizer, options=opts)
+        else:
+            model_sd, optim_sd = unwrap(self.student).state_dict(), self.optimizer.state_dict()
+        return {
+            "student": model_sd, "optimizer": optim_sd, "schedule": self.schedule.state_dict(),
+            "step": self.step, "samples_seen": self.step * self.cfg.global_batch_size, "tokens": self.tokens,
+            "rng": rng_state(), "initial_eval": self.initial_eval, "config": self.cfg.to_dict(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            set_state_dict(self.student, self.optimizer, model_state_dict=state["student"],
+                           optim_state_dict=state["optimizer"], options=opts)  # fmt: skip
+        else:
+            unwrap(self.student).load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step = int(state["step"])
+        self.initial_eval = state.get("initial_eval")
+        set_rng_state(state["rng"])
+
+    # -- evaluation
+    def evaluate(self) -> dict | None:
+        if self.eval_blocks is None or self.eval_blocks.shape[0] == 0:
+            return None
+        model = self.student if self.fsdp else unwrap(self.student)
+        bs = self.cfg.eval_batch_size or self.cfg.micro_batch_size
+        return evaluate(self.teacher, model, self.eval_blocks, micro_batch_size=bs, device=self.device,
+                        autocast_dtype=self.cfg.autocast_dtype, chunk_size=self.cfg.chunk_size)  # fmt: skip
+
+    # -- one optimiser step
+    def train_step(self) -> dict:
+        cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
+        t0 = time.perf_counter()
+        lr = self.schedule.apply(self.optimizer)
+        indices = step_indices(self.step, self.train_blocks.shape[0], g, cfg.seed)
+        micro = rank_micro_batches(indices, cfg.micro_batch_size, self.rank, self.world)
+        kd_norm, ce_norm = g * L, g * (L - 1)  # tokens of the whole global batch
+        sums = torch.zeros(2, dtype=torch.float64)  # kd sum, ce sum (this rank)
+        for i, idx in enumerate(micro):
+            ids = self.train_blocks[idx].to(self.device)
+            with torch.no_grad(), _autocast(self.device, cfg.autocast_dtype):
+                t_logits = _logits(self.teacher, ids)
+            with self._sync(last=i == len(micro) - 1):
+                with _autocast(self.device, cfg.autocast_dtype):
+                    s_logits = _logits(self.student, ids)
+                kd = distill_loss(s_logits, t_logits, kind=cfg.loss, temperature=cfg.temperature, top_k=cfg.top_k,
+                                  reduction="sum", chunk_size=cfg.chunk_size)  # fmt: skip
+                del t_logits  # free the teacher's logits before the student's backward
+                objective = kd / kd_norm
+                if cfg.ce_weight > 0:
+                    ce = lm_loss(s_logits, ids, reduction="sum")
+                    objective = objective + cfg.ce_weight * ce / ce_norm
+                    sums[1] += float(ce.detach())
+                del s_logits
+                (objective * self.world).backward()
+            sums[0] += float(kd.detach())
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.advance()
+        self.step += 1
+        dist.all_reduce_sum(sums)
+        dt = time.perf_counter() - t0
+        self.train_time += dt
+        self.trained_tokens += g * L
+        kd_mean = float(sums[0] / kd_norm)
+        m = {"step": self.step, "tokens": self.tokens, "loss": kd_mean, "kd": kd_mean, "lr": lr,
+             "grad_norm": grad_norm, "step_time_s": dt, "tokens_per_second": g * L / dt}  # fmt: skip
+        if cfg.ce_weight > 0:
+            m["lm_loss"] = float(sums[1] / ce_norm)
+            m["loss"] = kd_mean + cfg.ce_weight * m["lm_loss"]
+        if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0:
+            m["kl"] = kd_mean
+        self.last_metrics = m
+        return m
+
+    def _sync(self, last: bool):
+        """Gradient all-reduce only on the last micro-batch of a step (DDP no_sync / FSDP2 flag)."""
+        if self.fsdp:
+            self.student.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        if isinstance(self.student, torch.nn.parallel.DistributedDataParallel) and not last:
+            return self.student.no_sync()
+        return contextlib.nullcontext()
+
+    def _clip(self) -> float:
+        params = [p for p in self.student.parameters() if p.grad is not None]
+        max_norm = self.cfg.clip if self.cfg.clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+            norm = norm.full_tensor()
+        return float(norm)
+
+    # -- the loop
+    def train(self, *, on_step: Callable[[dict], None] | None = None, on_eval: Callable[[int, dict], None] | None = None,
+              should_save: Callable[[int], bool] | None = None, save: Callable[[], None] | None = None) -> dict:  # fmt: skip
+        """Run from `self.step` to `cfg.steps`; evaluate at the start (if not already done), every
+        `eval_every` steps and at the end; call `save()` after steps where `should_save(step)`."""
+        cfg = self.cfg
+        if self.initial_eval is None and self.step == 0:
+            self.initial_eval = self.evaluate()
+            if on_eval and self.initial_eval is not None:
+                on_eval(0, self.initial_eval)
+        while self.step < cfg.steps:
+            m = self.train_step()
+            if on_step:
+                on_step(m)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                ev = self.evaluate()
+                if on_eval and ev is not None:
+                    on_eval(self.step, ev)
+            if save and should_save and self.step < cfg.steps and should_save(self.step):
+                save()
+        self.final_eval = self.evaluate()
+        if on_eval and self.final_eval is not None:
+            on_eval(self.step, self.final_eval)
+        return self.summary()
+
+    def summary(self) -> dict:
+        return {
+            "steps": self.step, "tokens": self.tokens, "initial_eval": self.initial_eval,
+            "final_eval": self.final_eval, "train": self.last_metrics,
+            "tokens_per_second": self.trained_tokens / self.train_time if self.train_time else None,
+        }  # fmt: skip
+
+
+def quick_distill(teacher, student, train_blocks, eval_blocks, steps, lr=1e-4, micro_batch_size=4, *,
+                  device: str = "cpu", initial_eval: bool = False, **config) -> dict:  # fmt: skip
+    """Distil `student` (trained in place) from `teacher` for `steps` steps; no files written.
+
+    For ranking pruning candidates. Returns `{"kl", "loss"}` of the final evaluation on
+    `eval_blocks` (KL(teacher || student) per token, student LM loss), plus `steps`, `tokens`,
+    `tokens_per_second` and, with `initial_eval=True`, `initial_eval`. Further `TrainConfig`
+    fields (schedule, warmup_steps, global_batch_size, loss, ...) may be passed as keywords.
+    """
+    cfg = TrainConfig(steps=steps, lr=lr, micro_batch_size=micro_batch_size, **config)
+    trainer = Trainer(teacher, student, train_blocks, eval_blocks, cfg, device=device)
+    if not initial_eval:
+        trainer.initial_eval = {}  # skip the evaluation at the start
+    summary = trainer.train()
+    student.eval()
+    final = summary["final_eval"] or {}
+    out = {"kl": final.get("kl"), "loss": final.get("loss"), "steps": summary["steps"], "tokens": summary["tokens"],
+           "tokens_per_second": summary["tokens_per_second"]}  # fmt: skip
+    if initial_eval:
+        out["initial_eval"] = summary["initial_eval"]
+    return out
