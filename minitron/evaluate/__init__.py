@@ -1,0 +1,1 @@
+"""Evaluation: perplexity and loss, KL to a teacher, lm-eval tasks, throughput, the comparison table."""

@@ -1,0 +1,216 @@
+"""`evaluate_models()`: every requested figure for each model, one model in memory at a time.
+
+Order of work: validate every option, open every checkpoint (headers only), load and compare the
+tokenizers, tokenise the data and resolve the task names — all before the first model is loaded. Then,
+per model: load, perplexity / loss (and KL to the teacher, which stays loaded for the whole run),
+lm-eval tasks, throughput, free. The result is the `--json` document (see docs/eval.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from minitron.errors import InputError
+from minitron.evaluate.harness import parse_tasks, resolve_tasks
+from minitron.evaluate.throughput import ThroughputSettings
+
+PROBE = "The quick brown fox, 1234 €, naïve café — 日本語 text.\n\tdef f(x): return x ** 2"
+
+
+@dataclass
+class EvalOptions:
+    models: list[Path]
+    data: list[Path] = field(default_factory=list)
+    seq_len: int = 2048
+    samples: int | None = None
+    text_field: str = "text"
+    batch_size: int = 1
+    teacher: Path | None = None
+    tasks: str | None = None
+    include_path: list[Path] = field(default_factory=list)
+    num_fewshot: int | None = None
+    limit: float | None = None
+    throughput: bool = False
+    throughput_settings: ThroughputSettings = field(default_factory=ThroughputSettings)
+    context_length: int = 131072
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.models:
+            raise InputError("give at least one model directory", flag="MODEL")
+        if self.seq_len < 2:
+            raise InputError(f"must be at least 2, got {self.seq_len}", flag="--seq-len")
+        if self.batch_size < 1:
+            raise InputError(f"must be >= 1, got {self.batch_size}", flag="--batch-size")
+        if self.samples is not None and self.samples < 1:
+            raise InputError(f"must be >= 1, got {self.samples}", flag="--samples")
+        if self.teacher is not None and not self.data:
+            raise InputError("KL to the teacher is measured on --data; give --data too", flag="--teacher")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise InputError(f"must be >= 0, got {self.num_fewshot}", flag="--num-fewshot")
+        if self.limit is not None and self.limit <= 0:
+            raise InputError(
+                f"must be > 0 (a count, or a fraction below 1), got {self.limit}", flag="--limit"
+            )
+        if self.context_length < 0:
+            raise InputError(f"must be >= 0, got {self.context_length}", flag="--context-length")
+        if not self.tasks and (self.num_fewshot is not None or self.limit is not None):
+            raise InputError("--num-fewshot and --limit apply to --tasks; give --tasks too", flag="--tasks")
+        self.throughput_settings.validate()
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """Identity of a tokenizer: its vocabulary, special tokens and how it cuts a probe text."""
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    h.update(json.dumps([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]).encode())
+    h.update(json.dumps(tok(PROBE, add_special_tokens=False)["input_ids"]).encode())
+    return h.hexdigest()[:16]
+
+
+def model_names(paths: list[Path]) -> list[str]:
+    """Short names for the table: the directory name, or parent/name when names repeat."""
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+class Reporter:
+    """Progress hooks; the CLI passes one that draws rich progress bars. This one is silent."""
+
+    def start(self, description: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def done(self) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+def _free(model) -> None:
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict:
+    """The `minitron eval --json` document for `opts` (validated here first)."""
+    from minitron.data import data_fingerprints, load_blocks
+    from minitron.evaluate import perplexity, table, throughput
+    from minitron.evaluate.harness import run_tasks
+    from minitron.memory import estimate, norm_dtype
+    from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint, resolve_device
+
+    rep = reporter or Reporter()
+    opts.validate()
+    device = resolve_device(opts.device)
+    dtype = (
+        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype)
+    )
+    # ---------------------------------------------------------------- everything checked before loading
+    ckpts = [open_checkpoint(p, require_weights=True) for p in opts.models]
+    teacher_ckpt = open_checkpoint(opts.teacher, require_weights=True) if opts.teacher else None
+    task_names = parse_tasks(opts.tasks)
+    plan = resolve_tasks(task_names, opts.include_path) if task_names or opts.include_path else None
+    tokenizers = [load_tokenizer(c.path) for c in ckpts]
+    blocks = None
+    if opts.data:
+        prints = [tokenizer_fingerprint(t) for t in tokenizers]
+        if len(set(prints)) > 1:
+            odd = next(c.path for c, f in zip(ckpts, prints, strict=True) if f != prints[0])
+            raise InputError(f"{odd} has another tokenizer than {ckpts[0].path}: perplexities would not be comparable",
+                             flag="--data")  # fmt: skip
+        if teacher_ckpt is not None:
+            t_print = tokenizer_fingerprint(load_tokenizer(teacher_ckpt.path))
+            if t_print != prints[0] or teacher_ckpt.arch.vocab_size != ckpts[0].arch.vocab_size:
+                raise InputError(f"the teacher {teacher_ckpt.path} has another tokenizer or vocabulary than "
+                                 f"{ckpts[0].path}", flag="--teacher")  # fmt: skip
+        odd_vocab = [c.path for c in ckpts if c.arch.vocab_size != ckpts[0].arch.vocab_size]
+        if odd_vocab:
+            raise InputError(
+                f"{odd_vocab[0]} has another vocabulary size than {ckpts[0].path}", flag="--data"
+            )
+        blocks = load_blocks(opts.data, tokenizers[0], seq_len=opts.seq_len, samples=opts.samples,
+                             text_field=opts.text_field, sep_eos=False)  # fmt: skip
+    names = model_names([c.path for c in ckpts])
+    settings = {
+        "device": device,
+        "dtype": dtype,
+        "data": [str(p) for p in opts.data],
+        "data_files": data_fingerprints(opts.data) if opts.data else [],
+        "seq_len": opts.seq_len if blocks is not None else None,
+        "blocks": int(blocks.shape[0]) if blocks is not None else None,
+        "tokens_per_model": int(blocks.shape[0] * (opts.seq_len - 1)) if blocks is not None else None,
+        "teacher": str(teacher_ckpt.path) if teacher_ckpt else None,
+        "tasks": task_names,
+        "include_path": [str(p) for p in opts.include_path],
+        "num_fewshot": opts.num_fewshot,
+        "limit": opts.limit,
+        "batch_size": opts.batch_size,
+        "context_length": opts.context_length,
+        "throughput": asdict(opts.throughput_settings) if opts.throughput else None,
+    }
+    # ---------------------------------------------------------------- heavy work
+    teacher = None
+    if teacher_ckpt is not None:
+        rep.log(f"loading teacher {teacher_ckpt.path}")
+        teacher = load_model(teacher_ckpt.path, dtype=dtype, device=device, check=False)
+    rows = []
+    for name, ckpt, tok in zip(names, ckpts, tokenizers, strict=True):
+        same_as_teacher = teacher is not None and ckpt.path.resolve() == teacher_ckpt.path.resolve()
+        rep.log(f"loading {name} ({ckpt.path})")
+        model = teacher if same_as_teacher else load_model(ckpt.path, dtype=dtype, device=device, check=False)
+        mem = estimate(ckpt.arch, context_length=opts.context_length, batch_size=1, dtype=dtype)
+        row = {"name": name, "path": str(ckpt.path), "params": sum(p.numel() for p in model.parameters()),
+               "loss": None, "perplexity": None, "kl": None, "tasks": {}, "memory": mem.to_dict(),
+               "throughput": None}  # fmt: skip
+        if blocks is not None:
+            rep.start(f"perplexity {name}", int(blocks.shape[0]))
+            scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,
+                                             on_batch=rep.advance)  # fmt: skip
+            rep.done()
+            row.update(scores.to_dict(with_kl=teacher is not None))
+        if plan is not None and task_names:
+            rep.log(f"lm-eval {', '.join(task_names)} on {name}")
+            row["tasks"] = run_tasks(
+                model,
+                tok,
+                plan,
+                num_fewshot=opts.num_fewshot,
+                limit=opts.limit,
+                batch_size=opts.batch_size,
+                seed=opts.seed,
+                verbose=logging.getLogger("minitron").isEnabledFor(logging.DEBUG),
+            )
+        if opts.throughput:
+            s = opts.throughput_settings
+            rep.log(
+                f"throughput {name}: batch {s.batch_size}, prompt {s.prompt_len}, {s.gen_len} decode steps"
+            )
+            shape = estimate(
+                ckpt.arch, context_length=s.prompt_len + s.gen_len, batch_size=s.batch_size, dtype=dtype
+            )
+            row["throughput"] = throughput.measure(model, s, memory_model_bytes=shape.total_bytes)
+        rows.append(row)
+        if not same_as_teacher:
+            _free(model)
+        else:
+            del model
+    if teacher is not None:
+        _free(teacher)
+    for row, rel in zip(rows, table.relative(rows), strict=True):
+        row["relative"] = rel
+    return {"reference": names[0], "models": rows, "settings": settings}

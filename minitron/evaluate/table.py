@@ -1,0 +1,140 @@
+"""The comparison table: one row per model, the first as the reference, with relative columns.
+
+`relative(rows)` is pure (dicts in, dicts out): ratios for sizes and speeds (0.72x params,
+1.31x decode tokens/s), differences for quantities in nats or accuracy points (+0.08 nats loss,
+-0.02 acc). `render(doc)` prints it with rich.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+RATIO_KEYS = ("params", "perplexity")
+DIFF_KEYS = ("loss", "kl")
+SPEED_KEYS = ("prefill_tokens_per_second", "decode_tokens_per_second")
+
+
+def _ratio(x, ref):
+    return x / ref if isinstance(x, (int, float)) and isinstance(ref, (int, float)) and ref else None
+
+
+def _diff(x, ref):
+    return x - ref if isinstance(x, (int, float)) and isinstance(ref, (int, float)) else None
+
+
+def relative(rows: list[dict]) -> list[dict]:
+    """For each row, `{"params": ratio, "loss": diff, ..., "tasks": {task: {metric: diff}}}` vs rows[0]."""
+    if not rows:
+        return []
+    ref = rows[0]
+    out = []
+    for row in rows:
+        rel = {k: _ratio(row.get(k), ref.get(k)) for k in RATIO_KEYS}
+        rel |= {k: _diff(row.get(k), ref.get(k)) for k in DIFF_KEYS}
+        tp, ref_tp = row.get("throughput") or {}, ref.get("throughput") or {}
+        rel |= {k: _ratio(tp.get(k), ref_tp.get(k)) for k in SPEED_KEYS}
+        mem, ref_mem = row.get("memory") or {}, ref.get("memory") or {}
+        rel["memory"] = _ratio(mem.get("total_bytes"), ref_mem.get("total_bytes"))
+        tasks, ref_tasks = row.get("tasks") or {}, ref.get("tasks") or {}
+        rel["tasks"] = {
+            t: {
+                m: _diff(v, ref_tasks.get(t, {}).get(m))
+                for m, v in metrics.items()
+                if not m.endswith("_stderr")
+            }
+            for t, metrics in tasks.items()
+        }
+        out.append(rel)
+    return out
+
+
+# ---------------------------------------------------------------------- rendering
+def _f(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def _rel_ratio(x, first: bool) -> str:
+    return "" if first or x is None else f" [dim]({x:.2f}x)[/dim]"
+
+
+def _rel_diff(x, first: bool, unit: str = "") -> str:
+    return "" if first or x is None else f" [dim]({x:+.3f}{unit})[/dim]"
+
+
+def task_columns(doc: dict) -> list[tuple[str, str]]:
+    """(task, metric) columns: the requested tasks' acc (or first metric), in the order asked."""
+    cols = []
+    first = doc["models"][0].get("tasks") or {}
+    names = [t for t in doc.get("settings", {}).get("tasks") or [] if t in first] or list(first)
+    for t in names:
+        metrics = [m for m in first[t] if not m.endswith("_stderr") and m != "samples"]
+        if metrics:
+            cols.append((t, "acc" if "acc" in metrics else metrics[0]))
+    return cols
+
+
+def render(doc: dict, console: Console) -> None:
+    from minitron.cli.common import fmt_bytes, fmt_params
+
+    models = doc["models"]
+    has = {k: any(m.get(k) is not None for m in models) for k in ("loss", "kl", "throughput", "memory")}
+    t = Table(title=f"reference: {models[0]['name']}", title_justify="left")
+    t.add_column("model")
+    t.add_column("params", justify="right")
+    if has["loss"]:
+        t.add_column("loss (nats)", justify="right")
+        t.add_column("perplexity", justify="right")
+    if has["kl"]:
+        t.add_column("KL to teacher", justify="right")
+    cols = task_columns(doc)
+    for task, metric in cols:
+        t.add_column(f"{task} {metric}", justify="right")
+    if has["memory"]:
+        ctx = next(m["memory"]["context_length"] for m in models if m.get("memory"))
+        t.add_column(f"memory @ {ctx:,}", justify="right")
+    if has["throughput"]:
+        t.add_column("prefill tok/s", justify="right")
+        t.add_column("decode tok/s", justify="right")
+        if any((m.get("throughput") or {}).get("peak_memory_bytes") for m in models):
+            t.add_column("peak GPU mem (model)", justify="right")
+    for i, m in enumerate(models):
+        rel, first = m.get("relative") or {}, i == 0
+        cells = [m["name"], fmt_params(m.get("params")) + _rel_ratio(rel.get("params"), first)]
+        if has["loss"]:
+            cells.append(_f(m.get("loss"), ".4f") + _rel_diff(rel.get("loss"), first))
+            cells.append(_f(m.get("perplexity"), ".3f") + _rel_ratio(rel.get("perplexity"), first))
+        if has["kl"]:
+            cells.append(_f(m.get("kl"), ".4f"))
+        for task, metric in cols:
+            v = (m.get("tasks") or {}).get(task, {}).get(metric)
+            cells.append(_f(v, ".4f") + _rel_diff((rel.get("tasks") or {}).get(task, {}).get(metric), first))
+        if has["memory"]:
+            mem = m.get("memory") or {}
+            cells.append(fmt_bytes(mem.get("total_bytes")) + _rel_ratio(rel.get("memory"), first))
+        if has["throughput"]:
+            tp = m.get("throughput") or {}
+            cells.append(_f(tp.get("prefill_tokens_per_second"), ",.1f")
+                         + _rel_ratio(rel.get("prefill_tokens_per_second"), first))  # fmt: skip
+            cells.append(_f(tp.get("decode_tokens_per_second"), ",.1f")
+                         + _rel_ratio(rel.get("decode_tokens_per_second"), first))  # fmt: skip
+            if any((x.get("throughput") or {}).get("peak_memory_bytes") for x in models):
+                cells.append(
+                    f"{fmt_bytes(tp.get('peak_memory_bytes'))} ({fmt_bytes(tp.get('memory_model_bytes'))})"
+                )
+        t.add_row(*cells)
+    console.print(t)
+    s = doc.get("settings", {})
+    notes = []
+    if has["loss"]:
+        notes.append(
+            f"loss/perplexity: {s.get('blocks')} blocks x {s.get('seq_len')} tokens of {', '.join(s.get('data') or [])}"
+        )
+    if has["kl"]:
+        notes.append(f"KL(teacher || model) per token, teacher {s.get('teacher')}")
+    if has["throughput"]:
+        tp = s.get("throughput") or {}
+        notes.append(f"throughput: batch {tp.get('batch_size')}, prompt {tp.get('prompt_len')}, "
+                     f"{tp.get('gen_len')} decode steps, median of {tp.get('runs')} on {s.get('device')}")  # fmt: skip
+    for n in notes:
+        console.print(f"[dim]{n}[/dim]")

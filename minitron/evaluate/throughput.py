@@ -1,0 +1,109 @@
+"""Prefill and decode throughput through transformers' cache path, and the measured peak GPU memory.
+
+One run: a prefill of `batch_size` x `prompt_len` random tokens (`use_cache=True`, only the last
+position's logits), then `gen_len` greedy decode steps of one token each, every step reusing the
+model's own cache (`past_key_values`: KV for attention layers, conv + SSM state for Mamba layers; the
+mamba-ssm / causal-conv1d kernels are used when installed). Times are wall-clock with the device
+synchronised; the figure is the median over `runs` runs after `warmup` unmeasured ones.
+
+    prefill tokens/s = batch_size x prompt_len / prefill time
+    decode tokens/s  = batch_size x gen_len / decode time       (tokens produced per second)
+
+The prompt tokens come from a seeded generator, so every model sees the same input. On CUDA the
+peak allocated memory of the measured runs is reported beside the memory model's figure for the same
+shape (`minitron.memory.estimate` at prompt_len + gen_len tokens).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from minitron.errors import InputError
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    prompt_len: int = 128
+    gen_len: int = 32
+    batch_size: int = 1
+    runs: int = 3
+    warmup: int = 1
+    seed: int = 0
+
+    def validate(self) -> ThroughputSettings:
+        for flag, v, lo in (("--prompt-len", self.prompt_len, 1), ("--gen-len", self.gen_len, 1),
+                            ("--throughput-batch-size", self.batch_size, 1), ("--throughput-runs", self.runs, 1),
+                            ("--throughput-warmup", self.warmup, 0)):  # fmt: skip
+            if v < lo:
+                raise InputError(f"must be >= {lo}, got {v}", flag=flag)
+        return self
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prompt_ids(settings: ThroughputSettings, vocab_size: int) -> torch.Tensor:
+    """The [batch, prompt_len] prompt every model is measured on (seeded; ids 3.. to avoid special tokens)."""
+    g = torch.Generator().manual_seed(settings.seed)
+    low = 3 if vocab_size > 3 else 0
+    return torch.randint(low, vocab_size, (settings.batch_size, settings.prompt_len), generator=g)
+
+
+@torch.inference_mode()
+def run_once(model, ids: torch.Tensor, gen_len: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds) of one prefill of `ids` [B, P] and `gen_len` greedy steps."""
+    device = ids.device
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    nxt = out.logits[:, -1:].argmax(-1)  # [B, 1]
+    cache = out.past_key_values
+    _sync(device)
+    t1 = time.perf_counter()
+    for _ in range(gen_len):
+        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def measure(model, settings: ThroughputSettings, *, memory_model_bytes: int | None = None) -> dict:
+    """Median prefill and decode tokens/s of `model` (on its device) under `settings`; peak memory on CUDA."""
+    settings.validate()
+    device = next(model.parameters()).device
+    ids = prompt_ids(settings, model.config.vocab_size).to(device)
+    for _ in range(settings.warmup):
+        run_once(model, ids, settings.gen_len)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    prefill, decode = [], []
+    for _ in range(settings.runs):
+        p, d = run_once(model, ids, settings.gen_len)
+        prefill.append(p)
+        decode.append(d)
+    b = settings.batch_size
+    p_med, d_med = statistics.median(prefill), statistics.median(decode)
+    doc = {
+        "prefill_tokens_per_second": b * settings.prompt_len / p_med,
+        "decode_tokens_per_second": b * settings.gen_len / d_med,
+        "prefill_seconds": p_med,
+        "decode_seconds": d_med,
+        "prompt_len": settings.prompt_len,
+        "gen_len": settings.gen_len,
+        "batch_size": b,
+        "runs": settings.runs,
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "memory_model_bytes": memory_model_bytes,
+    }
+    return doc
