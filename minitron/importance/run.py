@@ -138,10 +138,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     import torch
 
     from minitron import distributed
-    from minitron.importance.aggregate import Stats
-    from minitron.importance.engine import InMemorySource, run_engine, stat_shapes
-    from minitron.importance.hooks import WidthCollector
-    from minitron.importance.layers import finalize_layer_scores
+    from minitron.importance.engine import InMemorySource
     from minitron.importance.scores import Scores
     from minitron.io import model_fingerprint
 
@@ -155,31 +152,15 @@ def run(p: Prepared, progress=None) -> ScoreResult:
         from minitron.models.checkpoint import load_model
 
         source = InMemorySource(load_model(p.ckpt.path, dtype=p.dtype_name, device=p.device, check=False))
-    stats = Stats()
-    collector = WidthCollector(p.arch, p.agg, stats).attach(source.model)
     mine = p.tokens[list(distributed.shard_range(p.tokens.shape[0]))]
-    try:
-        run_engine(source, mine, batch_size=p.opts.batch_size, layer_metric=p.opts.layer_metric, stats=stats,
-                   collector=collector, progress=progress)
-    finally:
-        collector.detach()
-    stats.all_reduce({**collector.stat_shapes(), **stat_shapes(p.arch.num_layers, p.opts.layer_metric)})
-    n_samples = float(stats["samples"].item())
-    tensors = collector.finalize(n_samples)
-    layer = finalize_layer_scores(stats, p.arch.num_layers)
-    tensors["layers"] = layer[p.opts.layer_metric]
-    for name, t in layer.items():
-        if name != p.opts.layer_metric:
-            tensors[f"layers_{name}"] = t
-    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
-    if bad:
-        raise RuntimeError(f"non-finite scores in {', '.join(bad)} (try --dtype fp32)")
+    tensors, n_samples, n_tokens = score_tensors(source, p.arch, mine, agg=p.agg, batch_size=p.opts.batch_size,
+                                                 layer_metric=p.opts.layer_metric, progress=progress)
     scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path))
     scores.validate(p.arch)
     info = {
         "samples": int(n_samples),
         "seq_len": p.opts.seq_len,
-        "tokens": int(stats["tokens"].item()),
+        "tokens": n_tokens,
         "device": p.device,
         "dtype": p.dtype_name,
         "streaming": p.streaming,
@@ -189,6 +170,42 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     if p.streaming:
         info["bytes_read"] = source.bytes_read
     return ScoreResult(scores=scores, info=info)
+
+
+def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, layer_metric: str,
+                  progress=None) -> tuple[dict, int, int]:
+    """Run `tokens` (this rank's share) through a source; all-reduce; -> (score tensors, samples, tokens).
+
+    The tensors are those of `scores.safetensors`: the width axes, `layers` for `layer_metric` and
+    `layers_<metric>` for the other metrics that came for free.
+    """
+    import torch
+
+    from minitron.importance.aggregate import Stats
+    from minitron.importance.engine import run_engine, stat_shapes
+    from minitron.importance.hooks import WidthCollector
+    from minitron.importance.layers import finalize_layer_scores
+
+    stats = Stats()
+    collector = WidthCollector(arch, agg, stats).attach(source.model)
+    try:
+        run_engine(source, tokens, batch_size=batch_size, layer_metric=layer_metric, stats=stats,
+                   collector=collector, progress=progress)
+    finally:
+        collector.detach()
+    stats.all_reduce({**collector.stat_shapes(), **stat_shapes(arch.num_layers, layer_metric)})
+    n_samples = float(stats["samples"].item()) if "samples" in stats else 0.0
+    tensors = collector.finalize(n_samples)
+    layer = finalize_layer_scores(stats, arch.num_layers)
+    tensors["layers"] = layer[layer_metric]
+    for name, t in layer.items():
+        if name != layer_metric:
+            tensors[f"layers_{name}"] = t
+    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise RuntimeError(f"non-finite scores in {', '.join(bad)} (try --dtype fp32)")
+    n_tokens = int(stats["tokens"].item()) if "tokens" in stats else 0
+    return tensors, int(n_samples), n_tokens
 
 
 def score_model(model: str | Path, data, opts: ScoreOptions | None = None, progress=None) -> ScoreResult:

@@ -1,0 +1,194 @@
+"""Width scores on transformers' own tiny Nemotron-H: a naive reference per axis, and known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minitron.importance.aggregate import Aggregation
+from minitron.importance.engine import InMemorySource
+from minitron.importance.run import score_tensors
+from minitron.models.architecture import Architecture
+from minitron.models.layers import ATTENTION, MAMBA, MLP
+from minitron.testing import build_model, tiny_config
+
+ARCH = Architecture.from_config(tiny_config())
+
+
+def tokens(n=4, t=16, seed=0):
+    return torch.randint(3, 384, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def score(model, toks, metric="cosine", agg=Aggregation()):
+    out, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=agg, batch_size=3, layer_metric=metric)
+    return out
+
+
+def naive_agg(values, agg):
+    """[B, T, U] -> [U]: a direct loop over units and samples."""
+    b_n, t_n, u_n = values.shape
+    res = []
+    for u in range(u_n):
+        per = []
+        for b in range(b_n):
+            col = values[b, :, u].tolist()
+            per.append(sum(col) / t_n if agg.seq == "mean" else math.sqrt(sum(c * c for c in col)))
+        res.append(sum(per) / b_n if agg.batch == "mean" else math.sqrt(sum(p * p for p in per)))
+    return torch.tensor(res, dtype=torch.float64)
+
+
+def block_inputs(model, toks):
+    seen = {}
+    hooks = [blk.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o)))
+             for i, blk in enumerate(model.model.layers)]
+    try:
+        with torch.no_grad():
+            model(toks)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def attention_output(mixer, n, a):
+    """The attention output entering o_proj, written out: causal softmax(q k^T / sqrt(d)) v per head."""
+    b, t, _ = n.shape
+    q = mixer.q_proj(n).view(b, t, a.num_attention_heads, a.head_dim).transpose(1, 2)
+    k = mixer.k_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
+    v = mixer.v_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
+    rep = a.num_attention_heads // a.num_key_value_heads
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    w = (q @ k.transpose(-1, -2)) / math.sqrt(a.head_dim)
+    w = w.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    return (w @ v).transpose(1, 2)  # [B, T, heads, d]
+
+
+@pytest.mark.parametrize("agg", [Aggregation("mean", "l2"), Aggregation("l2", "mean")], ids=str)
+def test_every_width_score_equals_a_naive_reference(agg):
+    model = build_model()
+    toks = tokens()
+    got = score(model, toks, agg=agg)
+    seen = block_inputs(model, toks)
+    a = ARCH
+    layers = model.model.layers
+    with torch.no_grad():
+        final = model.model.norm_f(seen[a.num_layers - 1][1])
+        hidden = naive_agg(final.abs(), agg)
+        ffn, att, mh, md = [], [], [], []
+        for i, c in enumerate(a.pattern):
+            blk = layers[i]
+            n = blk.norm(seen[i][0])
+            hidden += naive_agg(n.abs(), agg)
+            if c == MLP:
+                ffn.append(naive_agg(blk.mixer.act_fn(blk.mixer.up_proj(n)).abs(), agg))
+            elif c == ATTENTION:
+                att.append(naive_agg(attention_output(blk.mixer, n, a).norm(dim=-1), agg))
+            elif c == MAMBA:
+                inner, heads, p = a.mamba_intermediate, a.mamba_num_heads, a.mamba_head_dim
+                x = blk.mixer.in_proj(n)[..., inner : 2 * inner]
+                w = blk.mixer.out_proj.weight * blk.mixer.norm.weight[None, :]
+                out_norm = [w[:, h * p : (h + 1) * p].norm() for h in range(heads)]
+                head_x = naive_agg(x.reshape(*x.shape[:2], heads, p).norm(dim=-1), agg)
+                mh.append(torch.stack([head_x[h] * out_norm[h] for h in range(heads)]))
+                ch = naive_agg(x.abs(), agg)
+                md.append(torch.tensor([math.sqrt(sum(float(ch[h * p + j]) ** 2 for h in range(heads)))
+                                        for j in range(p)]))
+    ref = {"hidden": hidden, "ffn": torch.stack(ffn), "attention_heads": torch.stack(att),
+           "mamba_heads": torch.stack(mh), "mamba_head_dim": torch.stack(md)}
+    ref["kv_heads"] = torch.stack([r.view(a.num_key_value_heads, -1).sum(-1) for r in ref["attention_heads"]])
+    for name, r in ref.items():
+        assert got[name].shape == r.shape, name
+        assert torch.allclose(got[name].double(), r.double(), atol=1e-5, rtol=1e-5), name
+
+
+# ---------------------------------------------------------------------- known answers
+def test_zeroed_ffn_neuron_scores_zero_and_ranks_last():
+    model = build_model()
+    with torch.no_grad():
+        model.model.layers[ARCH.layers_of(MLP)[1]].mixer.up_proj.weight[17].zero_()
+    got = score(model, tokens())["ffn"]
+    assert float(got[1, 17]) == 0.0
+    assert int(got[1].argmin()) == 17 and float(got[1].sort().values[1]) > 0
+    assert float(got[0].min()) > 0  # the other MLP layer is untouched
+
+
+def test_attention_kv_head_with_zeroed_values_ranks_last():
+    model = build_model()
+    a = ARCH
+    layer = a.layers_of(ATTENTION)[0]
+    with torch.no_grad():
+        model.model.layers[layer].mixer.v_proj.weight[a.head_dim : 2 * a.head_dim].zero_()  # KV head 1
+    got = score(model, tokens())
+    heads = got["attention_heads"][0]
+    group = a.num_attention_heads // a.num_key_value_heads
+    assert torch.all(heads[group : 2 * group] == 0) and torch.all(heads[:group] > 0)
+    assert int(got["kv_heads"][0].argmin()) == 1 and float(got["kv_heads"][0, 1]) == 0.0
+
+
+def test_mamba_head_with_zeroed_out_proj_columns_ranks_last_in_its_group():
+    """The x-slice itself does not see out_proj; the head's output-weight norm makes the score 0."""
+    model = build_model()
+    a = ARCH
+    p, per_group = a.mamba_head_dim, a.mamba_num_heads // a.n_groups
+    head = per_group + 2  # third head of group 1
+    with torch.no_grad():
+        model.model.layers[a.layers_of(MAMBA)[1]].mixer.out_proj.weight[:, head * p : (head + 1) * p].zero_()
+    got = score(model, tokens())["mamba_heads"][1]
+    group = got[per_group : 2 * per_group]
+    assert float(got[head]) == 0.0 and int(group.argmin()) == 2 and float(group.sort().values[1]) > 0
+
+
+def test_mamba_head_with_zeroed_x_projection_ranks_last_in_its_group():
+    model = build_model()
+    a = ARCH
+    inner, p = a.mamba_intermediate, a.mamba_head_dim
+    with torch.no_grad():
+        model.model.layers[a.layers_of(MAMBA)[0]].mixer.in_proj.weight[inner + 1 * p : inner + 2 * p].zero_()
+    got = score(model, tokens())["mamba_heads"][0]
+    assert float(got[1]) == 0.0 and int(got[: a.mamba_num_heads // a.n_groups].argmin()) == 1
+
+
+def test_mamba_head_dim_channel_zeroed_in_every_head_ranks_last():
+    model = build_model()
+    a = ARCH
+    inner, p = a.mamba_intermediate, a.mamba_head_dim
+    rows = [inner + h * p + 5 for h in range(a.mamba_num_heads)]  # channel 5 of every head's x
+    with torch.no_grad():
+        model.model.layers[a.layers_of(MAMBA)[2]].mixer.in_proj.weight[rows] = 0
+    got = score(model, tokens())["mamba_head_dim"][2]
+    assert float(got[5]) == 0.0 and int(got.argmin()) == 5 and float(got.sort().values[1]) > 0
+
+
+def test_hidden_channel_zeroed_in_every_norm_ranks_last():
+    model = build_model()
+    with torch.no_grad():
+        for blk in model.model.layers:
+            blk.norm.weight[9] = 0
+        model.model.norm_f.weight[9] = 0
+    got = score(model, tokens())["hidden"]
+    assert float(got[9]) == 0.0 and int(got.argmin()) == 9 and float(got.sort().values[1]) > 0
+
+
+OUTPUT_WEIGHTS = {  # the weight(s) producing each mixer's output
+    MAMBA: ["out_proj.weight"],
+    MLP: ["down_proj.weight"],
+    ATTENTION: ["o_proj.weight"],
+    "E": ["experts.down_proj", "shared_experts.down_proj.weight"],
+}
+
+
+@pytest.mark.parametrize("layer", [2, 3, 4, 6], ids=lambda i: f"layer{i}-{tiny_config()['hybrid_override_pattern'][i]}")
+def test_block_with_mixer_output_scaled_to_zero_gets_the_lowest_layer_score(layer):
+    model = build_model()
+    params = dict(model.model.layers[layer].mixer.named_parameters())
+    with torch.no_grad():
+        for name in OUTPUT_WEIGHTS[ARCH.pattern[layer]]:
+            params[name].mul_(1e-6)
+    got = score(model, tokens(n=3), metric="kl")
+    # (Not `layers_loss`: on a random model skipping a block often *lowers* the loss, which clamps to 0.)
+    for name in ("layers", "layers_mse", "layers_cosine"):
+        t = got[name]
+        assert int(t.argmin()) == layer, (name, t)
+    assert float(got["layers"][layer]) < 1e-3 * float(got["layers"].sort().values[1])
