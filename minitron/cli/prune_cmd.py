@@ -98,15 +98,20 @@ def command(
         distill_samples=distill_samples, lr=lr, top_k=top_k, dry_run=dry_run, overwrite=overwrite,
         max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed,
     )  # fmt: skip
-    with progress() as bar:
-        tasks: dict[str, int] = {}
+    bar, tasks = progress(), {}
 
-        def report(desc: str, done: int, total: int) -> None:
-            if desc not in tasks:
-                tasks[desc] = bar.add_task(desc, total=total, status="")
-            bar.update(tasks[desc], completed=done)
+    def report(desc: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # only once there is a long loop: error paths stay one line
+        if desc not in tasks:
+            tasks[desc] = bar.add_task(desc, total=total, status="")
+        bar.update(tasks[desc], completed=done)
 
+    try:
         doc = prune(opts, progress=report, log=info)
+    finally:
+        if tasks:
+            bar.stop()
     if json_out:
         emit_json(doc)
         return

@@ -127,13 +127,23 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         from minitron.io import check_output_dir
 
         check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
-    if o.budget is not None:
-        _memory(arch, o)  # validates --context-length, --batch-size, dtypes
+    _memory(arch, o)  # validates --context-length, --batch-size, dtypes
+    keep_min = parse_keep_types(o.keep_layer_types)
+    if o.searching:
+        parse_search(o.search)
+        if o.drop_order is not None:
+            parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
+    else:
+        validate_shape(arch, o.shape)
+        if o.drop_layers is not None:
+            check_drop(arch, parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers"), keep_min,
+                       "--drop-layers")
+        if o.num_layers is not None and not 1 <= o.num_layers <= arch.num_layers:
+            raise InputError(f"must be in 1..{arch.num_layers}, got {o.num_layers}", flag="--num-layers")
     scores = _load_scores(o, ckpt)
     if not o.dry_run and scores is None:
         raise InputError("writing a pruned model needs importance scores (run `minitron score` first)",
                          flag="--scores")
-    keep_min = parse_keep_types(o.keep_layer_types)
     doc: dict = {"model": str(ckpt.path), "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None}
 
     if o.searching:
