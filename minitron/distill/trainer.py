@@ -251,32 +251,39 @@ class Trainer:
                         autocast_dtype=self.cfg.autocast_dtype, chunk_size=self.cfg.chunk_size)  # fmt: skip
 
     # -- one optimiser step
-    def train_step(self) -> dict:
+    def accumulate_gradients(self, step: int) -> torch.Tensor:
+        """Forward and backward of this rank's micro-batches of optimiser step `step`; gradients are
+        left in `.grad` (all-reduced over ranks). Returns this rank's [kd sum, ce sum] (fp64)."""
         cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
-        t0 = time.perf_counter()
-        lr = self.schedule.apply(self.optimizer)
-        indices = step_indices(self.step, self.train_blocks.shape[0], g, cfg.seed)
+        indices = step_indices(step, self.train_blocks.shape[0], g, cfg.seed)
         micro = rank_micro_batches(indices, cfg.micro_batch_size, self.rank, self.world)
         kd_norm, ce_norm = g * L, g * (L - 1)  # tokens of the whole global batch
-        sums = torch.zeros(2, dtype=torch.float64)  # kd sum, ce sum (this rank)
+        sums = torch.zeros(2, dtype=torch.float64)
         for i, idx in enumerate(micro):
-            ids = self.train_blocks[idx].to(self.device)
+            ids = self.train_blocks[idx].to(self.device)  # [micro, L]
             with torch.no_grad(), _autocast(self.device, cfg.autocast_dtype):
-                t_logits = _logits(self.teacher, ids)
+                t_logits = _logits(self.teacher, ids)  # [micro, L, V]
             with self._sync(last=i == len(micro) - 1):
                 with _autocast(self.device, cfg.autocast_dtype):
-                    s_logits = _logits(self.student, ids)
+                    s_logits = _logits(self.student, ids)  # [micro, L, V]
                 kd = distill_loss(s_logits, t_logits, kind=cfg.loss, temperature=cfg.temperature, top_k=cfg.top_k,
                                   reduction="sum", chunk_size=cfg.chunk_size)  # fmt: skip
-                del t_logits  # free the teacher's logits before the student's backward
+                del t_logits  # the loss kept only its gradient: free the teacher's logits before the backward
                 objective = kd / kd_norm
                 if cfg.ce_weight > 0:
                     ce = lm_loss(s_logits, ids, reduction="sum")
                     objective = objective + cfg.ce_weight * ce / ce_norm
                     sums[1] += float(ce.detach())
                 del s_logits
-                (objective * self.world).backward()
+                (objective * self.world).backward()  # DDP / FSDP average over ranks: undo the 1/world
             sums[0] += float(kd.detach())
+        return sums
+
+    def train_step(self) -> dict:
+        cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
+        t0 = time.perf_counter()
+        lr = self.schedule.apply(self.optimizer)
+        sums = self.accumulate_gradients(self.step)
         grad_norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -286,11 +293,11 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.train_time += dt
         self.trained_tokens += g * L
-        kd_mean = float(sums[0] / kd_norm)
+        kd_mean = float(sums[0] / (g * L))
         m = {"step": self.step, "tokens": self.tokens, "loss": kd_mean, "kd": kd_mean, "lr": lr,
              "grad_norm": grad_norm, "step_time_s": dt, "tokens_per_second": g * L / dt}  # fmt: skip
         if cfg.ce_weight > 0:
-            m["lm_loss"] = float(sums[1] / ce_norm)
+            m["lm_loss"] = float(sums[1] / (g * (L - 1)))
             m["loss"] = kd_mean + cfg.ce_weight * m["lm_loss"]
         if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0:
             m["kl"] = kd_mean
