@@ -56,8 +56,9 @@ def prompt_ids(settings: ThroughputSettings, vocab_size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_once(model, ids: torch.Tensor, gen_len: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds) of one prefill of `ids` [B, P] and `gen_len` greedy steps."""
+def run_once(model, ids: torch.Tensor, gen_len: int) -> tuple[float, float, torch.Tensor]:
+    """(prefill seconds, decode seconds, generated ids [B, gen_len]) of one prefill of `ids` [B, P] and
+    `gen_len` greedy steps, each step feeding one token and the model's cache."""
     device = ids.device
     _sync(device)
     t0 = time.perf_counter()
@@ -66,13 +67,15 @@ def run_once(model, ids: torch.Tensor, gen_len: int) -> tuple[float, float]:
     cache = out.past_key_values
     _sync(device)
     t1 = time.perf_counter()
+    generated = []
     for _ in range(gen_len):
+        generated.append(nxt)
         out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         nxt = out.logits[:, -1:].argmax(-1)
     _sync(device)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+    return t1 - t0, t2 - t1, torch.cat(generated, dim=1)
 
 
 def measure(model, settings: ThroughputSettings, *, memory_model_bytes: int | None = None) -> dict:
@@ -87,7 +90,7 @@ def measure(model, settings: ThroughputSettings, *, memory_model_bytes: int | No
         torch.cuda.reset_peak_memory_stats(device)
     prefill, decode = [], []
     for _ in range(settings.runs):
-        p, d = run_once(model, ids, settings.gen_len)
+        p, d, _ = run_once(model, ids, settings.gen_len)
         prefill.append(p)
         decode.append(d)
     b = settings.batch_size

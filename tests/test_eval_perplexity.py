@@ -1,0 +1,88 @@
+"""Perplexity and KL of `minitron eval`: the pure maths against references, the loop against a direct computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minitron.evaluate.perplexity import kl_sum, nll_sum, nll_sum_reference, score_blocks
+
+
+def test_nll_sum_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g) * 3
+    ids = torch.randint(0, 11, (3, 7), generator=g)
+    fast, n = nll_sum(logits, ids)
+    ref, n_ref = nll_sum_reference(logits, ids)
+    assert n == n_ref == 3 * 6
+    assert fast == pytest.approx(ref, rel=1e-5)
+
+
+def test_nll_of_uniform_logits_is_log_vocab():
+    logits = torch.zeros(2, 5, 16)
+    ids = torch.randint(0, 16, (2, 5))
+    total, n = nll_sum(logits, ids)
+    assert total / n == pytest.approx(math.log(16), rel=1e-6)
+
+
+def test_kl_sum_matches_formula_and_is_zero_on_itself():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 6, 9, generator=g), torch.randn(2, 6, 9, generator=g)
+    p, logp, logq = t.softmax(-1), t.log_softmax(-1), s.log_softmax(-1)
+    expected = (p * (logp - logq)).sum(-1)[:, :-1].sum()  # last position predicts nothing
+    assert kl_sum(s, t, chunk_size=4) == pytest.approx(float(expected), rel=1e-5)
+    assert kl_sum(t, t) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from minitron.models.checkpoint import load_model
+
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(3, 384, (5, 24), generator=g)
+
+
+def test_score_blocks_equals_direct_computation(tiny, blocks):
+    """Each block on its own, every next-token log-probability by hand, averaged over all predicted tokens."""
+    got = score_blocks(tiny, blocks, batch_size=2)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in blocks:
+            logp = torch.log_softmax(tiny(input_ids=b[None]).logits[0].double(), -1)  # [L, V]
+            total -= sum(float(logp[i, b[i + 1]]) for i in range(len(b) - 1))
+            n += len(b) - 1
+    assert got.tokens == n == 5 * 23 and got.blocks == 5
+    assert got.loss == pytest.approx(total / n, rel=1e-5)
+    assert got.perplexity == pytest.approx(math.exp(total / n), rel=1e-5)
+    # transformers' own loss (mean over predicted tokens) agrees too
+    with torch.no_grad():
+        hf = [float(tiny(input_ids=b[None], labels=b[None]).loss) for b in blocks]
+    assert got.loss == pytest.approx(sum(hf) / len(hf), rel=1e-5)
+
+
+def test_batch_size_does_not_change_the_figures(tiny, blocks):
+    one = score_blocks(tiny, blocks, batch_size=1)
+    three = score_blocks(tiny, blocks, batch_size=3)
+    assert one.loss == pytest.approx(three.loss, rel=1e-5)
+
+
+def test_kl_of_a_model_to_itself_is_zero_and_to_another_is_not(tiny, blocks):
+    from minitron.testing import build_model
+
+    same = score_blocks(tiny, blocks, teacher=tiny, batch_size=2)
+    assert same.mean_kl == pytest.approx(0.0, abs=1e-6)
+    other = build_model(seed=7)
+    diff = score_blocks(other, blocks, teacher=tiny, batch_size=2)
+    with torch.no_grad():
+        s, t = other(input_ids=blocks).logits, tiny(input_ids=blocks).logits
+    p = t.log_softmax(-1)
+    ref = (p.exp() * (p - s.log_softmax(-1))).sum(-1)[:, :-1].mean()
+    assert diff.mean_kl > 1e-3
+    assert diff.mean_kl == pytest.approx(float(ref), rel=1e-4)
