@@ -143,3 +143,15 @@ def test_streaming_equals_in_memory_and_loads(model, arch, scores, tiny_model_di
     for k in got:
         assert torch.equal(got[k], in_mem[k]), k
     assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn])
+def test_fast_tensor_cut_equals_reference(dtype):
+    from minitron.prune.apply import prune_tensor, prune_tensor_fast
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(12, 10, 3, generator=g).to(dtype)
+    for idx in [(None, None, None), ([0, 3, 11], None, None), (None, [1, 2, 9], [2]), ([5], [0, 9], None)]:
+        a, b = prune_tensor(t, idx), prune_tensor_fast(t, idx)
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape and b.is_contiguous()
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))

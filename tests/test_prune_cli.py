@@ -156,3 +156,55 @@ def test_out_equal_to_input_or_existing(tiny_model_copy, scores_dir, tmp_path):
     r = invoke(tiny_model_copy, "--hidden-size", 32, "--out", existing)
     assert r.exit_code == 2 and "--overwrite" in r.stderr
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_iterative_depth_rescoring_respects_keep_types(tiny_model_dir, scores_dir, text_file):
+    from minitron.data import load_blocks
+    from minitron.importance.layers import layer_scores
+    from minitron.models.checkpoint import load_model, load_tokenizer
+
+    r = invoke(tiny_model_dir, "--scores", scores_dir, "--num-layers", 7, "--iterative", "--keep-layer-types",
+               "attention=2,moe=1", "--data", text_file, "--seq-len", 32, "--proxy-samples", 2, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    dropped = doc["plan"]["dropped_layers"]
+    assert len(dropped) == 2 and doc["plan"]["pattern"].count("*") == 2 and "E" in doc["plan"]["pattern"]
+    # The first layer dropped is the least important one of a fresh scoring (among the droppable types).
+    model = load_model(tiny_model_dir)
+    blocks = load_blocks([text_file], load_tokenizer(tiny_model_dir), seq_len=32, samples=2, seed=0)
+    s = layer_scores(model, blocks, metric="kl")
+    pattern = Architecture.from_path(tiny_model_dir).pattern
+    first = min((i for i in range(len(pattern)) if pattern[i] in "M-"), key=lambda i: (float(s[i]), i))
+    assert first in dropped
+
+
+def test_keep_everything_through_the_cli_is_bit_identical(tiny_model_dir, scores_dir, tmp_path):
+    from minitron.models.checkpoint import load_model
+
+    out = tmp_path / "same"
+    r = invoke(tiny_model_dir, "--scores", scores_dir, "--hidden-size", 64, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    a, b = load_model(tiny_model_dir), load_model(out)
+    ids = torch.randint(3, 384, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(a(ids, use_cache=False).logits, b(ids, use_cache=False).logits)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--target-params", "10B"], "--target-params"),
+    (["--drop-layers", "3,7", "--keep-layer-types", "attention=1"], "--drop-layers"),
+    (["--num-layers", 3, "--drop-layers", "1"], "--drop-layers"),
+    (["--search", "hidden_size=32:64", "--hidden-size", 32], "--search"),
+    (["--memory-budget", "1GiB", "--search", "mamba_heads=5:8"], "--search"),
+])
+def test_more_bad_input(tiny_model_dir, args, flag):
+    r = invoke(tiny_model_dir, *args, "--dry-run")
+    assert r.exit_code == 2, r.output
+    assert flag in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bare_config_only_dry_run(tmp_path):
+    r = invoke(REF_12B, "--hidden-size", 4480, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--dry-run" in r.stderr and not (tmp_path / "o").exists()
+    r = invoke(REF_12B, "--num-layers", 56, "--dry-run")  # depth by scores needs scores
+    assert r.exit_code == 2 and "--num-layers" in r.stderr

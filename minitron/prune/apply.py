@@ -20,6 +20,29 @@ def prune_tensor(t, idx):
     return t.contiguous()
 
 
+_INT_VIEW = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def prune_tensor_fast(t, idx):
+    """`prune_tensor` for CPU tensors, via `numpy.take` on a same-width integer view.
+
+    Bit-identical to `prune_tensor` (it moves bits, never values). `index_select` along an inner
+    dimension of a bf16 tensor is ~5x slower than a plain copy on CPU; `numpy.take` runs at copy
+    speed, which is what keeps streaming a 12B checkpoint I/O-bound.
+    """
+    import numpy as np
+    import torch
+
+    if t.device.type != "cpu" or t.numel() == 0:
+        return prune_tensor(t, idx)
+    int_dtype = getattr(torch, _INT_VIEW[t.element_size()])
+    a = t.contiguous().view(int_dtype).numpy()
+    for d, ix in enumerate(idx):
+        if ix is not None:
+            a = np.take(a, np.asarray(ix, dtype=np.int64), axis=d)
+    return torch.from_numpy(np.ascontiguousarray(a)).view(t.dtype)
+
+
 def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module") -> dict:
     """A new state dict for `plan.target()`; keys keep their prefix (`model.`/`backbone.`) and are renumbered.
 

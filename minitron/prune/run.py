@@ -131,6 +131,9 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     keep_min = parse_keep_types(o.keep_layer_types)
     if o.searching:
         parse_search(o.search)
+        if o.target_params is not None and o.target_params >= arch.total_params:
+            raise InputError(f"{o.target_params:,} is not below the model's {arch.total_params:,} parameters",
+                             flag="--target-params")
         if o.drop_order is not None:
             parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
     else:

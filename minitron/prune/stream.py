@@ -91,7 +91,7 @@ def read_pruned(handle, item: Item):
     """Read only the bounding row range of the kept rows, then cut every dimension."""
     import torch
 
-    from minitron.prune.apply import prune_tensor
+    from minitron.prune.apply import prune_tensor_fast
 
     sl = handle.get_slice(item.src_key)
     rows = item.idx[0]
@@ -102,7 +102,7 @@ def read_pruned(handle, item: Item):
         lo, hi = min(rows), max(rows) + 1
         t = sl[lo:hi]
         idx = ([r - lo for r in rows], *item.idx[1:])
-    t = prune_tensor(t, idx)
+    t = prune_tensor_fast(t, idx)
     assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
     return t.view(torch.uint8) if t.numel() else t
 
