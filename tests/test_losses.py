@@ -124,3 +124,22 @@ def test_bad_arguments():
         distill_loss(s, t[:, :3])
     with pytest.raises(ValueError):
         distill_loss(s, t, temperature=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reuse_teacher_buffer_gives_the_same_loss_and_gradient(kind):
+    s, t = _logits()
+    mask = torch.ones(2, 7)
+    mask[0, :4] = 0  # a fully masked chunk (chunk_size 3 -> rows 0..2) must get a zero gradient
+    ref = plain_divergence(s, t, mask, kind=kind, top_k=4)
+    (g_ref,) = torch.autograd.grad(ref, s)
+    t_buf = t.clone()
+    got = distill_loss(s, t_buf, mask, kind=kind, top_k=4, chunk_size=3, reuse_teacher=True)
+    (g_got,) = torch.autograd.grad(got, s)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-7)
+    assert g_got.data_ptr() == t_buf.data_ptr()  # the teacher's memory now holds the gradient
+    # without a gradient to compute, the teacher logits are left alone
+    t_buf = t.clone()
+    distill_loss(s.detach(), t_buf, reuse_teacher=True)
+    assert torch.equal(t_buf, t)

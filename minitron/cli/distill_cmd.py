@@ -41,7 +41,7 @@ def command(
     dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32. Student master weights stay fp32.")] = "auto",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward (less memory).")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Shard student and teacher with FSDP2 (under torchrun).")] = False,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Tokens per chunk of the loss.")] = 1024,
+    chunk_size: Annotated[int | None, typer.Option("--chunk-size", help="Tokens per chunk of the loss (default: 16 MiB fp32 temporaries, 32 tokens at vocab 131072).")] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Text field of .jsonl/.parquet records.")] = "text",
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished run in <out>.partial/ instead of resuming it.")] = False,
     overwrite: OverwriteOpt = False,

@@ -17,10 +17,12 @@ Two implementations of one maths:
 - `plain_divergence` / `plain_per_token` — the formulas written out on whole `[N, V]` tensors:
   the readable reference, used in tests.
 - `distill_loss` / `per_token_divergence` — the same formulas applied to `chunk_size` tokens at a
-  time by a custom autograd function that computes the gradient of each chunk *during the forward*
+  time (default: 16 MiB of fp32 per temporary, 32 tokens at vocabulary 131072) by a custom autograd function that computes the gradient of each chunk *during the forward*
   (one small autograd call per chunk), keeps only that gradient for the backward and saves neither
   the student's nor the teacher's logits. So at most one chunk of fp32 `[chunk, V]` temporaries is
   alive at a time, and the caller may free both logit tensors as soon as the loss is computed.
+  With `reuse_teacher=True` the gradient is written over the teacher logits, row block by row
+  block after each block is read, so the loss needs no [N, V] memory of its own at all.
 
 Masked tokens (padding, `mask == 0`) contribute nothing; a batch with no valid token gives a loss of
 0 that still back-propagates (a zero gradient).
@@ -34,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("forward-kl", "reverse-kl", "jsd")
-DEFAULT_CHUNK = 1024
+DEFAULT_CHUNK = None  # auto: CHUNK_ELEMENTS // vocab tokens per chunk
+CHUNK_ELEMENTS = 1 << 22  # 16 MiB of fp32 per [chunk, V] temporary (32 tokens at vocab 131072)
+
+
+def auto_chunk(vocab: int, chunk_size: int | None = None) -> int:
+    """Tokens per chunk: `chunk_size` if given, else as many as fit CHUNK_ELEMENTS fp32 values."""
+    return max(1, int(chunk_size)) if chunk_size else max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
 def check_kind(kind: str) -> str:
@@ -121,15 +129,21 @@ class _ChunkedDivergence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, mask, kind, temperature, top_k, chunk):
+    def forward(ctx, student, teacher, mask, kind, temperature, top_k, chunk, reuse_teacher):
         n = student.shape[0]
         out = torch.zeros(n, dtype=torch.float32, device=student.device)
         need_grad = ctx.needs_input_grad[0]
-        grad = torch.zeros_like(student) if need_grad else None
+        grad = None
+        if need_grad:
+            # Row block a:b of the teacher is read before the gradient of a:b is written there.
+            reuse = reuse_teacher and teacher.dtype == student.dtype and teacher.is_contiguous()
+            grad = teacher if reuse else torch.zeros_like(student)
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
             m = mask[a:b]
             if not bool(m.any()):
+                if grad is not None:
+                    grad[a:b] = 0
                 continue
             s = student[a:b].detach()
             if need_grad:
@@ -141,25 +155,29 @@ class _ChunkedDivergence(torch.autograd.Function):
                 out[a:b] = rows.detach()
             else:
                 out[a:b] = _rows(s, teacher[a:b], kind, temperature, top_k) * m
-        ctx.save_for_backward(grad if need_grad else torch.empty(0))
-        ctx.used = False
+        # Kept as an attribute, not with save_for_backward: the backward hands the buffer itself on
+        # (scaled in place) and drops its own reference, so autograd can adopt it without a copy.
+        ctx.grad = grad
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        if ctx.used:  # the gradient buffer is scaled in place: a second backward would be wrong
+        grad = ctx.grad
+        if grad is None:  # the buffer was handed on by an earlier backward
             raise RuntimeError("the chunked distillation loss supports one backward pass (no retain_graph)")
-        ctx.used = True
+        ctx.grad = None
         grad.mul_(grad_out.to(grad.dtype)[:, None])
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def per_token_divergence(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
-                         chunk_size=DEFAULT_CHUNK):  # fmt: skip
+                         chunk_size=DEFAULT_CHUNK, reuse_teacher=False):  # fmt: skip
     """The divergence of every token, shape `student_logits.shape[:-1]`, fp32; masked tokens are 0.
 
     Chunked over tokens; differentiable in `student_logits`; the teacher is never differentiated.
+    `reuse_teacher=True` stores the gradient in the teacher logits' own memory (same dtype and
+    contiguous only): no [N, V] buffer is allocated, and the teacher logits are *overwritten* —
+    for callers that drop them right after the loss, as the trainer does.
     """
     check_kind(kind)
     if temperature <= 0:
@@ -167,19 +185,22 @@ def per_token_divergence(student_logits, teacher_logits, mask=None, *, kind="for
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     s, t, m = _flatten(student_logits, teacher_logits, mask)
-    per = _ChunkedDivergence.apply(s, t.detach(), m, kind, float(temperature), top_k, max(1, int(chunk_size)))
+    chunk = auto_chunk(s.shape[-1], chunk_size)
+    per = _ChunkedDivergence.apply(s, t.detach(), m, kind, float(temperature), top_k, chunk, bool(reuse_teacher))
     return per.reshape(student_logits.shape[:-1])
 
 
 def distill_loss(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
-                 reduction="mean", chunk_size=DEFAULT_CHUNK):  # fmt: skip
+                 reduction="mean", chunk_size=DEFAULT_CHUNK, reuse_teacher=False):  # fmt: skip
     """The distillation loss (chunked). `reduction`: mean over valid tokens, sum, or none (per token).
 
     `student_logits`, `teacher_logits`: [..., V] (any float dtype; maths in fp32); `mask`: [...],
-    1 for tokens that count. An all-masked batch gives 0 with a (zero) gradient.
+    1 for tokens that count. An all-masked batch gives 0 with a (zero) gradient. With
+    `reuse_teacher=True` the teacher logits are overwritten by the gradient (see `per_token_divergence`).
     """
     s, t, m = _flatten(student_logits, teacher_logits, mask)
-    per = per_token_divergence(s, t, m, kind=kind, temperature=temperature, top_k=top_k, chunk_size=chunk_size)
+    per = per_token_divergence(s, t, m, kind=kind, temperature=temperature, top_k=top_k, chunk_size=chunk_size,
+                               reuse_teacher=reuse_teacher)  # fmt: skip
     return _reduce(per, m, reduction, student_logits.shape[:-1])
 
 

@@ -45,7 +45,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the start and the end only
     eval_batch_size: int | None = None
     seed: int = 0
-    chunk_size: int = DEFAULT_CHUNK
+    chunk_size: int | None = DEFAULT_CHUNK  # tokens per loss chunk; None: auto (16 MiB fp32 temporaries)
     autocast_dtype: str | None = None  # bf16/fp16: forward passes under torch.autocast
 
     def validate(self, world: int = 1) -> TrainConfig:
@@ -72,7 +72,7 @@ class TrainConfig:
         need(self.top_k is None or self.top_k >= 1, f"must be >= 1, got {self.top_k}", "--top-k")
         need(self.ce_weight >= 0, f"must be >= 0, got {self.ce_weight}", "--ce-weight")
         need(self.eval_every >= 0, f"must be >= 0, got {self.eval_every}", "--eval-every")
-        need(self.chunk_size >= 1, f"must be >= 1, got {self.chunk_size}", "--chunk-size")
+        need(self.chunk_size is None or self.chunk_size >= 1, f"must be >= 1, got {self.chunk_size}", "--chunk-size")
         self.global_batch_size = g
         if self.min_lr is None:
             self.min_lr = self.lr / 10
@@ -141,7 +141,7 @@ def set_rng_state(state: dict) -> None:
 
 @torch.no_grad()
 def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, device: str = "cpu",
-             autocast_dtype: str | None = None, chunk_size: int = DEFAULT_CHUNK) -> dict:  # fmt: skip
+             autocast_dtype: str | None = None, chunk_size: int | None = DEFAULT_CHUNK) -> dict:  # fmt: skip
     """Validation KL(teacher || student) per token and the student's LM loss per predicted token.
 
     Blocks are dealt round-robin to ranks; every rank runs the same number of forwards (ranks short
@@ -266,9 +266,10 @@ class Trainer:
             with self._sync(last=i == len(micro) - 1):
                 with _autocast(self.device, cfg.autocast_dtype):
                     s_logits = _logits(self.student, ids)  # [micro, L, V]
+                # The gradient w.r.t. the student logits is written over the teacher logits (no new [N, V]).
                 kd = distill_loss(s_logits, t_logits, kind=cfg.loss, temperature=cfg.temperature, top_k=cfg.top_k,
-                                  reduction="sum", chunk_size=cfg.chunk_size)  # fmt: skip
-                del t_logits  # the loss kept only its gradient: free the teacher's logits before the backward
+                                  reduction="sum", chunk_size=cfg.chunk_size, reuse_teacher=True)  # fmt: skip
+                del t_logits  # now the gradient buffer, owned by the loss until the backward
                 objective = kd / kd_norm
                 if cfg.ce_weight > 0:
                     ce = lm_loss(s_logits, ids, reduction="sum")

@@ -1,0 +1,174 @@
+"""Distillation benchmarks: loss memory (chunked vs plain) and step-time overhead of the trainer.
+
+  python benchmarks/bench_distill.py memory [--vocab 131072] [--tokens 1024] [--repeats 3]
+  python benchmarks/bench_distill.py step [--vocab 32768] [--hidden 256] [--seq-len 256] [--batch 2] [--repeats 5]
+
+memory: each variant runs in its own subprocess (peak RSS is per process). The inputs — student
+logits [tokens, vocab] fp32 requiring grad and teacher logits, as transformers' NemotronH returns
+them — are allocated first (baseline RSS); then one forward + backward of the loss; "extra" is
+peak RSS (ru_maxrss) minus that baseline: the memory the loss itself needs, gradient included;
+"peak" is the whole process. `--shape train` makes the student logits with an lm_head
+(hidden 256), frees both logit tensors after the loss and lets the chunked loss write its
+gradient over the teacher logits (`reuse_teacher=True`), as the trainer does.
+
+step: teacher forward (no_grad), student forward + backward (a trivial loss) and a full trainer
+step (teacher forward, student forward, chunked forward-KL, backward, clip, AdamW) are timed
+interleaved in one process; medians of `--repeats` after one warm-up. Ratio = step / (teacher +
+student); goal <= 1.10. tokens/s = tokens per step / step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, resource, sys, psutil, torch
+from minitron.distill.losses import distill_loss, plain_divergence
+variant, n, v, kind, chunk, shape = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+torch.manual_seed(0)
+if shape == "logits":  # the loss alone: both logit tensors are the caller's
+    s = torch.randn(n, v).requires_grad_(True)
+    t = torch.randn(n, v)
+else:  # as in training: student logits = lm_head(hidden); the step frees both logits after the loss
+    h = torch.randn(n, 256).requires_grad_(True)
+    w = (0.05 * torch.randn(v, 256)).requires_grad_(True)
+    t = torch.randn(n, v)
+base = psutil.Process().memory_info().rss
+t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import time
+start = time.perf_counter()
+if shape != "logits":
+    s = h @ w.T
+if variant == "plain":
+    loss = plain_divergence(s, t, kind=kind)
+else:
+    loss = distill_loss(s, t, kind=kind, chunk_size=chunk or None, reuse_teacher=shape != "logits")
+if shape != "logits":
+    del s, t
+loss.backward()
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"base": base, "peak": peak, "extra": peak - max(base, t0), "loss": float(loss), "time": elapsed}))
+"""
+
+
+def bench_memory(args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    results = {}
+    for kind in args.kinds:
+        for variant in ("plain", "chunked"):
+            runs = []
+            for _ in range(args.repeats):
+                out = subprocess.run([sys.executable, "-c", CHILD, variant, str(args.tokens), str(args.vocab), kind,
+                                      str(args.chunk_size), args.shape], capture_output=True, text=True, env=env,
+                                     check=True)  # fmt: skip
+                runs.append(json.loads(out.stdout))
+            results[(kind, variant)] = {
+                "extra_bytes": statistics.median(r["extra"] for r in runs),
+                "peak_bytes": statistics.median(r["peak"] for r in runs),
+                "loss": runs[0]["loss"], "time_s": statistics.median(r["time"] for r in runs),
+            }
+    rows = []
+    inputs = 2 * args.tokens * args.vocab * 4
+    for kind in args.kinds:
+        p, c = results[(kind, "plain")], results[(kind, "chunked")]
+        rows.append({
+            "loss": kind, "plain_extra_mib": p["extra_bytes"] / 2**20, "chunked_extra_mib": c["extra_bytes"] / 2**20,
+            "ratio_extra": c["extra_bytes"] / p["extra_bytes"], "plain_peak_mib": p["peak_bytes"] / 2**20,
+            "chunked_peak_mib": c["peak_bytes"] / 2**20, "ratio_peak": c["peak_bytes"] / p["peak_bytes"],
+            "plain_time_s": p["time_s"], "chunked_time_s": c["time_s"],
+            "same_value": abs(p["loss"] - c["loss"]) <= 1e-4 * max(1.0, abs(p["loss"])),
+        })  # fmt: skip
+    return {"shape": args.shape, "tokens": args.tokens, "vocab": args.vocab, "chunk_size": args.chunk_size,
+            "inputs_mib": inputs / 2**20, "one_logits_tensor_mib": inputs / 2 / 2**20, "rows": rows}  # fmt: skip
+
+
+def bench_step(args) -> dict:
+    import torch
+
+    from minitron.distill.trainer import TrainConfig, Trainer
+    from minitron.testing import build_model, tiny_config
+
+    torch.set_num_threads(args.threads)
+    common = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=args.hidden // 8,
+                  mamba_num_heads=args.hidden // 16, mamba_head_dim=32, n_groups=2, ssm_state_size=32,
+                  chunk_size=64, max_position_embeddings=max(512, args.seq_len))  # fmt: skip
+    teacher = build_model(tiny_config(hybrid_override_pattern=args.teacher_pattern, **common), seed=0)
+    student = build_model(tiny_config(hybrid_override_pattern=args.student_pattern, **common), seed=1)
+    blocks = torch.randint(3, args.vocab, (64, args.seq_len), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=10_000, micro_batch_size=args.batch, lr=1e-5, chunk_size=args.chunk_size)
+    trainer = Trainer(teacher, student, blocks, None, cfg)
+    ids = blocks[: args.batch]
+
+    def teacher_fwd():
+        with torch.no_grad():
+            return teacher(input_ids=ids, use_cache=False).logits
+
+    def student_fwd_bwd():
+        student(input_ids=ids, use_cache=False).logits.mean().backward()
+        student.zero_grad(set_to_none=True)
+
+    def step():
+        trainer.train_step()
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    for fn in (teacher_fwd, student_fwd_bwd, step):  # warm-up
+        fn()
+    times = {"teacher_forward": [], "student_forward_backward": [], "step": []}
+    for _ in range(args.repeats):
+        times["teacher_forward"].append(timed(teacher_fwd))
+        times["student_forward_backward"].append(timed(student_fwd_bwd))
+        times["step"].append(timed(step))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = args.batch * args.seq_len
+    return {
+        "config": {"vocab": args.vocab, "hidden": args.hidden, "teacher": args.teacher_pattern,
+                   "student": args.student_pattern, "seq_len": args.seq_len, "batch": args.batch,
+                   "threads": args.threads, "teacher_params": sum(p.numel() for p in teacher.parameters()),
+                   "student_params": sum(p.numel() for p in student.parameters())},
+        "median_s": med, "runs_s": times,
+        "ratio": med["step"] / (med["teacher_forward"] + med["student_forward_backward"]),
+        "tokens_per_second": tokens / med["step"],
+    }  # fmt: skip
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("memory")
+    m.add_argument("--vocab", type=int, default=131072)
+    m.add_argument("--tokens", type=int, default=1024)
+    m.add_argument("--chunk-size", type=int, default=0, help="0: the default (auto)")
+    m.add_argument("--kinds", nargs="+", default=["forward-kl", "reverse-kl", "jsd"])
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--shape", choices=["logits", "train"], default="logits",
+                   help="logits: the loss on given logits; train: logits from an lm_head, freed after the loss")
+    m.add_argument("--threads", type=int, default=2)
+    s = sub.add_parser("step")
+    s.add_argument("--vocab", type=int, default=32768)
+    s.add_argument("--hidden", type=int, default=256)
+    s.add_argument("--teacher-pattern", default="M-M*M-M-")
+    s.add_argument("--student-pattern", default="M-M*M-")
+    s.add_argument("--seq-len", type=int, default=256)
+    s.add_argument("--batch", type=int, default=2)
+    s.add_argument("--chunk-size", type=int, default=None)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    doc = bench_memory(args) if args.what == "memory" else bench_step(args)
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
