@@ -81,6 +81,24 @@ def _rows(student, teacher, kind, temperature, top_k):
     return _divergence_rows(log_q, log_p, kind) * (temperature**2)
 
 
+def _forward_kl_fast(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float,
+                     need_grad: bool):  # fmt: skip
+    """Forward KL of [n, V] rows and its gradient in closed form (the trainer's default, so the hot path).
+
+    T^2 KL(p || q) per row, and d/ds = T (q - p) per row (masked rows 0): the same numbers as
+    autograd through `_rows` (tested), with a third of the passes over [n, V] and fewer temporaries.
+    """
+    log_q = F.log_softmax(student.float() / temperature, dim=-1)  # [n, V]
+    log_p = F.log_softmax(teacher.float() / temperature, dim=-1)  # [n, V]
+    p = log_p.exp()
+    rows = torch.linalg.vecdot(p, log_p.sub_(log_q)) * (temperature**2) * mask  # log_p now holds log p - log q
+    del log_p
+    grad = None
+    if need_grad:
+        grad = log_q.exp_().sub_(p).mul_((temperature * mask).unsqueeze(-1))  # q - p, in log_q's memory
+    return rows, grad
+
+
 def _flatten(student_logits, teacher_logits, mask):
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher logits {tuple(teacher_logits.shape)}")
@@ -146,6 +164,12 @@ class _ChunkedDivergence(torch.autograd.Function):
                     grad[a:b] = 0
                 continue
             s = student[a:b].detach()
+            if kind == "forward-kl" and top_k is None:
+                rows, g = _forward_kl_fast(s, teacher[a:b], m, temperature, need_grad)
+                out[a:b] = rows
+                if need_grad:
+                    grad[a:b] = g
+                continue
             if need_grad:
                 with torch.enable_grad():
                     s = s.requires_grad_(True)
