@@ -50,7 +50,13 @@ def _child_prune(src: Path, dst: Path, scores: Path) -> dict:
                         shape=Shape(hidden_size=PLAN["hidden_size"], ffn_size=PLAN["ffn_size"],
                                     mamba_heads=PLAN["mamba_heads"]))
     doc = prune(opts)
-    return {"seconds": time.perf_counter() - t0, "bytes": doc["files"]["bytes"], "params_after": doc["params_after"]}
+    seconds = time.perf_counter() - t0
+    # The result's headers agree with its config (names, shapes), and its config is the 9B's shape.
+    from minitron.models.checkpoint import open_checkpoint
+
+    out = open_checkpoint(dst)
+    assert out.arch.total_params == doc["params_after"] == 8_888_227_328, doc["params_after"]
+    return {"seconds": seconds, "bytes": doc["files"]["bytes"], "params_after": doc["params_after"]}
 
 
 def _write_scores(src: Path, dst: Path) -> None:
