@@ -108,24 +108,23 @@ def _metrics(entry: dict) -> dict:
 
 @contextlib.contextmanager
 def _quiet(verbose: bool):
-    """Unless `verbose`: no tqdm bars from lm-eval, and no `git describe` of the current directory
-    (lm-eval records the caller's git hash and lets git print "fatal: not a git repository")."""
+    """Unless `verbose`: lm-eval's progress bars and notices (written straight to sys.stderr) are
+    dropped, and lm-eval does not run `git describe` in the current directory (it records the caller's
+    git hash, and git prints "fatal: not a git repository" outside one). Exceptions still propagate."""
     if verbose:
         yield
         return
+    import io
+
     import lm_eval.evaluator as ev
 
-    saved_env, saved_git = os.environ.get("TQDM_DISABLE"), ev.get_git_commit_hash
-    os.environ["TQDM_DISABLE"] = "1"
+    saved_git = ev.get_git_commit_hash
     ev.get_git_commit_hash = lambda: None
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         ev.get_git_commit_hash = saved_git
-        if saved_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved_env
 
 
 def run_tasks(

@@ -28,12 +28,16 @@ import torch.nn.functional as F
 def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
     """(sum of next-token NLL in nats, number of predicted tokens) of `logits` [B, L, V] on `input_ids` [B, L].
 
-    Fast path: one fused `cross_entropy` in fp32 with sum reduction.
+    Fast path: one fused fp32 `cross_entropy` over the logits as they are (no shifted copy of the
+    [B, L, V] tensor): the targets are shifted instead, and the last position, which predicts
+    nothing, is ignored.
     """
-    v = logits.shape[-1]
-    pred = logits[:, :-1].reshape(-1, v).float()  # [B*(L-1), V]
-    target = input_ids[:, 1:].reshape(-1)  # [B*(L-1)]
-    return float(F.cross_entropy(pred, target, reduction="sum")), int(target.numel())
+    b, n, v = logits.shape
+    target = torch.full_like(input_ids, -100)  # [B, L]
+    target[:, :-1] = input_ids[:, 1:]
+    x = logits if logits.dtype == torch.float32 else logits.float()
+    total = F.cross_entropy(x.reshape(b * n, v), target.reshape(-1), ignore_index=-100, reduction="sum")
+    return float(total), b * (n - 1)
 
 
 def nll_sum_reference(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
@@ -72,11 +76,16 @@ class BlockScores:
 
 
 def kl_sum(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk_size: int = 1024) -> float:
-    """Sum over predicted positions of KL(teacher || model), both [B, L, V]; the last position predicts nothing."""
+    """Sum over predicted positions of KL(teacher || model), both [B, L, V]; the last position predicts nothing.
+
+    The chunked KL of `minitron.distill.losses` (the distillation objective), masked rather than sliced
+    so that no [B, L, V] copy is made.
+    """
     from minitron.distill.losses import kl_divergence
 
-    per = kl_divergence(logits[:, :-1], teacher_logits[:, :-1], chunk_size=chunk_size, reduction="sum")
-    return float(per)
+    mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)  # [B, L]
+    mask[:, -1] = False
+    return float(kl_divergence(logits, teacher_logits, mask, chunk_size=chunk_size, reduction="sum"))
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def relative(rows: list[dict]) -> list[dict]:
             t: {
                 m: _diff(v, ref_tasks.get(t, {}).get(m))
                 for m, v in metrics.items()
-                if not m.endswith("_stderr")
+                if not m.endswith("_stderr") and m != "samples"
             }
             for t, metrics in tasks.items()
         }
