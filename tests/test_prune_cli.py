@@ -48,6 +48,8 @@ def test_exact_prune_writes_a_model_stock_transformers_loads(tiny_model_dir, sco
     assert set(doc) >= {"params_before", "params_after", "memory", "plan"}
     assert set(doc["plan"]) >= PLAN_KEYS and doc["plan"]["num_layers"] == 7
     assert doc["plan"]["attention_heads"] == 4 and doc["plan"]["kv_heads"] == 1
+    assert doc["target"] == {"kind": "exact", "hidden_size": 48, "ffn_size": 64, "mamba_heads": 4, "kv_heads": 1,
+                             "num_layers": 7, "iterative": False}
     model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert sum(p.numel() for p in model.parameters()) == doc["params_after"]
@@ -57,6 +59,7 @@ def test_exact_prune_writes_a_model_stock_transformers_loads(tiny_model_dir, sco
     assert gen.shape[1] == ids.shape[1] + 5
     prov = json.loads((out / "minitron.json").read_text())
     assert prov["command"] == "prune" and prov["result"]["params_after"] == doc["params_after"]
+    assert prov["result"]["target"] == doc["target"] and prov["result"]["memory_before"] == doc["memory_before"]
     assert prov["inputs"]["model_fingerprint"] == model_fingerprint(tiny_model_dir)
     assert len(prov["result"]["indices"]["hidden"]) == 48
     assert (out / "generation_config.json").is_file() and len(list(out.glob("*.safetensors"))) > 1

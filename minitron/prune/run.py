@@ -7,7 +7,7 @@ fingerprint), the output directory, the search space. The result is the `prune -
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minitron.errors import InputError
@@ -109,6 +109,22 @@ def _load_scores(o: PruneOptions, ckpt: Checkpoint):
     return scores
 
 
+def _target(o: PruneOptions) -> dict:
+    """What was asked for, as recorded in the JSON document and minitron.json."""
+    if o.target_params is not None:
+        return {"kind": "params", "target_params": o.target_params}
+    if o.budget is not None:
+        return {"kind": "memory", "budget_bytes": o.budget.budget_bytes, "gpu": o.budget.gpu,
+                "context_length": o.context_length, "batch_size": o.batch_size, "dtype": o.dtype,
+                "state_dtype": o.state_dtype}
+    exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
+    if o.num_layers is not None:
+        exact["num_layers"] = o.num_layers
+    if o.drop_layers is not None:
+        exact["drop_layers"] = o.drop_layers
+    return {"kind": "exact", **exact, "iterative": o.iterative}
+
+
 def _memory(arch, o: PruneOptions):
     return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
                     state_dtype=o.state_dtype)
@@ -147,7 +163,8 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     if not o.dry_run and scores is None:
         raise InputError("writing a pruned model needs importance scores (run `minitron score` first)",
                          flag="--scores")
-    doc: dict = {"model": str(ckpt.path), "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None}
+    doc: dict = {"model": str(ckpt.path), "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None,
+                 "target": _target(o)}
 
     if o.searching:
         plan, cands = _search(o, ckpt, scores, keep_min, doc, progress, log)
@@ -317,7 +334,7 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
         inputs = {"model": str(ckpt.path), "model_fingerprint": model_fingerprint(ckpt.path),
                   "scores": str(o.scores) if o.scores else None}
         options = {k: v for k, v in vars(o).items() if k not in ("budget", "shape")}
-        options["shape"] = vars(o.shape) if hasattr(o.shape, "__dict__") else str(o.shape)
+        options["shape"] = asdict(o.shape)
         write_provenance(tmp, "prune", options, inputs=inputs,
                          result={**{k: v for k, v in doc.items() if k != "candidates"},
                                  "candidates": doc.get("candidates", [])[:50], "indices": plan.indices()})
