@@ -64,18 +64,22 @@ def command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan or the candidate table; write nothing.")] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest output shard.")] = "5GB",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration sample.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N], for the proxy, distillation and --iterative.")] = "auto",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ):
     """Prune a Nemotron-H model to an exact shape, a parameter count or a GPU-memory budget.
 
-    Exact shape (hidden, FFN, Mamba heads, depth), here the Nemotron Nano 2 12B -> 9B plan:
+    Writing weights needs the scores of `minitron score`; --dry-run shows the plan or the candidate
+    table (also on a bare config). With a budget, candidates of the --search space that fit are
+    ranked by parameters, or with --data by a zero-shot proxy (KL to the original), then optionally
+    by --candidate-distill-steps of short distillation; the best is pruned.
+
+    Examples:
 
       minitron prune nemotron-nano-12b-v2-base --hidden-size 4480 --ffn-size 15680 --mamba-heads 128 --drop-layers 7,8,17,18,48,52 --dry-run
 
       minitron prune MODEL --scores scores/ --hidden-size 4480 --ffn-size 15680 --num-layers 56 --out pruned/
-
-    Search the architectures that fit an A10G at 128k tokens (the paper's space), prune the best:
 
       minitron prune MODEL --scores scores/ --gpu a10g --headroom 0.05 --reserve-gib 1.3 --context-length 131072 --search num_layers=52:56:2 --search hidden_size=4480:5120:128 --search ffn_size=13440:20480:64 --search mamba_heads=112:128:8 --data calib.txt --out pruned/
 
@@ -96,7 +100,7 @@ def command(
         search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
         proxy=proxy, shortlist=shortlist, candidate_distill_steps=candidate_distill_steps,
         distill_samples=distill_samples, lr=lr, top_k=top_k, dry_run=dry_run, overwrite=overwrite,
-        max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed,
+        max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed, device=device,
     )  # fmt: skip
     bar, tasks = progress(), {}
 

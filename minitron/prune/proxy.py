@@ -51,7 +51,7 @@ def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_bloc
 
 
 def distill_scores(model, arch_src, candidates: list[Candidate], scores, train_blocks, eval_blocks, *, steps: int,
-                   lr: float, progress=None) -> list[dict]:
+                   lr: float, device: str = "cpu", progress=None) -> list[dict]:
     """For each candidate: {"distill_kl", "distill_loss"} after `steps` of short distillation."""
     try:
         from minitron.distill.trainer import quick_distill
@@ -66,7 +66,7 @@ def distill_scores(model, arch_src, candidates: list[Candidate], scores, train_b
         student = prune_model(model, plan)
         for p in student.parameters():
             p.requires_grad_(True)
-        res = quick_distill(model, student, train_blocks, eval_blocks, steps, lr=lr)
+        res = quick_distill(model, student, train_blocks, eval_blocks, steps, lr=lr, device=device)
         out.append({"distill_kl": float(res["kl"]), "distill_loss": float(res["loss"])})
         del student
         if progress is not None:
