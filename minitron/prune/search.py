@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from minitron.errors import InfeasibleError, InputError
 from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype
 from minitron.models.architecture import Architecture
-from minitron.models.layers import MLP
+from minitron.models.layers import MAMBA, MLP
 from minitron.prune.select import Shape, drop_sequence
 
 AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")
@@ -50,8 +50,9 @@ class Candidate:
     dropped_layers: tuple[int, ...] = ()
 
     def shape(self) -> Shape:
-        return Shape(self.hidden_size, self.ffn_size, self.mamba_heads, self.mamba_head_dim, self.attention_heads,
-                     self.kv_heads)
+        # 0 stands for an axis the model does not have (no MLP or no Mamba layer): keep it as is.
+        return Shape(*(v or None for v in (self.hidden_size, self.ffn_size, self.mamba_heads, self.mamba_head_dim,
+                                           self.attention_heads, self.kv_heads)))
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (*AXES, "params", "memory_bytes", "fits")}
@@ -87,6 +88,10 @@ def _down(hi: int, step: int, cut: float) -> Range:
     return Range(max(hi - n * step, step if hi > step else hi), hi, step)
 
 
+def _fixed(v: int) -> Range:
+    return Range(v, v) if v else Range(0, 0)
+
+
 def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     """Width cut <= 40 % in multiples of 64 (hidden, FFN) or of the groups (Mamba heads); depth <= 20 %
     when a drop order exists; head dim, query and KV heads are kept unless searched explicitly."""
@@ -95,8 +100,9 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     return {
         "num_layers": Range(L - int(L * DEPTH_CUT), L) if depth else Range(L, L),
         "hidden_size": _down(a.hidden_size, 64, WIDTH_CUT),
-        "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if a.intermediate_size else Range(0, 0),
-        "mamba_heads": _down(a.mamba_num_heads, a.n_groups, WIDTH_CUT) if a.mamba_num_heads else Range(0, 0),
+        "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if MLP in a.pattern else _fixed(a.intermediate_size),
+        "mamba_heads": _down(a.mamba_num_heads, a.n_groups, WIDTH_CUT) if MAMBA in a.pattern
+        else _fixed(a.mamba_num_heads),
         "mamba_head_dim": Range(a.mamba_head_dim, a.mamba_head_dim),
         "attention_heads": Range(a.num_attention_heads, a.num_attention_heads),
         "kv_heads": Range(a.num_key_value_heads, a.num_key_value_heads),
