@@ -97,10 +97,10 @@ class Reporter:
     def log(self, message: str) -> None: ...
 
 
-def _free(model) -> None:
+def _release_memory() -> None:
+    """Give freed models' memory back (call after dropping the last reference)."""
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -179,9 +179,11 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
                "throughput": None}  # fmt: skip
         if blocks is not None:
             rep.start(f"perplexity {name}", int(blocks.shape[0]))
-            scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,
-                                             on_batch=rep.advance)  # fmt: skip
-            rep.done()
+            try:
+                scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,
+                                                 on_batch=rep.advance)  # fmt: skip
+            finally:
+                rep.done()
             row.update(scores.to_dict(with_kl=teacher is not None))
         if plan is not None and task_names:
             rep.log(f"lm-eval {', '.join(task_names)} on {name}")
@@ -205,12 +207,10 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
             )
             row["throughput"] = throughput.measure(model, s, memory_model_bytes=shape.total_bytes)
         rows.append(row)
-        if not same_as_teacher:
-            _free(model)
-        else:
-            del model
-    if teacher is not None:
-        _free(teacher)
+        model = None  # the teacher (if this was it) stays referenced by `teacher`
+        _release_memory()
+    teacher = None
+    _release_memory()
     for row, rel in zip(rows, table.relative(rows), strict=True):
         row["relative"] = rel
     return {"reference": names[0], "models": rows, "settings": settings}
