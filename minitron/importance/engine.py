@@ -28,9 +28,9 @@ import torch
 from minitron.importance.layers import (
     LOGIT_METRICS,
     cosine_distance,
-    kl_per_token,
+    kl_from_logp,
     mse_per_token,
-    nll_per_token,
+    nll_from_logp,
 )
 
 HEAD_ROWS = 1024
@@ -143,13 +143,16 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
             branch_normed = {i: norm_f(br[m]) for i, br in branches.items()}
             for b, s, e in _head_chunks(tok.shape):
                 ref = lm_head(normed[b, s:e]).float()  # [rows, V]
+                ref_logp = torch.log_softmax(ref, dim=-1)
+                ref_p = ref_logp.exp()
                 tgt = tok[b, s + 1 : e + 1]  # next tokens; the last position has none
-                ref_loss += nll_per_token(ref[: len(tgt)], tgt).double().sum().cpu()
+                ref_loss += nll_from_logp(ref_logp, tgt).double().sum().cpu()
                 for i, bn in branch_normed.items():
                     logits = lm_head(bn[b, s:e]).float()
-                    kl[i] += kl_per_token(ref, logits).double().sum().cpu()
+                    logp = torch.log_softmax(logits, dim=-1)
+                    kl[i] += kl_from_logp(ref_logp, ref_p, logp).double().sum().cpu()
                     mse[i] += mse_per_token(ref, logits).double().sum().cpu()
-                    loss[i] += nll_per_token(logits[: len(tgt)], tgt).double().sum().cpu()
+                    loss[i] += nll_from_logp(logp, tgt).double().sum().cpu()
         if branches_on:
             stats.add("layer_kl", kl)
             stats.add("layer_mse", mse)

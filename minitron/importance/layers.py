@@ -25,8 +25,12 @@ LOGIT_METRICS = ("kl", "mse", "loss")
 def kl_per_token(ref_logits, logits):
     """[..., V] full-model and skipped-block logits -> [...] KL(p_ref || p) in nats (float32)."""
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).clamp_min(0)
+    return kl_from_logp(ref_logp, ref_logp.exp(), torch.log_softmax(logits.float(), dim=-1))
+
+
+def kl_from_logp(ref_logp, ref_p, logp):
+    """KL(p_ref || p) from log-probabilities (the engine computes ref_logp and ref_p once per chunk)."""
+    return (ref_p * (ref_logp - logp)).sum(dim=-1).clamp_min(0)
 
 
 def mse_per_token(ref_logits, logits):
@@ -36,8 +40,12 @@ def mse_per_token(ref_logits, logits):
 
 def nll_per_token(logits, targets):
     """[..., V] logits and [...] target ids -> [...] cross-entropy in nats."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return nll_from_logp(torch.log_softmax(logits.float(), dim=-1), targets)
+
+
+def nll_from_logp(logp, targets):
+    """[..., V] log-probabilities (possibly more positions than targets) -> [len(targets)] nats."""
+    return -logp[: len(targets)].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def cosine_distance(x, y):

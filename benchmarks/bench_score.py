@@ -1,0 +1,185 @@
+"""Benchmarks of `minitron score`: width-scoring overhead, layer-scoring cost, streamed peak RSS.
+
+    python benchmarks/bench_score.py width     # width scoring / plain forward over the same tokens (goal <= 1.10)
+    python benchmarks/bench_score.py layers    # layer scoring (kl) / N+1 full passes            (goal <= 0.6)
+    python benchmarks/bench_score.py streaming [--model .bench/synthetic-12b]   # peak RSS     (goal < 8 GiB)
+    python benchmarks/bench_score.py all
+
+Timings are medians of --repeats runs, each ratio against its baseline measured in the same process
+and interleaved with it. The width and layer runs use random hybrids with hidden 512 and vocab 8192
+(the lm_head costs ~3 blocks, as in the 12B); 10 layers for width, 20 for layers: the ideal ratio of
+skip-one-block scoring is (N+1)/2N of the blocks (0.55 at N=10, 0.51 at 62) plus the N+1 head
+evaluations that both sides pay. The streaming run scores the 12B-shaped random
+checkpoint written by `make_synthetic_checkpoint.py` (created first when missing) in a child process
+and reads its peak RSS from the kernel (ru_maxrss of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_12B = ROOT / ".bench" / "synthetic-12b"
+
+
+PATTERN_10 = "M-M*M-M*M-"
+PATTERN_20 = "M-M-M*M-M-M-M*M-M-M-"  # closer to the 12B's 62 layers in how little a skipped suffix costs
+
+
+def medium_model(pattern: str = PATTERN_10):
+    from minitron.testing import build_model, tiny_config
+
+    cfg = tiny_config(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2,
+                      head_dim=64, mamba_num_heads=16, mamba_head_dim=64, n_groups=2, ssm_state_size=64,
+                      chunk_size=64, vocab_size=8192, hybrid_override_pattern=pattern)
+    return build_model(cfg)
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def bench_width(args) -> dict:
+    import torch
+
+    from minitron.importance.aggregate import Aggregation
+    from minitron.importance.engine import InMemorySource
+    from minitron.importance.run import score_tensors
+    from minitron.models.architecture import Architecture
+
+    model = medium_model(args.pattern or PATTERN_10)
+    arch = Architecture.from_config(model.config.to_dict())
+    tokens = torch.randint(3, 8192, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
+
+    def plain():
+        with torch.inference_mode():
+            for s in range(0, len(tokens), args.batch_size):
+                model(tokens[s : s + args.batch_size])
+
+    def width():
+        score_tensors(InMemorySource(model), arch, tokens, agg=Aggregation(), batch_size=args.batch_size,
+                      layer_metric="cosine")
+
+    plain(), width()  # warm up
+    p_times, w_times = [], []
+    for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
+        p_times.append(median_time(plain, 1)[0])
+        w_times.append(median_time(width, 1)[0])
+    p, w = statistics.median(p_times), statistics.median(w_times)
+    return {"bench": "width", "tokens": tokens.numel(), "plain_forward_s": round(p, 4), "width_scoring_s": round(w, 4),
+            "ratio": round(w / p, 3), "goal": "<= 1.10", "runs_plain": [round(t, 4) for t in p_times],
+            "runs_width": [round(t, 4) for t in w_times]}
+
+
+def bench_layers(args) -> dict:
+    import torch
+
+    from minitron.importance.layers import kl_per_token, layer_scores
+
+    model = medium_model(args.pattern or PATTERN_20)
+    tokens = torch.randint(3, 8192, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
+    layers, n = model.model.layers, len(model.model.layers)
+
+    class Skipped(torch.nn.Module):
+        def __init__(self, block_type):
+            super().__init__()
+            self.block_type = block_type
+
+        def forward(self, h, **kw):
+            return h
+
+    def naive():  # N+1 full passes of transformers' forward, one block replaced by identity each time
+        with torch.inference_mode():
+            for s in range(0, len(tokens), args.batch_size):
+                tb = tokens[s : s + args.batch_size]
+                ref = model(tb).logits
+                for i in range(n):
+                    orig = layers[i]
+                    layers[i] = Skipped(orig.block_type)
+                    try:
+                        kl_per_token(ref, model(tb).logits).sum()
+                    finally:
+                        layers[i] = orig
+
+    def ours():
+        layer_scores(model, tokens, metric="kl", batch_size=args.batch_size)
+
+    naive(), ours()
+    n_times, o_times = [], []
+    for _ in range(args.repeats):
+        n_times.append(median_time(naive, 1)[0])
+        o_times.append(median_time(ours, 1)[0])
+    nv, ov = statistics.median(n_times), statistics.median(o_times)
+    return {"bench": "layers", "layers": n, "pattern": model.config.hybrid_override_pattern, "tokens": tokens.numel(), "n_plus_1_passes_s": round(nv, 4),
+            "layer_scoring_s": round(ov, 4), "ratio": round(ov / nv, 3), "goal": "<= 0.6",
+            "runs_naive": [round(t, 4) for t in n_times], "runs_ours": [round(t, 4) for t in o_times]}
+
+
+def bench_streaming(args) -> dict:
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_synthetic_checkpoint.py"),
+                        "nemotron-nano-12b-v2-base", str(model)], check=True)
+    code = (
+        "import json, sys, time, torch\n"
+        "from minitron.importance.aggregate import Aggregation\n"
+        "from minitron.importance.run import score_tensors\n"
+        "from minitron.streaming import StreamingSource\n"
+        f"src = StreamingSource({str(model)!r}, dtype=torch.{args.dtype})\n"
+        "arch = src.ckpt.arch\n"
+        f"tok = torch.randint(3, arch.vocab_size, ({args.stream_samples}, {args.stream_seq_len}), "
+        "generator=torch.Generator().manual_seed(0))\n"
+        "t = time.perf_counter()\n"
+        f"out, n, _ = score_tensors(src, arch, tok, agg=Aggregation(), batch_size={args.batch_size}, "
+        f"layer_metric={args.stream_metric!r})\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'bytes_read': src.bytes_read, "
+        "'finite': all(bool(torch.isfinite(v).all()) for v in out.values()), "
+        "'params': arch.total_params}))\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"bench": "streaming", "model": str(model), "params": doc["params"], "dtype": args.dtype,
+            "samples": args.stream_samples, "seq_len": args.stream_seq_len, "metric": args.stream_metric,
+            "seconds": round(doc["seconds"], 1), "bytes_read": doc["bytes_read"], "scores_finite": doc["finite"],
+            "peak_rss_gib": round(peak_kib / 2**20, 3), "goal": "< 8 GiB",
+            "note": "" if peak_kib > before else "child peak not above earlier children; rerun alone"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", choices=["width", "layers", "streaming", "all"])
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pattern", default=None, help="Layer pattern of the random model (width: 10, layers: 20 layers).")
+    ap.add_argument("--model", default=str(BENCH_12B))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--stream-samples", type=int, default=2)
+    ap.add_argument("--stream-seq-len", type=int, default=64)
+    ap.add_argument("--stream-metric", default="cosine")
+    args = ap.parse_args()
+    which = ["width", "layers", "streaming"] if args.which == "all" else [args.which]
+    for w in which:
+        print(json.dumps({"width": bench_width, "layers": bench_layers, "streaming": bench_streaming}[w](args)),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
