@@ -20,6 +20,17 @@ def test_nll_sum_matches_reference():
     assert fast == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("chunk_elements", [1, 11 * 4, 11 * 5, 10**9])
+def test_nll_sum_chunking_only_changes_summation_order(chunk_elements):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 9, 11, generator=g) * 2
+    ids = torch.randint(0, 11, (2, 9), generator=g)
+    got, n = nll_sum(logits, ids, chunk_elements=chunk_elements)
+    assert n == 16 and got == pytest.approx(nll_sum_reference(logits, ids)[0], rel=1e-6)
+    got_bf16, _ = nll_sum(logits.bfloat16(), ids, chunk_elements=chunk_elements)  # upcast per chunk
+    assert got_bf16 == pytest.approx(nll_sum_reference(logits.bfloat16().float(), ids)[0], rel=1e-5)
+
+
 def test_nll_of_uniform_logits_is_log_vocab():
     logits = torch.zeros(2, 5, 16)
     ids = torch.randint(0, 16, (2, 5))
