@@ -25,6 +25,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _chunk_rows(v: int, device: torch.device) -> int:
+    """Rows of [rows, V] fp32 temporaries that stay small: 2^21 elements (8 MiB) on CPU, 2^26 on GPU."""
+    return max(1, (1 << (21 if device.type == "cpu" else 26)) // v)
+
+
 def nll_sum(
     logits: torch.Tensor, input_ids: torch.Tensor, chunk_elements: int | None = None
 ) -> tuple[float, int]:
@@ -39,9 +44,7 @@ def nll_sum(
     target = torch.full_like(input_ids, -100).reshape(-1)  # [B*L]
     target.view(b, n)[:, :-1] = input_ids[:, 1:]
     x = logits.reshape(b * n, v)  # a view when contiguous (the model's logits are)
-    if chunk_elements is None:
-        chunk_elements = 1 << (21 if x.device.type == "cpu" else 26)
-    rows = max(1, chunk_elements // v)
+    rows = _chunk_rows(v, x.device) if chunk_elements is None else max(1, chunk_elements // v)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for a in range(0, b * n, rows):
         xa = x[a : a + rows]
@@ -85,7 +88,7 @@ class BlockScores:
         return d
 
 
-def kl_sum(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk_size: int = 1024) -> float:
+def kl_sum(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk_size: int | None = None) -> float:
     """Sum over predicted positions of KL(teacher || model), both [B, L, V]; the last position predicts nothing.
 
     The chunked KL of `minitron.distill.losses` (the distillation objective), masked rather than sliced
@@ -95,7 +98,8 @@ def kl_sum(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk_size: int =
 
     mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)  # [B, L]
     mask[:, -1] = False
-    return float(kl_divergence(logits, teacher_logits, mask, chunk_size=chunk_size, reduction="sum"))
+    rows = chunk_size or _chunk_rows(logits.shape[-1], logits.device)
+    return float(kl_divergence(logits, teacher_logits, mask, chunk_size=rows, reduction="sum"))
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -109,7 +113,7 @@ def score_blocks(
     *,
     batch_size: int = 1,
     teacher=None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> BlockScores:
     """Loss (and KL to `teacher` when given) of `model` over `blocks` [N, L], `batch_size` blocks per forward.
