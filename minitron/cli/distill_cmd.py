@@ -82,7 +82,9 @@ def command(
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
         overwrite=overwrite, restart=restart,
     )  # fmt: skip
-    with dist.session(device if device != "auto" else "cpu"):
+    from minitron.models.checkpoint import resolve_device
+
+    with dist.session(resolve_device(device)):
         summary = _run(opts, live=not json_out)
         if not dist.is_main():
             return

@@ -117,6 +117,13 @@ def _autocast(device: str, dtype: str | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
 
 
+def _reduce_sum(t: torch.Tensor, device: str) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks (through `device`: NCCL only reduces GPU tensors)."""
+    if dist.world_size() == 1:
+        return t
+    return dist.all_reduce_sum(t.to(device)).cpu()
+
+
 def unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -166,7 +173,7 @@ def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, d
         ce = lm_loss(s_logits, ids, reduction="sum")
         del s_logits
         sums += weight * torch.tensor([float(kl), ids.numel(), float(ce), ids[:, 1:].numel()], dtype=torch.float64)
-    dist.all_reduce_sum(sums)
+    sums = _reduce_sum(sums, device)
     if was_training:
         student.train()
     return {"kl": float(sums[0] / max(sums[1], 1)), "loss": float(sums[2] / max(sums[3], 1)),
@@ -290,7 +297,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.advance()
         self.step += 1
-        dist.all_reduce_sum(sums)
+        sums = _reduce_sum(sums, self.device)
         dt = time.perf_counter() - t0
         self.train_time += dt
         self.trained_tokens += g * L
