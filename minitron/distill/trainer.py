@@ -180,6 +180,16 @@ def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, d
             "tokens": int(sums[1])}  # fmt: skip
 
 
+def _unshare(teacher, student) -> None:
+    """Give the student its own copy of any tensor it shares with the teacher (e.g. a pruned model
+    whose kept tensors are views of the original): training must never write into the teacher."""
+    teacher_storages = {p.untyped_storage().data_ptr() for p in teacher.parameters() if p.device.type != "meta"}
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.device.type != "meta" and p.untyped_storage().data_ptr() in teacher_storages:
+                p.data = p.data.clone()
+
+
 # ---------------------------------------------------------------------- trainer
 class Trainer:
     """Owns the optimiser, schedule and position of one distillation run (models are given)."""
@@ -197,6 +207,7 @@ class Trainer:
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        _unshare(self.teacher, self.student)
         self.student.train()
         params = [p for p in self.student.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -366,16 +377,24 @@ def quick_distill(teacher, student, train_blocks, eval_blocks, steps, lr=1e-4, m
                   device: str = "cpu", initial_eval: bool = False, **config) -> dict:  # fmt: skip
     """Distil `student` (trained in place) from `teacher` for `steps` steps; no files written.
 
-    For ranking pruning candidates. Returns `{"kl", "loss"}` of the final evaluation on
+    For ranking pruning candidates. The teacher is frozen during the run and handed back with its
+    `requires_grad` flags and mode unchanged; student tensors that share memory with the teacher's
+    are copied first, so the teacher's weights are never written. Returns `{"kl", "loss"}` of the final evaluation on
     `eval_blocks` (KL(teacher || student) per token, student LM loss), plus `steps`, `tokens`,
     `tokens_per_second` and, with `initial_eval=True`, `initial_eval`. Further `TrainConfig`
     fields (schedule, warmup_steps, global_batch_size, loss, ...) may be passed as keywords.
     """
     cfg = TrainConfig(steps=steps, lr=lr, micro_batch_size=micro_batch_size, **config)
-    trainer = Trainer(teacher, student, train_blocks, eval_blocks, cfg, device=device)
-    if not initial_eval:
-        trainer.initial_eval = {}  # skip the evaluation at the start
-    summary = trainer.train()
+    flags, mode = [p.requires_grad for p in teacher.parameters()], teacher.training
+    try:
+        trainer = Trainer(teacher, student, train_blocks, eval_blocks, cfg, device=device)
+        if not initial_eval:
+            trainer.initial_eval = {}  # skip the evaluation at the start
+        summary = trainer.train()
+    finally:  # the caller's teacher is left as it was given
+        for p, f in zip(teacher.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        teacher.train(mode)
     student.eval()
     final = summary["final_eval"] or {}
     out = {"kl": final.get("kl"), "loss": final.get("loss"), "steps": summary["steps"], "tokens": summary["tokens"],
