@@ -84,6 +84,18 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, student_dir)
     assert any(float(g.abs().max()) > 0 for g in grads[0].values())
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, student_dir):
+    teacher, s1 = _models(tiny_model_dir, student_dir)
+    _, s2 = _models(tiny_model_dir, student_dir)
+    s2.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    blocks = _blocks(8)
+    for student in (s1, s2):
+        Trainer(teacher, student, blocks, None, TrainConfig(steps=1, micro_batch_size=4)).accumulate_gradients(0)
+    assert s2.is_gradient_checkpointing and s2.training and s2.model.layers[0].gradient_checkpointing
+    for (k, a), b in zip(s1.named_parameters(), s2.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8, msg=k)
+
+
 def test_quick_distill_lowers_kl_and_leaves_the_teacher(tiny_model_dir, student_dir):
     teacher, student = _models(tiny_model_dir, student_dir)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
