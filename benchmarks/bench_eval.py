@@ -1,7 +1,9 @@
 """Overhead of `minitron eval`'s perplexity (and KL) over a bare loop of forward passes on the same blocks.
 
-    python benchmarks/bench_eval.py                      # CPU defaults (a small random Nemotron-H)
-    python benchmarks/bench_eval.py --device cuda --hidden 1024 --vocab 131072 --seq-len 2048
+    python benchmarks/bench_eval.py --repeats 11                 # 115.7M-param random Nemotron-H, CPU, 1 thread
+    python benchmarks/bench_eval.py --hidden 256 --vocab 16384 --blocks 8 --repeats 7
+    python benchmarks/bench_eval.py --teacher --repeats 5       # perplexity + KL to a second model
+    python benchmarks/bench_eval.py --device cuda --dtype bf16 --vocab 131072 --seq-len 2048 --blocks 16
 
 The baseline is the loop any user would write: `model(input_ids=batch).logits` for every batch of
 blocks, nothing else. The measured path is `minitron.evaluate.perplexity.score_blocks` (the function
