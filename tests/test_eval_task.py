@@ -20,6 +20,9 @@ from minitron.evaluate.local_task import (
 
 def test_split_sentences():
     assert split_sentences("One two.  Three\nfour? Five!") == ["One two.", "Three four?", "Five!"]
+    # headings and lines that introduce code are dropped, not glued onto the next sentence
+    text = 'A Heading\n\nIt works (really).\n\nUse it like this:\n\n    f(x)\n\nSaid "hi."'
+    assert split_sentences(text) == ["It works (really).", 'Said "hi."']
 
 
 def test_items_are_well_formed_and_deterministic():

@@ -74,9 +74,20 @@ def load(**kwargs):
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of `text`: split after `.`, `!` or `?` followed by whitespace; whitespace collapsed."""
-    text = re.sub(r"\s+", " ", text).strip()
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    """Sentences of `text`, whitespace collapsed.
+
+    Paragraphs (separated by blank lines) are split after `.`, `!` or `?` followed by whitespace; a
+    piece that does not end like a sentence (a heading, a line introducing a code block with `:`) is
+    dropped, so it never glues onto the next sentence.
+    """
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = re.sub(r"\s+", " ", para).strip()
+        for s in re.split(r"(?<=[.!?])\s+", para):
+            s = s.strip()
+            if s and re.search(r"[.!?][\"')\]]*$", s):
+                out.append(s)
+    return out
 
 
 def make_items(sentences: list[str], *, n: int | None = None, choices: int = 4, seed: int = 0) -> list[dict]:
