@@ -161,3 +161,17 @@ def test_help_documents_perplexity():
     assert r.exit_code == 0
     for needle in ("Examples", "minitron eval", "non-overlapping", "exp(loss)", "--include-path", "--json"):
         assert needle in r.stdout, needle
+
+
+def test_built_task_through_include_path(tiny_model_dir, tmp_path):
+    """A task built from another text with a custom name, found through --include-path, run offline."""
+    from minitron.evaluate.local_task import SOURCE_TEXT, build_local_task
+
+    build_local_task(SOURCE_TEXT, tmp_path / "tasks", n=12, name="heldout_cloze", seed=1)
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "heldout_cloze,minitron_cloze",
+                            "--include-path", str(tmp_path / "tasks"), "--limit", "3", "--num-fewshot", "1",
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    tasks = json.loads(r.stdout)["models"][0]["tasks"]
+    assert tasks["heldout_cloze"]["samples"] == 3 and tasks["minitron_cloze"]["samples"] == 3
+    assert json.loads(r.stdout)["settings"]["num_fewshot"] == 1
