@@ -11,7 +11,9 @@ synchronised; the figure is the median over `runs` runs after `warmup` unmeasure
 
 The prompt tokens come from a seeded generator, so every model sees the same input. On CUDA the
 peak allocated memory of the measured runs is reported beside the memory model's figure for the same
-shape (`minitron.memory.estimate` at prompt_len + gen_len tokens).
+shape (`minitron.memory.estimate` at prompt_len + gen_len tokens); memory that other objects held on
+the device before the measurement (a teacher kept loaded) is subtracted, so the peak is this
+model's weights + cache + activations.
 """
 
 from __future__ import annotations
@@ -85,9 +87,13 @@ def measure(model, settings: ThroughputSettings, *, memory_model_bytes: int | No
     ids = prompt_ids(settings, model.config.vocab_size).to(device)
     for _ in range(settings.warmup):
         run_once(model, ids, settings.gen_len)
+    other = 0
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        # Memory held by other objects on the device (the teacher kept loaded by `eval`) is not this model's.
+        own = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        other = max(0, torch.cuda.memory_allocated(device) - own)
     prefill, decode = [], []
     for _ in range(settings.runs):
         p, d, _ = run_once(model, ids, settings.gen_len)
@@ -106,7 +112,9 @@ def measure(model, settings: ThroughputSettings, *, memory_model_bytes: int | No
         "runs": settings.runs,
         "device": str(device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) - other
+        if device.type == "cuda"
+        else None,
         "memory_model_bytes": memory_model_bytes,
     }
     return doc
