@@ -16,8 +16,8 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heat = [(n, t) for n, t in (("attention heads", tensors.get("attention_heads")),
-                                ("Mamba heads", tensors.get("mamba_heads"))) if t is not None and t.numel()]
+    heat = [(n, t, c) for n, t, c in (("attention heads", tensors.get("attention_heads"), ATTENTION),
+                                      ("Mamba heads", tensors.get("mamba_heads"), MAMBA)) if t is not None and t.numel()]
     fig, axes = plt.subplots(1 + len(heat), 1, figsize=(10, 3.2 * (1 + len(heat))), squeeze=False)
     ax = axes[0][0]
     layers = tensors["layers"].float()
@@ -27,7 +27,7 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
     ax.set_title(f"layer importance ({metric} when the block is skipped)")
     ax.set_xlabel("layer")
     ax.legend(fontsize=8)
-    for (name, t), row in zip(heat, axes[1:], strict=True):
+    for (name, t, char), row in zip(heat, axes[1:], strict=True):
         ax = row[0]
         t = t.float()
         # Normalise each layer's row so layers of different scale are comparable.
@@ -35,7 +35,10 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
         im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_title(f"{name} (each row scaled to its max)")
         ax.set_xlabel("head")
-        ax.set_ylabel(f"{name.split()[0]} layer #")
+        idx = [i for i, p in enumerate(pattern) if p == char]
+        step = max(1, len(idx) // 16)
+        ax.set_yticks(range(0, len(idx), step), [str(i) for i in idx[::step]])
+        ax.set_ylabel("layer")
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
     path = Path(path)
