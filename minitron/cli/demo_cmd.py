@@ -44,7 +44,7 @@ def demo_paths() -> tuple[Path, Path, Path]:
 @command
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the scores and the pruned and distilled models.")] = Path("minitron-demo"),
-    steps: Annotated[int, typer.Option("--steps", help="Distillation steps (8 x 256 tokens each).")] = 60,
+    steps: Annotated[int, typer.Option("--steps", help="Distillation steps (8 x 256 tokens each).")] = 40,
     budget_fraction: Annotated[
         float, typer.Option("--budget-fraction", help="Memory budget as a fraction of the teacher's (bf16, 1024 tokens).")
     ] = 0.5,
@@ -206,7 +206,22 @@ def _eval(teacher: Path, pruned: Path, distilled: Path, heldout: Path, task_dir:
             self.bar.remove_task(self.task)
 
     with progress() as bar:
-        return evaluate_models(opts, Bar(bar))
+        doc = evaluate_models(opts, Bar(bar))
+    return _memory_in_bf16(doc)
+
+
+def _memory_in_bf16(doc: dict) -> dict:
+    """Report memory as the budget counts it (bf16 weights and KV at CONTEXT), not in the fp32 used on CPU."""
+    from minitron.evaluate import table
+    from minitron.memory import estimate
+    from minitron.models.checkpoint import open_checkpoint
+
+    for row in doc["models"]:
+        row["memory"] = estimate(open_checkpoint(row["path"]).arch, context_length=CONTEXT, batch_size=1,
+                                 dtype="bf16").to_dict()
+    for row, rel in zip(doc["models"], table.relative(doc["models"]), strict=True):
+        row["relative"] = rel
+    return doc
 
 
 # ------------------------------------------------------------------------------------------ output
