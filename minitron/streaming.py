@@ -38,6 +38,10 @@ class StreamingSource:
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
         self.model.eval()
+        # Tensors transformers keeps in fp32 whatever the dtype (as `from_pretrained` does).
+        self.keep_fp32 = tuple(getattr(self.model, "_keep_in_fp32_modules_strict", None) or ()) + tuple(
+            getattr(self.model, "_keep_in_fp32_modules", None) or ()
+        )
         self.bytes_read = 0
 
     # ------------------------------------------------------------------ pieces
@@ -98,7 +102,8 @@ class StreamingSource:
         for file, items in wanted.items():
             with safe_open(str(self.ckpt.path / file), framework="pt", device="cpu") as f:
                 for local, key, expert in items:
-                    t = f.get_tensor(key).to(self.dtype)
+                    fp32 = any(k in names[local] for k in self.keep_fp32)
+                    t = f.get_tensor(key).to(torch.float32 if fp32 else self.dtype)
                     self.bytes_read += t.numel() * t.element_size()
                     if expert is None:
                         out[local] = t

@@ -63,3 +63,11 @@ def test_torchrun_two_processes_equal_one(in_memory, tiny_model_dir, text_file, 
     assert r.stdout.count('"world_size": 2') == 1  # only rank 0 reports (and writes)
     got = Scores.load(out)
     assert_same(in_memory.scores.tensors, got.tensors, tol=1e-5)
+
+
+def test_layer_streamed_bf16_equals_in_memory_bf16(tiny_model_dir, text_file):
+    """In bf16 too (streaming casts each tensor as `from_pretrained` does)."""
+    opts = {**OPTS, "samples": 2, "dtype": "bf16", "layer_metric": "cosine"}
+    a = score_model(tiny_model_dir, [text_file], ScoreOptions(**opts, streaming=False))
+    b = score_model(tiny_model_dir, [text_file], ScoreOptions(**opts, streaming=True))
+    assert_same(a.scores.tensors, b.scores.tensors, tol=1e-6)
