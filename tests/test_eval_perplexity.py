@@ -84,11 +84,14 @@ def test_batch_size_does_not_change_the_figures(tiny, blocks):
     assert one.loss == pytest.approx(three.loss, rel=1e-5)
 
 
-def test_kl_of_a_model_to_itself_is_zero_and_to_another_is_not(tiny, blocks):
+def test_kl_of_a_model_to_itself_is_zero_and_to_another_is_not(tiny, blocks, tiny_model_dir):
+    from minitron.models.checkpoint import load_model
     from minitron.testing import build_model
 
-    same = score_blocks(tiny, blocks, teacher=tiny, batch_size=2)
+    twin = load_model(tiny_model_dir)  # same weights, another object: the KL is really computed
+    same = score_blocks(tiny, blocks, teacher=twin, batch_size=2)
     assert same.mean_kl == pytest.approx(0.0, abs=1e-6)
+    assert score_blocks(tiny, blocks, teacher=tiny).mean_kl == 0.0  # the teacher itself: no second forward
     other = build_model(seed=7)
     diff = score_blocks(other, blocks, teacher=tiny, batch_size=2)
     with torch.no_grad():

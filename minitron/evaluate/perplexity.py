@@ -129,7 +129,9 @@ def score_blocks(
         out.nll += nll
         out.tokens += n
         out.blocks += ids.shape[0]
-        if teacher is not None:
+        if (
+            teacher is not None and teacher is not model
+        ):  # KL of the teacher to itself is 0: no second forward
             t_logits = _logits(teacher, ids.to(next(teacher.parameters()).device))
             out.kl += kl_sum(logits, t_logits.to(logits.device), chunk_size=chunk_size)
             del t_logits
