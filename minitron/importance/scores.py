@@ -71,12 +71,11 @@ class Scores:
                 raise InputError(f"scores tensor {name!r} has negative or non-finite values", flag=flag)
 
     def save(self, out_dir: str | Path) -> Path:
-        from safetensors.torch import save_file
-
+        """Write `scores.safetensors`: byte-identical for identical scores (keys and metadata sorted)."""
         path = Path(out_dir) / SCORES_FILE
         meta = {"metric": self.metric, "fingerprint": self.fingerprint or ""}
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in sorted(self.tensors.items())}, str(path),
-                  metadata=meta)
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.tensors.items()}
+        write_safetensors(tensors, path, metadata=meta)
         return path
 
     @classmethod
@@ -103,3 +102,36 @@ class Scores:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
         return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov)
+
+
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """A safetensors file with a deterministic header (the library orders metadata by hash).
+
+    Layout: 8-byte little-endian header length, the JSON header (space-padded to a multiple of 8),
+    then each tensor's bytes in sorted-name order.
+    """
+    import struct
+
+    codes = {"torch.float32": "F32", "torch.float64": "F64", "torch.bfloat16": "BF16", "torch.float16": "F16",
+             "torch.int64": "I64", "torch.int32": "I32"}
+    header: dict = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
+    blobs, off = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        raw = t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": codes[str(t.dtype)], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    text = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
