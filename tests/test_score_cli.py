@@ -155,3 +155,15 @@ def test_broken_model_dir_exit_2(tiny_model_dir, text_file, tmp_path, damage):
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_streaming_flag(scored, tiny_model_dir, text_file, tmp_path):
+    out, _ = scored
+    r = invoke(tiny_model_dir, "--data", text_file, "--out", tmp_path / "st", *ARGS, "--streaming",
+               "--layer-metric", "cosine", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["streaming"] is True and doc["bytes_read"] > 0
+    a, b = Scores.load(out), Scores.load(tmp_path / "st")
+    assert torch.allclose(a["layers_cosine"], b["layers"], atol=1e-6)
+    assert torch.allclose(a["mamba_heads"], b["mamba_heads"], atol=1e-6)
