@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,10 @@ def test_streaming_is_chosen_when_the_weights_do_not_fit(tiny_model_dir, text_fi
 def test_torchrun_two_processes_equal_one(in_memory, tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29731", "-m", "minitron", "score",
+    with socket.socket() as sock:  # a free port, so parallel test runs don't collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "minitron", "score",
            str(tiny_model_dir), "--data", str(text_file), "--out", str(out), "--no-streaming", "--json",
            *[f"--{k.replace('_', '-')}={v}" for k, v in OPTS.items()]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
