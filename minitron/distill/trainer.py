@@ -183,10 +183,16 @@ def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, d
 def _unshare(teacher, student) -> None:
     """Give the student its own copy of any tensor it shares with the teacher (e.g. a pruned model
     whose kept tensors are views of the original): training must never write into the teacher."""
-    teacher_storages = {p.untyped_storage().data_ptr() for p in teacher.parameters() if p.device.type != "meta"}
+    def storage(p):
+        try:
+            return p.untyped_storage().data_ptr() if p.device.type != "meta" else None
+        except RuntimeError:  # FSDP2 DTensor shards: their own memory, never shared
+            return None
+
+    teacher_storages = {storage(p) for p in teacher.parameters()} - {None}
     with torch.no_grad():
         for p in student.parameters():
-            if p.device.type != "meta" and p.untyped_storage().data_ptr() in teacher_storages:
+            if storage(p) in teacher_storages:
                 p.data = p.data.clone()
 
 
@@ -212,6 +218,8 @@ class Trainer:
         params = [p for p in self.student.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
+        # One AdamW implementation (torch's default) for every layout, so that 1 process, DDP and FSDP2
+        # agree to the last bit (the fused kernel rounds differently and does not take DTensors).
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
