@@ -13,8 +13,9 @@ from distill_helpers import base_args, make_pruned_student, read_json
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
+from minitron.distill.sampling import rank_micro_batches, step_indices
 from minitron.distill.schedule import lr_at
-from minitron.distill.trainer import TrainConfig, Trainer, quick_distill, rank_micro_batches, step_indices
+from minitron.distill.trainer import TrainConfig, Trainer, quick_distill
 
 
 @pytest.fixture(scope="module")
