@@ -211,3 +211,19 @@ def test_bare_config_only_dry_run(tmp_path):
     assert r.exit_code == 2 and "--dry-run" in r.stderr and not (tmp_path / "o").exists()
     r = invoke(REF_12B, "--num-layers", 56, "--dry-run")  # depth by scores needs scores
     assert r.exit_code == 2 and "--num-layers" in r.stderr
+
+
+def test_one_attention_layer_is_kept_by_default(tiny_model_dir, scores_dir):
+    """transformers' cache cannot serve a Nemotron-H without attention: the last one stays unless attention=0."""
+    r = invoke(tiny_model_dir, "--drop-layers", "3,7", "--dry-run")  # the tiny model's two attention layers
+    assert r.exit_code == 2 and "attention" in r.stderr and "--drop-layers" in r.stderr
+    r = invoke(tiny_model_dir, "--drop-layers", "3,7", "--keep-layer-types", "attention=0", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    assert "*" not in json.loads(r.stdout)["plan"]["pattern"]
+    # The search's drop order skips the last attention layer (7) too.
+    r = invoke(tiny_model_dir, "--target-params", 150000, "--search", "num_layers=2:9", "--search", "hidden_size=64:64",
+               "--drop-order", "3,7,0,1,2,4,5,6,8", "--top-k", 0, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    cands = json.loads(r.stdout)["candidates"]
+    assert cands and all(7 not in c["dropped_layers"] for c in cands)
+    assert any(3 in c["dropped_layers"] for c in cands)

@@ -31,7 +31,7 @@ def _forward(model, blocks, batch_size: int):
     import torch
 
     with torch.no_grad():
-        return torch.cat([model(blocks[i:i + batch_size]).logits for i in range(0, len(blocks), batch_size)])
+        return torch.cat([model(input_ids=blocks[i:i + batch_size], use_cache=False).logits for i in range(0, len(blocks), batch_size)])
 
 
 def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_blocks, *, batch_size: int = 4,

@@ -146,6 +146,10 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
     _memory(arch, o)  # validates --context-length, --batch-size, dtypes
     keep_min = parse_keep_types(o.keep_layer_types)
+    if "*" in arch.pattern:
+        # transformers' cache (generate) fails on a Nemotron-H with no attention layer left
+        # (`get_seq_length` needs one): keep one unless the user says `attention=0`.
+        keep_min.setdefault("*", 1)
     if o.searching:
         parse_search(o.search)
         if o.target_params is not None and o.target_params >= arch.total_params:
