@@ -11,9 +11,11 @@ peak RSS (ru_maxrss) minus that baseline: the memory the loss itself needs, grad
 (hidden 256), frees both logit tensors after the loss and lets the chunked loss write its
 gradient over the teacher logits (`reuse_teacher=True`), as the trainer does.
 
-step: teacher forward (no_grad), student forward + backward (a trivial loss) and a full trainer
-step (teacher forward, student forward, chunked forward-KL, backward, clip, AdamW) are timed
-interleaved in one process; medians of `--repeats` after one warm-up. Ratio = step / (teacher +
+step: teacher forward (no_grad), student forward + backward (a dense gradient into the logits,
+as the KD loss gives) and a full trainer step (teacher forward, student forward, chunked forward
+KL, backward, clip, AdamW) are timed interleaved in one process; medians of `--repeats` after one
+warm-up. The trainer's own work (loss forward + backward on logits of the same shape, clipping,
+AdamW) is also timed apart: `trainer_work_share` = its median ÷ (teacher + student). Ratio = step / (teacher +
 student); goal <= 1.10. Also the ratio of the per-kind minima (the least disturbed runs, for
 shared machines). tokens/s = tokens per step / median step time.
 """
@@ -93,6 +95,7 @@ def bench_memory(args) -> dict:
 def bench_step(args) -> dict:
     import torch
 
+    from minitron.distill.losses import distill_loss
     from minitron.distill.trainer import TrainConfig, Trainer
     from minitron.testing import build_model, tiny_config
 
@@ -112,9 +115,22 @@ def bench_step(args) -> dict:
         with torch.no_grad():
             return teacher(input_ids=ids, use_cache=False).logits
 
-    def student_fwd_bwd():
-        student(input_ids=ids, use_cache=False).logits.mean().backward()
+    dense = torch.randn(args.batch, args.seq_len, args.vocab, generator=torch.Generator().manual_seed(1)) * 1e-4
+
+    def student_fwd_bwd():  # a dense gradient into the logits, like the KD loss's
+        student(input_ids=ids, use_cache=False).logits.backward(dense)
         student.zero_grad(set_to_none=True)
+
+    def trainer_work():  # what the step adds to the two models: the loss, clipping, AdamW (timed apart)
+        s_logits = torch.randn(args.batch, args.seq_len, args.vocab).requires_grad_(True)
+        t_logits = torch.randn(args.batch, args.seq_len, args.vocab)
+        student(input_ids=ids, use_cache=False).logits.backward(dense)  # gradients for clip / AdamW
+        t0 = time.perf_counter()
+        distill_loss(s_logits, t_logits, reduction="sum", reuse_teacher=True).backward()
+        trainer._clip()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
 
     def step():
         trainer.train_step()
@@ -126,11 +142,12 @@ def bench_step(args) -> dict:
 
     for fn in (teacher_fwd, student_fwd_bwd, step):  # warm-up
         fn()
-    times = {"teacher_forward": [], "student_forward_backward": [], "step": []}
+    times = {"teacher_forward": [], "student_forward_backward": [], "step": [], "loss_clip_adamw": []}
     for _ in range(args.repeats):
         times["teacher_forward"].append(timed(teacher_fwd))
         times["student_forward_backward"].append(timed(student_fwd_bwd))
         times["step"].append(timed(step))
+        times["loss_clip_adamw"].append(trainer_work())
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # the least disturbed run of each (shared machines)
     tokens = args.batch * args.seq_len
@@ -142,6 +159,7 @@ def bench_step(args) -> dict:
         "median_s": med, "min_s": best, "runs_s": times,
         "ratio": med["step"] / (med["teacher_forward"] + med["student_forward_backward"]),
         "ratio_of_minima": best["step"] / (best["teacher_forward"] + best["student_forward_backward"]),
+        "trainer_work_share": med["loss_clip_adamw"] / (med["teacher_forward"] + med["student_forward_backward"]),
         "tokens_per_second": tokens / med["step"],
     }  # fmt: skip
 
