@@ -54,7 +54,6 @@ def test_ddp_two_processes_equal_one(tiny_model_dir, student_dir, text_file, tmp
     _check_equal(single, out, r, student_dir)
 
 
-@pytest.mark.slow
 def test_fsdp2_two_processes_equal_one(tiny_model_dir, student_dir, text_file, tmp_path, single):
     out = tmp_path / "fsdp"
     r = run_cli(base_args(tiny_model_dir, student_dir, text_file, out, *ARGS, "--fsdp"), torchrun=2)
