@@ -161,6 +161,7 @@ def prepare(opts: DistillOptions) -> Prepared:
     identity = {
         "teacher": model_fingerprint(opts.teacher), "student": model_fingerprint(opts.student),
         "data": [d["sha256"] for d in data_fingerprints(opts.data)], "seq_len": opts.seq_len,
+        "fsdp": opts.fsdp,  # FSDP checkpoints key the optimiser state by name, plain ones by index
         **{k: v for k, v in opts.train.to_dict().items() if k not in ("eval_every", "eval_batch_size")},
     }  # fmt: skip
     if not opts.restart:
