@@ -50,6 +50,9 @@ def atomic_output_dir(dest: str | Path, *, overwrite: bool = False):
     parent = dest.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any directory
     try:
         yield tmp
     except BaseException:
