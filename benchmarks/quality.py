@@ -1,7 +1,7 @@
 """Does Minitron beat the obvious alternatives? Measured on the bundled demo teacher (issue #7).
 
   python benchmarks/quality.py --quick               # ~3-5 minutes: tiny settings, checks the pipeline
-  python benchmarks/quality.py                       # the full run (~20-25 minutes on 2 shared cores)
+  python benchmarks/quality.py                       # the full run (~20-25 minutes on 2 busy cores)
   python benchmarks/quality.py --work /tmp/q --doc docs/benchmarks/quality.md --threads 2
 
 Three tables (markdown on stdout; written to `--doc` with the command and the settings):
@@ -17,7 +17,7 @@ Three tables (markdown on stdout; written to `--doc` with the command and the se
    token count and then at checkpoints up to a cap, stopping once it matches the distilled loss.
 3. Depth. Drop DROP_LAYERS of the 10 layers by each layer metric of `score_model` (kl, mse, loss,
    cosine; `prune` keeps one attention layer); loss/KL right after pruning and after a short
-   distillation.
+   distillation at DEPTH_LR (lower: these models start close to the teacher).
 
 Every training here uses warmup then a *constant* lr (so the from-scratch run's checkpoint at the
 distillation's step count is the same schedule, same tokens). Evaluation: the first `eval_samples`
@@ -40,26 +40,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_scores import load_state_dict, magnitude_scores, random_scores, save_scores  # noqa: E402
+from quality_tables import NOTES_MARK, render_doc, table_depth, table_scratch, table_width  # noqa: E402
 
 from minitron.distill.losses import lm_loss  # noqa: E402
 from minitron.distill.sampling import rank_micro_batches, step_indices  # noqa: E402
 from minitron.distill.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
 
 SEQ_LEN = 256
-LR = 2e-3  # the demo's distillation lr (and the teacher's training lr)
+LR = 2e-3  # the demo's distillation lr (and the teacher's training lr): width study and from scratch
+DEPTH_LR = 5e-4  # depth study: at 2e-3, 12 steps raised the KL of a 2-layer-drop model from 0.020 to 0.122
 SEED = 0
 WIDTH_SHAPE = {"hidden_size": 192, "ffn_size": 256, "mamba_heads": 8, "attention_heads": 4}
 DROP_LAYERS = 2
 METRICS = ("kl", "mse", "loss", "cosine")
-NOTES_MARK = "<!-- notes below this line are kept when the benchmark rewrites this file -->"
 
 SETTINGS = {
     # score_samples: calibration blocks; eval_samples: held-out blocks; steps: distillation steps
-    # (micro x 256 tokens each); scratch_cap: from-scratch steps at most, evaluated every scratch_every.
+    # (micro x 256 tokens each); scratch_cap: from-scratch steps at most, evaluated every scratch_every,
+    # and no new step after scratch_seconds of wall time (the run then reports the tokens it got to).
     "quick": {"score_samples": 4, "eval_samples": 4, "steps": 3, "micro": 4, "scratch_cap": 9, "scratch_every": 3,
+              "scratch_seconds": 600,
               "depth_steps": 2},
-    "full": {"score_samples": 16, "eval_samples": 32, "steps": 24, "micro": 8, "scratch_cap": 120,
-             "scratch_every": 12, "depth_steps": 12},
+    "full": {"score_samples": 16, "eval_samples": 32, "steps": 24, "micro": 8, "scratch_cap": 480,
+             "scratch_every": 24, "scratch_seconds": 660, "depth_steps": 10},
 }
 
 T0 = time.perf_counter()
@@ -110,8 +113,8 @@ class Bench:
         self.teacher = load_model(self.teacher_dir, dtype="fp32", device="cpu")
         self.teacher.eval()
 
-    def train_config(self, steps: int, total: int | None = None) -> TrainConfig:
-        return TrainConfig(steps=total or steps, micro_batch_size=self.cfg["micro"], lr=LR,
+    def train_config(self, steps: int, total: int | None = None, lr: float = LR) -> TrainConfig:
+        return TrainConfig(steps=total or steps, micro_batch_size=self.cfg["micro"], lr=lr,
                            warmup_steps=max(1, steps // 10), schedule="constant", seed=SEED)
 
     def evaluate(self, model) -> dict:
@@ -131,13 +134,13 @@ class Bench:
                                  num_layers=num_layers, device="cpu"))
         return {"params": doc["params_after"], "plan": doc["plan"]}
 
-    def distill(self, student: Path, dest: Path, steps: int) -> dict:
+    def distill(self, student: Path, dest: Path, steps: int, lr: float = LR) -> dict:
         """`run_distill` for `steps` steps -> {before: {loss, kl}, after: {loss, kl}, tokens, seconds}."""
         from minitron.distill.run import DistillOptions, run_distill
 
         t = time.perf_counter()
         s = run_distill(DistillOptions(teacher=self.teacher_dir, student=student, data=[self.train], out=dest,
-                                       train=self.train_config(steps), seq_len=SEQ_LEN, eval_data=[self.heldout],
+                                       train=self.train_config(steps, lr=lr), seq_len=SEQ_LEN, eval_data=[self.heldout],
                                        eval_samples=self.cfg["eval_samples"], save_every=0, device="cpu",
                                        dtype="fp32"))
         pick = lambda ev: {"loss": ev["loss"], "kl": ev["kl"]}  # noqa: E731
@@ -182,19 +185,24 @@ def study_scratch(b: Bench, minitron_row: dict) -> dict:
     tokens_per_step = tr.cfg.global_batch_size * SEQ_LEN
     curve = [{"step": 0, "tokens": 0, **b.evaluate(student)}]
     checkpoints = sorted({steps, *range(every, cap + 1, every), cap})
-    reached = None
+    reached, stopped = None, False
     t = time.perf_counter()
     while tr.step < cap:
         tr.train_step()
-        if tr.step in checkpoints:
+        out_of_time = time.perf_counter() - t > b.cfg["scratch_seconds"] and tr.step >= steps
+        if tr.step in checkpoints or out_of_time:
             curve.append({"step": tr.step, "tokens": tr.step * tokens_per_step, **b.evaluate(student)})
             log(f"scratch: step {tr.step}/{cap}: loss {curve[-1]['loss']:.3f} (distilled {target:.3f})")
             if curve[-1]["loss"] <= target and tr.step >= steps:
                 reached = curve[-1]
                 break
+            if out_of_time:
+                stopped = True
+                break
     same = next(c for c in curve if c["step"] == steps)
     return {"target_loss": target, "distill_tokens": minitron_row["tokens"], "same_tokens": same, "curve": curve,
-            "reached": reached, "cap_tokens": cap * tokens_per_step, "seconds": round(time.perf_counter() - t, 1)}
+            "reached": reached, "cap_tokens": tr.step * tokens_per_step,
+            "stopped_by_time": stopped, "seconds": round(time.perf_counter() - t, 1)}
 
 
 def study_depth(b: Bench, minitron_scores) -> list[dict]:
@@ -218,137 +226,13 @@ def study_depth(b: Bench, minitron_scores) -> list[dict]:
         row = {"metric": metric, "dropped": list(dropped), "pattern": pr["plan"]["pattern"], "params": pr["params"],
                "layer_scores": [round(float(x), 5) for x in layer]}
         if b.cfg["depth_steps"]:
-            ds = b.distill(d / "pruned", d / "distilled", b.cfg["depth_steps"])
+            ds = b.distill(d / "pruned", d / "distilled", b.cfg["depth_steps"], lr=DEPTH_LR)
             row.update(pruned=ds["before"], distilled=ds["after"], tokens=ds["tokens"])
         else:
             row.update(pruned=b.evaluate_dir(d / "pruned"), distilled=None)
         done[dropped] = row
         rows.append(row)
     return rows
-
-
-# ------------------------------------------------------------------------------------------ tables
-def _f(x, nd=3) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
-
-
-def table_width(rows: list[dict], teacher: dict, steps: int) -> str:
-    out = [f"| ranking | params | loss after prune | KL after prune | loss after {steps}-step distill | "
-           "KL after distill |", "|---|---|---|---|---|---|",
-           f"| (teacher, unpruned) | {teacher['params'] / 1e6:.2f} M | {_f(teacher['loss'])} | 0 | — | — |"]
-    for r in rows:
-        out.append(f"| {r['ranking']} | {r['params'] / 1e6:.2f} M | {_f(r['pruned']['loss'])} | {_f(r['pruned']['kl'])} "
-                   f"| {_f(r['distilled']['loss'])} | {_f(r['distilled']['kl'])} |")
-    out.append("")
-    m = rows[0]
-    for other in rows[1:]:
-        for stage, what in (("pruned", "right after pruning"), ("distilled", "after distillation")):
-            a, o = m[stage]["loss"], other[stage]["loss"]
-            verdict = "beats" if a < o else "does NOT beat"
-            out.append(f"- {what}: Minitron's ranking {verdict} {other['ranking']} (loss {a:.3f} vs {o:.3f}).")
-    return "\n".join(out)
-
-
-def table_scratch(s: dict, teacher: dict) -> str:
-    dt = s["distill_tokens"]
-    out = ["| model | training | tokens | held-out loss | KL to teacher |", "|---|---|---|---|---|",
-           f"| teacher | (its own training) | — | {_f(teacher['loss'])} | 0 |",
-           f"| Minitron pruned + distilled | KD from the teacher | {dt:,} | {_f(s['target_loss'])} | "
-           f"{_f(s['distilled_kl'])} |"]
-    for c in s["curve"]:
-        tag = " (same tokens)" if c["tokens"] == dt else ""
-        out.append(f"| same architecture, random init | LM loss{tag} | {c['tokens']:,} | {_f(c['loss'])} | "
-                   f"{_f(c['kl'])} |")
-    out.append("")
-    if s["reached"] is not None:
-        r = s["reached"]
-        prev = max((c["tokens"] for c in s["curve"] if c["tokens"] < r["tokens"]), default=0)
-        out.append(f"- From scratch matches the distilled loss ({s['target_loss']:.3f}) by {r['tokens']:,} tokens "
-                   f"(first checkpoint at or below it; between {prev:,} and {r['tokens']:,}): "
-                   f"{r['tokens'] / dt:.1f}x the distillation's {dt:,} tokens (upper bound).")
-    else:
-        best = min(c["loss"] for c in s["curve"])
-        out.append(f"- From scratch did NOT reach the distilled loss ({s['target_loss']:.3f}) within "
-                   f"{s['cap_tokens']:,} tokens ({s['cap_tokens'] / dt:.0f}x the distillation's {dt:,}); its best "
-                   f"held-out loss was {best:.3f}. So distillation needed more than {s['cap_tokens'] / dt:.0f}x "
-                   f"fewer tokens here.")
-    return "\n".join(out)
-
-
-def table_depth(rows: list[dict], teacher: dict, steps: int) -> str:
-    out = [f"| layer metric | dropped layers | pattern | loss after prune | KL after prune | "
-           f"loss after {steps}-step distill | KL after distill |", "|---|---|---|---|---|---|---|",
-           f"| (teacher) | — | {teacher['pattern']} | {_f(teacher['loss'])} | 0 | — | — |"]
-    for r in rows:
-        if r.get("missing"):
-            out.append(f"| {r['metric']} | (not produced by score_model) | | | | | |")
-            continue
-        same = f" (same as {r['same_as']})" if r.get("same_as") else ""
-        dist = r.get("distilled") or {}
-        out.append(f"| {r['metric']} | {r['dropped']}{same} | {r['pattern']} | {_f(r['pruned']['loss'])} | "
-                   f"{_f(r['pruned']['kl'])} | {_f(dist.get('loss'))} | {_f(dist.get('kl'))} |")
-    ok = [r for r in rows if not r.get("missing")]
-    if ok:
-        best = min(ok, key=lambda r: r["pruned"]["kl"])
-        out += ["", f"- Lowest KL right after pruning: {best['metric']} (drops {best['dropped']})."]
-    return "\n".join(out)
-
-
-def render_doc(res: dict, command: str, notes: str) -> str:
-    c, st = res["settings"], res["settings"]["steps"]
-    parts = [
-        "# Quality benchmark: Minitron's scores and distillation vs the alternatives",
-        "",
-        "Measured on the bundled demo teacher (`minitron/assets/demo/teacher`, 4.56 M parameters, "
-        f"pattern `{res['teacher']['pattern']}`) and its corpus (calibration and training: `train.txt`; "
-        "evaluation: `heldout.txt`). Command:",
-        "",
-        f"    {command}",
-        "",
-        f"Mode `{res['mode']}`; {res['seconds'] / 60:.1f} min wall on {res['machine']}; "
-        f"torch threads {res['threads']}; load average at start {res['load_start']}, at end {res['load_end']}.",
-        "",
-        f"Settings: scores from {c['score_samples']} x {SEQ_LEN} calibration tokens (`score_model`, fp32); "
-        f"evaluation on the first {c['eval_samples']} held-out blocks of {SEQ_LEN} tokens (loss = next-token "
-        "cross-entropy in nats, KL = KL(teacher || model) per token); every training run: AdamW, "
-        f"lr {LR}, warmup {max(1, st // 10)} step(s) then constant, batch {c['micro']} x {SEQ_LEN} tokens, "
-        f"clip 1.0, seed {SEED}, the same data order. Distillation = `run_distill` (forward KL on logits).",
-        "",
-        "## 1. Width: Minitron scores vs weight magnitude vs random ranking",
-        "",
-        f"Target shape (all three): hidden {res['teacher']['hidden']} -> {WIDTH_SHAPE['hidden_size']}, "
-        f"FFN {res['teacher']['ffn']} -> {WIDTH_SHAPE['ffn_size']}, Mamba heads {res['teacher']['mamba_heads']} -> "
-        f"{WIDTH_SHAPE['mamba_heads']} (4 groups), attention heads {res['teacher']['q_heads']} -> "
-        f"{WIDTH_SHAPE['attention_heads']} (2 KV heads kept), all 10 layers kept. Magnitude = L2 norms of the "
-        "teacher's weights per unit: hidden channel = embedding column; FFN neuron = ||up_proj row|| x "
-        "||down_proj column||; attention head = its q_proj rows (KV head: its k and v rows); Mamba head = its x "
-        "rows of in_proj; Mamba head-dim channel = those rows over all heads (`benchmarks/quality_scores.py`). "
-        "Random = uniform scores, seed 0. All three go through `minitron prune --scores`.",
-        "",
-        table_width(res["width"], res["teacher"], st),
-        "",
-        "## 2. Distillation vs the same architecture trained from random initialisation",
-        "",
-        "The Minitron-pruned architecture of table 1, re-initialised at random (transformers' init, seed 0) "
-        "and trained with plain next-token loss (the distillation trainer with the KD term off) on the same "
-        f"blocks in the same order, same lr and schedule; evaluated every {c['scratch_every']} steps, at most "
-        f"{c['scratch_cap']} steps, stopping at the first checkpoint that matches the distilled model's loss.",
-        "",
-        table_scratch(res["scratch"], res["teacher"]),
-        "",
-        f"## 3. Depth: drop {DROP_LAYERS} of {res['teacher']['layers']} layers by each layer metric",
-        "",
-        "Layer scores from the same `score_model` run (the full pass once, then each layer skipped); `prune "
-        f"--num-layers {res['teacher']['layers'] - DROP_LAYERS}` drops the lowest-scored layers (keeping one "
-        f"attention layer). Distillation: {c['depth_steps']} steps, otherwise as above.",
-        "",
-        table_depth(res["depth"], res["teacher"], c["depth_steps"]),
-        "",
-        NOTES_MARK,
-        notes.rstrip() if notes.strip() else "",
-        "",
-    ]
-    return "\n".join(parts)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -382,7 +266,8 @@ def main(argv=None) -> int:
     scores = score_model(b.teacher_dir, [str(b.train)], ScoreOptions(
         samples=cfg["score_samples"], seq_len=SEQ_LEN, batch_size=8, layer_metric="kl", device="cpu",
         dtype="fp32", streaming=False)).scores
-    res = {"mode": mode, "settings": cfg, "teacher": teacher, "threads": args.threads, "load_start": load_start}
+    res = {"mode": mode, "settings": cfg, "constants": {"lr": LR, "seed": SEED, "seq_len": SEQ_LEN,
+           "width_shape": WIDTH_SHAPE, "drop_layers": DROP_LAYERS, "depth_lr": DEPTH_LR}, "teacher": teacher, "threads": args.threads, "load_start": load_start}
     res["width"] = study_width(b, scores)
     res["scratch"] = study_scratch(b, res["width"][0])
     res["scratch"]["distilled_kl"] = res["width"][0]["distilled"]["kl"]
