@@ -113,9 +113,9 @@ class Bench:
         self.teacher = load_model(self.teacher_dir, dtype="fp32", device="cpu")
         self.teacher.eval()
 
-    def train_config(self, steps: int, total: int | None = None, lr: float = LR) -> TrainConfig:
+    def train_config(self, steps: int, total: int | None = None, lr: float = LR, seed: int = SEED) -> TrainConfig:
         return TrainConfig(steps=total or steps, micro_batch_size=self.cfg["micro"], lr=lr,
-                           warmup_steps=max(1, steps // 10), schedule="constant", seed=SEED)
+                           warmup_steps=max(1, steps // 10), schedule="constant", seed=seed)
 
     def evaluate(self, model) -> dict:
         ev = evaluate(self.teacher, model, self.eval_blocks, micro_batch_size=8, device="cpu")
@@ -134,13 +134,13 @@ class Bench:
                                  num_layers=num_layers, device="cpu"))
         return {"params": doc["params_after"], "plan": doc["plan"]}
 
-    def distill(self, student: Path, dest: Path, steps: int, lr: float = LR) -> dict:
+    def distill(self, student: Path, dest: Path, steps: int, lr: float = LR, seed: int = SEED) -> dict:
         """`run_distill` for `steps` steps -> {before: {loss, kl}, after: {loss, kl}, tokens, seconds}."""
         from minitron.distill.run import DistillOptions, run_distill
 
         t = time.perf_counter()
         s = run_distill(DistillOptions(teacher=self.teacher_dir, student=student, data=[self.train], out=dest,
-                                       train=self.train_config(steps, lr=lr), seq_len=SEQ_LEN, eval_data=[self.heldout],
+                                       train=self.train_config(steps, lr=lr, seed=seed), seq_len=SEQ_LEN, eval_data=[self.heldout],
                                        eval_samples=self.cfg["eval_samples"], save_every=0, device="cpu",
                                        dtype="fp32"))
         pick = lambda ev: {"loss": ev["loss"], "kl": ev["kl"]}  # noqa: E731
