@@ -9,7 +9,6 @@ Same settings as quality.py's full (or quick) mode: (a) the random ranking with 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SEQ_LEN, SETTINGS, WIDTH_SHAPE, Bench, log  # noqa: E402
+from quality import SEQ_LEN, SETTINGS, WIDTH_SHAPE, Bench, fresh_work_dir, log  # noqa: E402
 from quality_scores import random_scores, save_scores  # noqa: E402
 
 
@@ -30,9 +29,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     cfg = SETTINGS["quick" if args.quick else "full"]
     work = args.work or Path(tempfile.mkdtemp(prefix="minitron-quality-noise-"))
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    fresh_work_dir(work)
     from minitron.importance.run import ScoreOptions, score_model
 
     b = Bench(cfg, work)
