@@ -135,7 +135,8 @@ def render_doc(res: dict, command: str, notes: str) -> str:
         table_depth(res["depth"], res["teacher"], c["depth_steps"]),
         "",
         NOTES_MARK,
-        notes.rstrip() if notes.strip() else "",
+        "",
+        notes.strip(),
         "",
     ]
     return "\n".join(parts)
