@@ -1,6 +1,6 @@
 """Does Minitron beat the obvious alternatives? Measured on the bundled demo teacher (issue #7).
 
-  python benchmarks/quality.py --quick               # 2-3 minutes: tiny settings, checks the pipeline
+  python benchmarks/quality.py --quick               # 0.6-3 minutes: tiny settings, checks the pipeline
   python benchmarks/quality.py                       # the full run (9 minutes on 2 shared cores; more under load)
   python benchmarks/quality.py --work /tmp/q --doc docs/benchmarks/quality.md --threads 2
 
