@@ -9,6 +9,8 @@ import pytest
 
 from minitron.errors import InputError
 from minitron.evaluate.local_task import (
+    MIN_WORDS,
+    SHIPPED_ITEMS,
     SOURCE_TEXT,
     TASK_NAME,
     TASKS_DIR,
@@ -30,7 +32,7 @@ def test_items_are_well_formed_and_deterministic():
     items = make_items(sents, choices=4, seed=3)
     assert items == make_items(sents, choices=4, seed=3)
     assert items != make_items(sents, choices=4, seed=4)
-    assert len(items) == len(set(sents))
+    assert len(items) == len({s for s in sents if len(s.split()) >= MIN_WORDS})  # one item per usable sentence
     labels = set()
     for it in items:
         assert len(it["choices"]) == 4 and len(set(it["choices"])) == 4
@@ -51,7 +53,7 @@ def test_too_little_text_is_an_input_error(tmp_path):
 def test_shipped_task_is_what_the_builder_makes(tmp_path):
     """The files in minitron/assets/tasks/ are the builder's output on the shipped text (rebuild: python -m
     minitron.evaluate.local_task)."""
-    build_local_task(SOURCE_TEXT, tmp_path)
+    build_local_task(SOURCE_TEXT, tmp_path, n=SHIPPED_ITEMS)
     for suffix in (".yaml", ".jsonl", "_data.py"):
         shipped = (TASKS_DIR / TASK_NAME / f"{TASK_NAME}{suffix}").read_text()
         assert (tmp_path / f"{TASK_NAME}{suffix}").read_text() == shipped, suffix

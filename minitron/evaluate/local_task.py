@@ -12,9 +12,10 @@ sentences of the same text. lm-eval scores each choice by its log-likelihood aft
     out_dir/<name>.jsonl      one item a line: {"context", "choices", "label", "answer"}
     out_dir/<name>_data.py    `load()`, which reads the JSONL beside it (so the directory can move)
 
-The package ships one such task, `minitron_cloze` (`minitron/assets/tasks/`), built from
-`minitron/assets/tasks/source.txt`. This signature is stable: the demo rebuilds the task from its
-own held-out text with it.
+The package ships one such task, `minitron_cloze` (`minitron/assets/tasks/`): `SHIPPED_ITEMS`
+items built from the held-out part of the demo corpus (`minitron/assets/demo/corpus/heldout.txt`,
+Python 3.11 documentation, PSF license), text the demo teacher never trained on. This signature is
+stable: the demo builds its own smaller task from the same text with it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from minitron.errors import InputError
 
 TASK_NAME = "minitron_cloze"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "assets" / "tasks"
-SOURCE_TEXT = TASKS_DIR / "source.txt"
+SOURCE_TEXT = TASKS_DIR.parent / "demo" / "corpus" / "heldout.txt"
+SHIPPED_ITEMS = 200
 MIN_WORDS = 6  # a sentence needs at least this many words to be cut into context + continuation
 
 _YAML = """\
@@ -160,4 +162,4 @@ def build_local_task(
 
 
 if __name__ == "__main__":  # rebuild the shipped task: python -m minitron.evaluate.local_task
-    print(build_local_task(SOURCE_TEXT, TASKS_DIR / TASK_NAME))
+    print(build_local_task(SOURCE_TEXT, TASKS_DIR / TASK_NAME, n=SHIPPED_ITEMS))
