@@ -117,6 +117,22 @@ def pack(stream: Sequence[int], seq_len: int):
     return t.view(n, seq_len)
 
 
+DEFAULT_SEQ_LEN = 2048  # every command's --seq-len default: min(this, max_position_embeddings)
+
+
+def resolve_seq_len(seq_len: int | None, max_positions: int | None, flag: str = "--seq-len") -> int:
+    """`--seq-len` as every command reads it: default min(2048, max_position_embeddings); above the
+    model's positions refused (the model was never trained on them)."""
+    limit = max_positions or 1 << 30
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit)
+    if seq_len < 2:
+        raise InputError(f"must be at least 2, got {seq_len}", flag=flag)
+    if seq_len > limit:
+        raise InputError(f"{seq_len} exceeds the model's max_position_embeddings ({limit})", flag=flag)
+    return seq_len
+
+
 def load_blocks(
     paths: Sequence[str | Path],
     tokenizer,

@@ -17,6 +17,7 @@ A budget is `usable GiB x (1 - headroom) - reserve GiB` (the Nemotron Nano 2 pap
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,7 @@ from minitron.models.architecture import Architecture
 from minitron.models.layers import ATTENTION, MAMBA
 
 GiB = 1024**3
+log = logging.getLogger("minitron")
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 _DTYPE_ALIASES = {
@@ -88,8 +90,8 @@ def estimate(
     if context_length < 0:
         raise InputError("must be >= 0", flag="--context-length")
     if batch_size < 1:
-        raise InputError("must be >= 1", flag="--batch-size")
-    dtype = norm_dtype(dtype)
+        raise InputError("must be >= 1", flag="--sequences")
+    dtype = norm_dtype(dtype, flag="--memory-dtype")
     state_dtype = norm_dtype(state_dtype or arch.mamba_ssm_cache_dtype, flag="--state-dtype")
     b, sb = DTYPE_BYTES[dtype], DTYPE_BYTES[state_dtype]
     params = arch.total_params if params is None else params
@@ -109,6 +111,25 @@ def estimate(
         mamba_ssm_bytes=ssm,
         mamba_conv_bytes=conv,
     )
+
+
+def resolve_context(arch: Architecture, context_length: int | None, flag: str = "--context-length") -> int:
+    """`--context-length` as every command reads it: default the model's max_position_embeddings; a
+    longer context is allowed (long-context serving is what budgets are for) but said out loud."""
+    if context_length is None:
+        return arch.max_position_embeddings
+    if context_length < 0:
+        raise InputError(f"must be >= 0, got {context_length}", flag=flag)
+    if context_length > arch.max_position_embeddings:
+        log.warning(f"warning: {flag} {context_length:,} exceeds the model's max_position_embeddings "
+                    f"({arch.max_position_embeddings:,}); the memory figures are for a context it was not trained on")
+    return context_length
+
+
+def describe_memory(m: dict) -> str:
+    """The label every memory figure is printed with: its context, sequences and dtypes."""
+    seqs = f"{m['batch_size']} sequence{'s' if m['batch_size'] != 1 else ''}"
+    return (f"{m['context_length']:,} tokens x {seqs}, weights/KV {m['dtype']}, SSM state {m['state_dtype']}")
 
 
 @dataclass(frozen=True)

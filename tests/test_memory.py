@@ -9,6 +9,7 @@ from conftest import REF_9B, REF_12B
 from minitron.errors import InputError
 from minitron.memory import GiB, estimate, make_budget, parse_size
 from minitron.models import Architecture
+from minitron.models.compat import output_cache
 from minitron.testing import build_model, tiny_config
 
 
@@ -58,7 +59,7 @@ def test_estimate_equals_transformers_cache_after_forward(dtype, torch_dtype):
     batch, ctx = 3, 41
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = _cache_bytes(out.past_key_values)
+    kv, state = _cache_bytes(output_cache(out))
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype=dtype)
     assert est.kv_cache_bytes == kv
     assert est.mamba_state_bytes == state

@@ -1,9 +1,10 @@
-"""What every command shares: output streams, verbosity, error handling, JSON, progress bars.
+"""What every command shares: output streams, verbosity, error handling, JSON.
 
-Results go to stdout; logs, warnings and progress bars to stderr. With `--json` a command prints one
-JSON document on stdout and nothing else. Errors a user can cause end in one line on stderr and the
-exit code of DESIGN.md (2 bad input, 3 infeasible); anything else is exit 1. `MINITRON_DEBUG=1`
-shows the traceback.
+Results go to stdout; logs, warnings and progress to stderr (`minitron.cli.progress`). With `--json`
+a command prints one JSON document on stdout and nothing else, also when it fails:
+`{"error": "<the one line>", "exit_code": N}`. Errors a user can cause end in one line on stderr
+(`error: ...`) and the exit code of DESIGN.md (2 bad input, 3 infeasible); anything else is exit 1.
+`MINITRON_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,14 +21,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from minitron.errors import EXIT_UNEXPECTED, MinitronError
 
@@ -37,17 +30,28 @@ log = logging.getLogger("minitron")
 class _State:
     verbose: int = 0
     quiet: bool = False
+    json: bool = False  # the running command was given --json: errors are JSON documents too
 
 
 state = _State()
 
+# A file or a pipe has no width: tables are never cut to 80 columns there.
+_UNBOUNDED = 100_000
+
 
 def stdout() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    con = Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    if not con.is_terminal:
+        con.width = _UNBOUNDED
+    return con
 
 
 def stderr() -> Console:
-    return Console(file=sys.stderr, highlight=False)
+    con = Console(file=sys.stderr, highlight=False)
+    if not con.is_terminal:
+        con.width = _UNBOUNDED
+        con.soft_wrap = True
+    return con
 
 
 def debug_enabled() -> bool:
@@ -56,6 +60,13 @@ def debug_enabled() -> bool:
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     state.verbose, state.quiet = verbose, quiet
+    # Warnings of dependencies (deprecations, kernel fall-backs) go through logging: hidden under -q
+    # and unless -v, never printed through a progress bar.
+    logging.captureWarnings(True)
+    wlog = logging.getLogger("py.warnings")
+    wlog.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    wlog.setLevel(logging.WARNING if verbose >= 1 else logging.CRITICAL)
+    wlog.propagate = False
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -86,33 +97,50 @@ def info(msg: str) -> None:
         stderr().print(msg)
 
 
+def report_error(message: str, code: int, *, as_json: bool | None = None) -> None:
+    """The one error line on stderr, and under --json the error document on stdout."""
+    print(f"error: {message}", file=sys.stderr)
+    if state.json if as_json is None else as_json:
+        emit_json({"error": message, "exit_code": code})
+
+
 def fail(err: BaseException) -> typer.Exit:
-    """Print one line for `err` on stderr and return the `typer.Exit` with its code."""
+    """Report `err` (one line) and return the `typer.Exit` with its code."""
     if debug_enabled():
         traceback.print_exception(err, file=sys.stderr)
     if isinstance(err, MinitronError):
-        print(f"error: {err}", file=sys.stderr)
+        report_error(str(err), err.exit_code)
         return typer.Exit(err.exit_code)
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     hint = "" if debug_enabled() else " (set MINITRON_DEBUG=1 for the traceback)"
-    print(f"error: unexpected {type(err).__name__}: {first}{hint}", file=sys.stderr)
+    report_error(f"unexpected {type(err).__name__}: {first}{hint}", EXIT_UNEXPECTED)
     return typer.Exit(EXIT_UNEXPECTED)
 
 
 def command(fn):
-    """Wrap a command: errors a user can cause become one line and the right exit code."""
+    """Wrap a command: errors a user can cause become one line and the right exit code; output
+    directories claimed by the command are released (and what a failed claim created removed)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from minitron.io import release_outputs
+
+        state.json = bool(kwargs.get("json_out"))
+        ok = False
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+            result = fn(*args, **kwargs)
+            ok = True
+            return result
+        except (typer.Exit, typer.Abort, SystemExit) as e:
+            ok = getattr(e, "exit_code", getattr(e, "code", 1)) in (0, None)
             raise
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            report_error("interrupted", 130)
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
             raise fail(err) from None
+        finally:
+            release_outputs(failed=not ok)
 
     return wrapper
 
@@ -148,21 +176,6 @@ def emit_json(doc) -> None:
     sys.stdout.flush()
 
 
-def progress(transient: bool = True, disable: bool | None = None) -> Progress:
-    """A progress bar with ETA on stderr; silent with --quiet or when stderr is not a terminal-friendly sink."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=stderr(),
-        transient=transient,
-        disable=state.quiet if disable is None else disable,
-    )
-
-
 def fmt_int(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
 
@@ -186,8 +199,30 @@ def fmt_bytes(n: int | float | None) -> str:
 
 
 # ---------------------------------------------------------------------- shared option types
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (logs stay on stderr).")]
+# One vocabulary (README, "Options"): a flag means the same thing in every command that has it.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (logs stay on stderr); errors too.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16, fp16 or fp32.")]
+ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SeqLenOpt = Annotated[int | None, typer.Option("--seq-len", help="Tokens per data block (default: min(2048, max_position_embeddings)).")]
+ContextOpt = Annotated[int | None, typer.Option(
+    "--context-length", help="Memory model: tokens per sequence (default: the model's max_position_embeddings).")]
+SequencesOpt = Annotated[int, typer.Option("--sequences", help="Memory model: sequences held at once.")]
+MemoryDtypeOpt = Annotated[str, typer.Option(
+    "--memory-dtype", help="Memory model: dtype of the weights and the KV cache (bf16, fp16 or fp32).")]
+StateDtypeOpt = Annotated[str | None, typer.Option(
+    "--state-dtype", help="Memory model: Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype).")]
+
+
+def renamed(old: str, new: str, why: str = ""):
+    """A hidden option for a flag that was renamed: using it is a one-line usage error naming the new one."""
+
+    def reject(ctx, param, value):
+        if value is not None:
+            from typer._click.exceptions import UsageError
+
+            raise UsageError(f"{old} was renamed to {new}{why}")
+        return value
+
+    return Annotated[str | None, typer.Option(old, hidden=True, callback=reject, expose_value=True)]

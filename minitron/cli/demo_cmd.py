@@ -21,10 +21,12 @@ from minitron.cli.common import (
     fmt_bytes,
     fmt_params,
     info,
-    progress,
     stdout,
 )
+from minitron.cli.progress import PRUNE_UNITS, Progress
 from minitron.errors import InputError, MinitronError
+
+RUNS_WITHOUT_ARGS = True  # the README's first command is plain `minitron demo`
 
 SEQ_LEN = 256  # tokens per block in every stage
 CONTEXT = 1024  # context length of the memory model that sets the budget
@@ -43,7 +45,8 @@ def demo_paths() -> tuple[Path, Path, Path]:
 
 @command
 def command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the scores and the pruned and distilled models.")] = Path("minitron-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the scores and the pruned and distilled models "
+                                      "(default: ./minitron-demo, replaced if an earlier demo made it).")] = Path("minitron-demo"),
     steps: Annotated[int, typer.Option("--steps", help="Distillation steps (8 x 256 tokens each).")] = 40,
     budget_fraction: Annotated[
         float, typer.Option("--budget-fraction", help="Memory budget as a fraction of the teacher's (bf16, 1024 tokens).")
@@ -77,7 +80,7 @@ def command(
     for p in (teacher / "config.json", train, heldout):
         if not p.is_file():
             raise MinitronError(f"the bundled demo asset {p} is missing (a broken install?)")
-    check_output_dir(out, overwrite=overwrite, inputs=[teacher])
+    check_output_dir(out, overwrite=overwrite or made_by_demo(out), inputs=[teacher])
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -108,6 +111,16 @@ def command(
         _render(doc, eval_doc)
 
 
+def made_by_demo(out: Path) -> bool:
+    """An earlier `minitron demo` wrote `out`: running the demo again replaces it without --overwrite."""
+    import json
+
+    try:
+        return json.loads((out / "minitron.json").read_text()).get("command") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------ stages
 def _inspect(teacher: Path, fraction: float):
     from minitron.memory import Budget
@@ -129,9 +142,8 @@ def _score(teacher: Path, train: Path, dest: Path) -> dict:
          f"({SCORE_SAMPLES} x {SEQ_LEN} tokens)")
     p = prepare(teacher, [str(train)], ScoreOptions(samples=SCORE_SAMPLES, seq_len=SEQ_LEN, batch_size=8,
                                                     device="cpu", dtype="fp32", streaming=False))
-    with progress() as bar:
-        task = bar.add_task("score", total=None, status="")
-        result = run(p, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with Progress(unit="layer passes") as bar:
+        result = run(p, progress=lambda done, total: bar.update("score", done, total))
     return write_outputs(dest, p, result, overwrite=False)
 
 
@@ -145,15 +157,8 @@ def _prune(teacher: Path, scores: Path, heldout: Path, budget, dest: Path) -> di
         data=[heldout], seq_len=SEQ_LEN, proxy_samples=4, shortlist=4, top_k=4, device="cpu",
         keep_layer_types="attention=1",  # a hybrid stays a hybrid (and transformers' cache needs one)
     )
-    with progress() as bar:
-        tasks: dict = {}
-
-        def report(description, done, total):
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total, status="")
-            bar.update(tasks[description], completed=done, total=total)
-
-        doc = prune(opts, progress=report, log=lambda m: None)
+    with Progress(units=PRUNE_UNITS) as bar:
+        doc = prune(opts, progress=bar.update, log=lambda m: None)
     plan = doc["plan"]
     info(f"      kept {fmt_params(doc['params_after'])} of {fmt_params(doc['params_before'])} parameters: "
          f"{_shape(plan)}")
@@ -169,18 +174,17 @@ def _distill(teacher: Path, student: Path, train: Path, heldout: Path, steps: in
                       schedule="cosine", seed=0)
     opts = DistillOptions(teacher=teacher, student=student, data=[train], out=dest, train=cfg, seq_len=SEQ_LEN,
                           eval_data=[heldout], eval_samples=8, save_every=0, device="cpu", dtype="fp32")
-    with progress() as bar:
-        task = bar.add_task("distill", total=steps, status="")
+    with Progress(unit="steps") as bar:
 
         def on_event(kind, payload):
             if kind == "step":
-                bar.update(task, completed=payload["step"], status=f"kl {payload['loss']:.4f}")
+                bar.update("distill", payload["step"], steps, f"kl {payload['loss']:.4f}")
 
         return run_distill(opts, on_event=on_event)
 
 
 def _eval(teacher: Path, pruned: Path, distilled: Path, heldout: Path, task_dir: Path) -> dict:
-    from minitron.evaluate.compare import EvalOptions, Reporter, evaluate_models
+    from minitron.evaluate.compare import EvalOptions, evaluate_models
     from minitron.evaluate.local_task import TASK_NAME, build_local_task
     from minitron.evaluate.throughput import ThroughputSettings
 
@@ -190,38 +194,11 @@ def _eval(teacher: Path, pruned: Path, distilled: Path, heldout: Path, task_dir:
     opts = EvalOptions(models=[teacher, pruned, distilled], data=[heldout], seq_len=SEQ_LEN, samples=EVAL_SAMPLES,
                        batch_size=8, teacher=teacher, tasks=TASK_NAME, include_path=[task_dir], throughput=True,
                        throughput_settings=ThroughputSettings(prompt_len=64, gen_len=32, runs=3, warmup=1),
-                       context_length=CONTEXT, device="cpu", dtype="fp32")
+                       context_length=CONTEXT, memory_dtype="bf16", device="cpu", dtype="fp32")
+    from minitron.cli.eval_cmd import _Reporter
 
-    class Bar(Reporter):
-        def __init__(self, bar):
-            self.bar, self.task = bar, None
-
-        def start(self, description, total):
-            self.task = self.bar.add_task(description, total=total, status="")
-
-        def advance(self, n=1):
-            self.bar.advance(self.task, n)
-
-        def done(self):
-            self.bar.remove_task(self.task)
-
-    with progress() as bar:
-        doc = evaluate_models(opts, Bar(bar))
-    return _memory_in_bf16(doc)
-
-
-def _memory_in_bf16(doc: dict) -> dict:
-    """Report memory as the budget counts it (bf16 weights and KV at CONTEXT), not in the fp32 used on CPU."""
-    from minitron.evaluate import table
-    from minitron.memory import estimate
-    from minitron.models.checkpoint import open_checkpoint
-
-    for row in doc["models"]:
-        row["memory"] = estimate(open_checkpoint(row["path"]).arch, context_length=CONTEXT, batch_size=1,
-                                 dtype="bf16").to_dict()
-    for row, rel in zip(doc["models"], table.relative(doc["models"]), strict=True):
-        row["relative"] = rel
-    return doc
+    with Progress(unit="blocks") as bar:
+        return evaluate_models(opts, _Reporter(bar, messages=False))
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, fmt_int, info, progress, stdout
+from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, fmt_int, stdout
+from minitron.cli.progress import Progress
 
 
 @command
@@ -15,10 +16,10 @@ def command(
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher model directory (e.g. the unpruned model).")],
     student: Annotated[Path, typer.Option("--student", help="Student model directory (e.g. the pruned model).")],
     data: Annotated[list[Path], typer.Option("--data", help="Training text: .txt, .jsonl or .parquet (repeatable).")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory for the distilled student.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the distilled student.")],
     steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps (or give --tokens).")] = None,
     tokens: Annotated[int | None, typer.Option("--tokens", help="Training tokens; steps = ceil(tokens / (global batch x seq len)).")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per training block.")] = 1024,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per training block (default: min(2048, max_position_embeddings)).")] = None,
     micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Blocks per forward pass per process.")] = 4,
     global_batch_size: Annotated[int | None, typer.Option("--global-batch-size", help="Blocks per optimiser step over all processes; gradient accumulation follows (default: micro x processes).")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-4,
@@ -43,6 +44,7 @@ def command(
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Shard student and teacher with FSDP2 (under torchrun).")] = False,
     chunk_size: Annotated[int | None, typer.Option("--chunk-size", help="Tokens per chunk of the loss (default: 16 MiB fp32 temporaries, 32 tokens at vocab 131072).")] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Text field of .jsonl/.parquet records.")] = "text",
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest output shard: 5GB, 500MiB, bytes.")] = "5GB",
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished run in <out>.partial/ instead of resuming it.")] = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -80,12 +82,12 @@ def command(
         teacher=teacher, student=student, data=list(data), out=out, train=cfg, tokens=tokens, seq_len=seq_len,
         eval_data=list(eval_data or []), eval_samples=eval_samples, text_field=text_field, save_every=save_every,
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
-        overwrite=overwrite, restart=restart,
+        overwrite=overwrite, restart=restart, max_shard_size=max_shard_size,
     )  # fmt: skip
     from minitron.models.checkpoint import resolve_device
 
     with dist.session(resolve_device(device)):
-        summary = _run(opts, live=not json_out)
+        summary = _run(opts)
         if not dist.is_main():
             return
     doc = {k: summary[k] for k in ("steps", "tokens", "initial_eval", "final_eval", "out_dir", "tokens_per_second")}
@@ -96,27 +98,23 @@ def command(
         render(doc)
 
 
-def _run(opts, live: bool):
+def _run(opts):
     from minitron import distributed as dist
     from minitron.distill.run import run_distill
 
-    bar = progress(transient=False, disable=None if dist.is_main() else True)
-    task = None
+    bar = Progress(unit="steps", disable=not dist.is_main())
 
     def on_event(kind, payload):
-        nonlocal task
         if kind == "resume":
-            info(f"resuming from step {payload['step']} ({payload['checkpoint']})")
+            bar.log(f"resuming from step {payload['step']} ({payload['checkpoint']})")
         elif kind == "eval":
             ev = payload["eval"]
-            bar.console.print(f"eval @ step {payload['step']}: val KL {ev['kl']:.4f}  val LM loss {ev['loss']:.4f}")
+            bar.log(f"eval @ step {payload['step']}: val KL {ev['kl']:.4f}  val LM loss {ev['loss']:.4f}")
         elif kind == "step":
-            if task is None:
-                task = bar.add_task("distill", total=opts.train.steps, completed=payload["step"] - 1, status="")
             kl = f"kl {payload['kl']:.4f}  " if "kl" in payload else ""
             status = (f"loss {payload['loss']:.4f}  {kl}lr {payload['lr']:.2e}  gnorm {payload['grad_norm']:.3f}  "
                       f"{payload['tokens_per_second']:,.0f} tok/s")  # fmt: skip
-            bar.update(task, completed=payload["step"], status=status)
+            bar.update("distill", payload["step"], opts.train.steps, status)
 
     with bar:
         return run_distill(opts, on_event=on_event)

@@ -7,45 +7,51 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, info, progress, stdout, to_json
-from minitron.errors import InputError
+from minitron.cli.common import (
+    ContextOpt,
+    JsonOpt,
+    MemoryDtypeOpt,
+    OverwriteOpt,
+    SeqLenOpt,
+    SequencesOpt,
+    StateDtypeOpt,
+    command,
+    emit_json,
+    info,
+    stdout,
+)
+from minitron.cli.progress import Progress
 
 
-class _RichReporter:
-    """Progress bars (stderr) and log lines for `evaluate_models`."""
+class _Reporter:
+    """`evaluate_models`' hooks on the one progress display."""
 
-    def __init__(self):
-        self._bar = None
-        self._task = None
+    def __init__(self, bar: Progress, *, messages: bool = True):
+        self.bar, self.description, self.total, self.done_blocks = bar, "", None, 0
+        self.messages = messages
 
     def start(self, description: str, total: int) -> None:
-        self._bar = progress()
-        self._bar.start()
-        self._task = self._bar.add_task(description, total=total, status="blocks")
+        self.description, self.total, self.done_blocks = description, total, 0
+        self.bar.update(description, 0, total)
 
     def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
+        self.done_blocks += n
+        self.bar.update(self.description, self.done_blocks, self.total)
 
     def done(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        pass
 
     def log(self, message: str) -> None:
-        info(f"[dim]{message}[/dim]")
+        if self.messages:
+            self.bar.log(f"[dim]{message}[/dim]")
 
 
-def _check_out_file(out: Path | None, overwrite: bool) -> None:
-    if out is None:
-        return
-    if out.exists() and out.is_dir():
-        raise InputError(f"{out} is a directory; give a file name for the JSON", flag="--out")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists (use --overwrite to replace it)", flag="--out")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"no such directory: {parent}", flag="--out")
+def _print_task_dir(value: bool):
+    if value:
+        from minitron.evaluate.local_task import TASKS_DIR
+
+        print(TASKS_DIR)
+        raise typer.Exit()
 
 
 @command
@@ -55,9 +61,7 @@ def command(
         list[Path] | None,
         typer.Option("--data", help="Held-out text (.txt, .jsonl, .parquet) for loss and perplexity."),
     ] = None,
-    seq_len: Annotated[
-        int, typer.Option("--seq-len", help="Tokens per block (non-overlapping; remainder dropped).")
-    ] = 2048,
+    seq_len: SeqLenOpt = None,
     samples: Annotated[
         int | None, typer.Option("--samples", help="Score only the first N blocks (default all).")
     ] = None,
@@ -100,9 +104,10 @@ def command(
     throughput_runs: Annotated[
         int, typer.Option("--throughput-runs", help="Measured runs; the median is reported.")
     ] = 3,
-    context_length: Annotated[
-        int, typer.Option("--context-length", help="Context length of the memory model's figure.")
-    ] = 131072,
+    context_length: ContextOpt = None,
+    sequences: SequencesOpt = 1,
+    memory_dtype: MemoryDtypeOpt = "bf16",
+    state_dtype: StateDtypeOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[
         str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
@@ -110,9 +115,13 @@ def command(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of lm-eval's few-shot sampling and the throughput prompt.")
     ] = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON document to this file.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output directory: eval.json (the --json document) and minitron.json.")] = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    task_dir: Annotated[bool, typer.Option(
+        "--task-dir", callback=_print_task_dir, is_eager=True,
+        help="Print the directory of the bundled lm-eval tasks (for lm-eval --include_path) and exit.")] = False,
 ):
     """Compare models: loss and perplexity, KL to a teacher, lm-eval tasks, memory and throughput.
 
@@ -126,6 +135,9 @@ def command(
 
     Tasks run through lm-evaluation-harness on the loaded model; local task YAMLs are found with
     --include-path and run offline. The package ships the multiple-choice task minitron_cloze.
+
+    Memory: the memory model's figure (weights + KV + Mamba state) at --context-length in
+    --memory-dtype, as a server would hold the model; the compute --dtype does not change it.
 
     Throughput: prefill of --prompt-len tokens, then --gen-len greedy decode steps through
     transformers' cache, --throughput-batch-size sequences at once, median of --throughput-runs
@@ -141,12 +153,17 @@ def command(
 
       minitron eval teacher/ pruned/ --throughput --prompt-len 2048 --gen-len 256 --device cuda
 
-      minitron eval teacher/ pruned/ --data heldout.jsonl --seq-len 4096 --out eval.json --json
+      minitron eval teacher/ pruned/ --data heldout.jsonl --seq-len 4096 --out eval/ --json
+
+      minitron eval --task-dir
     """
     from minitron.evaluate.compare import EvalOptions, evaluate_models
     from minitron.evaluate.throughput import ThroughputSettings
 
-    _check_out_file(out, overwrite)
+    if out is not None:
+        from minitron.io import check_output_dir
+
+        check_output_dir(out, overwrite=overwrite, inputs=list(models) + [teacher])
     opts = EvalOptions(
         models=list(models),
         data=list(data or []),
@@ -168,24 +185,34 @@ def command(
             seed=seed,
         ),
         context_length=context_length,
+        sequences=sequences,
+        memory_dtype=memory_dtype,
+        state_dtype=state_dtype,
         device=device,
         dtype=dtype,
         seed=seed,
     )
-    doc = evaluate_models(opts, _RichReporter())
+    with Progress(unit="blocks") as bar:
+        doc = evaluate_models(opts, _Reporter(bar))
     if out is not None:
-        from minitron.io import atomic_write_text, versions
-
-        doc_out = dict(doc, versions=versions())
-        atomic_write_text(out, to_json(doc_out) + "\n")
+        _write(out, doc, opts, overwrite)
     if json_out:
         emit_json(doc)
         return
     from minitron.evaluate.table import render
 
-    console = stdout()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)  # a file or pipe: no wrapped cells
-    render(doc, console)
+    render(doc, stdout())
     if out is not None:
         info(f"wrote {out}")
+
+
+def _write(out: Path, doc: dict, opts, overwrite: bool) -> None:
+    from minitron.cli.common import to_json
+    from minitron.io import atomic_output_dir, write_provenance
+
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "eval.json").write_text(to_json(doc) + "\n")
+        inputs = {"models": [str(m) for m in opts.models], "teacher": str(opts.teacher) if opts.teacher else None,
+                  "data": doc["settings"]["data_files"]}
+        write_provenance(tmp, "eval", {k: v for k, v in vars(opts).items() if k != "throughput_settings"},
+                         inputs=inputs, result={"reference": doc["reference"], "models": [m["name"] for m in doc["models"]]})

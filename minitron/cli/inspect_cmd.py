@@ -8,20 +8,31 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from minitron.cli.common import JsonOpt, command, emit_json, fmt_bytes, fmt_int, fmt_params, stdout
-from minitron.memory import GPU_PRESETS, make_budget
+from minitron.cli.common import (
+    ContextOpt,
+    JsonOpt,
+    MemoryDtypeOpt,
+    SequencesOpt,
+    StateDtypeOpt,
+    command,
+    emit_json,
+    fmt_bytes,
+    fmt_int,
+    fmt_params,
+    renamed,
+    stdout,
+)
+from minitron.memory import GPU_PRESETS, describe_memory, make_budget
 from minitron.models.describe import describe
 
 
 @command
 def command(
-    model: Annotated[Path, typer.Argument(help="Model directory, or a config.json (weights optional).")],
-    context_length: Annotated[int, typer.Option("--context-length", help="Tokens per sequence for the memory model.")] = 131072,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences held at once.")] = 1,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV dtype: bf16, fp16 or fp32.")] = "bf16",
-    state_dtype: Annotated[
-        str | None, typer.Option("--state-dtype", help="Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype).")
-    ] = None,
+    model: Annotated[Path, typer.Argument(help="Model directory, a config.json, or a bundled reference name.")],
+    context_length: ContextOpt = None,
+    sequences: SequencesOpt = 1,
+    memory_dtype: MemoryDtypeOpt = "bf16",
+    state_dtype: StateDtypeOpt = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help=f"Check the fit on a GPU: {', '.join(GPU_PRESETS)}.")] = None,
     memory_budget: Annotated[
         str | None, typer.Option("--memory-budget", help="Check the fit against a size instead, e.g. 19.66GiB.")
@@ -29,20 +40,25 @@ def command(
     headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
     reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
     json_out: JsonOpt = False,
+    _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
+    _batch_size: renamed("--batch-size", "--sequences", " (--batch-size is blocks per forward pass)") = None,
 ):
     """Show layers, dimensions, exact parameters and the memory at a context length.
 
+    Bundled reference configs (no weights): nemotron-nano-12b-v2-base, nemotron-nano-9b-v2.
+
     Examples:
 
-      minitron inspect ../shared/reference/nemotron-nano-12b-v2-base
+      minitron inspect nemotron-nano-12b-v2-base
 
-      minitron inspect nvidia/9b-dir --gpu a10g --headroom 0.05 --reserve-gib 1.3 --state-dtype bf16
+      minitron inspect nemotron-nano-9b-v2 --gpu a10g --headroom 0.05 --reserve-gib 1.3 --state-dtype bf16
 
-      minitron inspect MODEL --context-length 32768 --batch-size 8 --json
+      minitron inspect path/to/model --context-length 32768 --sequences 8 --json
     """
     budget = make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib)
     doc = describe(
-        model, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype, budget=budget
+        model, context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
+        budget=budget,
     )
     if json_out:
         emit_json(doc)
@@ -80,11 +96,7 @@ def render(doc: dict) -> None:
     t.add_row("[bold]total[/bold]", f"[bold]{fmt_int(total)}[/bold]", f"({fmt_params(total)})")
     out.print(t)
     m = doc["memory"]
-    t = Table(
-        title=f"memory at {m['context_length']:,} tokens x batch {m['batch_size']} "
-        f"(weights/KV {m['dtype']}, SSM state {m['state_dtype']})",
-        title_justify="left",
-    )
+    t = Table(title=f"memory at {describe_memory(m)}", title_justify="left")
     t.add_column("term")
     t.add_column("bytes", justify="right")
     t.add_column("", justify="right")

@@ -8,18 +8,23 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import (
+    ContextOpt,
     JsonOpt,
+    MemoryDtypeOpt,
     OverwriteOpt,
+    SeqLenOpt,
+    SequencesOpt,
+    StateDtypeOpt,
     command,
     emit_json,
     fmt_bytes,
     fmt_int,
     fmt_params,
-    info,
-    progress,
+    renamed,
     stdout,
 )
-from minitron.memory import GPU_PRESETS
+from minitron.cli.progress import PRUNE_UNITS, Progress
+from minitron.memory import GPU_PRESETS, describe_memory
 
 
 def _int(flag: str, help: str):
@@ -46,27 +51,30 @@ def command(
     gpu: Annotated[str | None, typer.Option("--gpu", help=f"Search under a GPU's memory: {', '.join(GPU_PRESETS)}.")] = None,
     headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
     reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
-    context_length: Annotated[int, typer.Option("--context-length", help="Tokens per sequence for the memory model.")] = 131072,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences held at once (memory model).")] = 1,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV dtype of the memory model: bf16, fp16, fp32.")] = "bf16",
-    state_dtype: Annotated[str | None, typer.Option("--state-dtype", help="Mamba SSM state dtype (default: the config's).")] = None,
+    context_length: ContextOpt = None,
+    sequences: SequencesOpt = 1,
+    memory_dtype: MemoryDtypeOpt = "bf16",
+    state_dtype: StateDtypeOpt = None,
     search: Annotated[list[str] | None, typer.Option("--search", help="Search range AXIS=MIN:MAX[:STEP] (repeatable).")] = None,
     drop_order: Annotated[str | None, typer.Option("--drop-order", help="Order in which layers go when depth is searched.")] = None,
     data: Annotated[list[Path] | None, typer.Option("--data", help="Calibration text to rank candidates by a zero-shot proxy.")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration block.")] = 128,
+    seq_len: SeqLenOpt = None,
     proxy_samples: Annotated[int, typer.Option("--proxy-samples", help="Held-back blocks for the proxy.")] = 8,
     proxy: Annotated[str, typer.Option("--proxy", help="Zero-shot proxy: kl (to the original) or loss (LM loss).")] = "kl",
     shortlist: Annotated[int, typer.Option("--shortlist", help="Largest feasible candidates ranked by the proxy.")] = 8,
     candidate_distill_steps: Annotated[int, typer.Option("--candidate-distill-steps", help="Short distillation of the best --top-k before the final ranking.")] = 0,
     distill_samples: Annotated[int, typer.Option("--distill-samples", help="Training blocks for --candidate-distill-steps.")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate of the short distillation.")] = 1e-4,
-    top_k: Annotated[int, typer.Option("--top-k", help="Candidates shown (and distilled); 0 lists every feasible one.")] = 10,
+    candidates: Annotated[int, typer.Option("--candidates", help="Candidates shown (and distilled); 0 lists every feasible one.")] = 10,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan or the candidate table; write nothing.")] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest output shard.")] = "5GB",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration sample.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N], for the proxy, distillation and --iterative.")] = "auto",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
+    _batch_size: renamed("--batch-size", "--sequences", " (--batch-size is blocks per forward pass)") = None,
+    _top_k: renamed("--top-k", "--candidates", " (--top-k is the teacher's top-k tokens in distill)") = None,
 ):
     """Prune a Nemotron-H model to an exact shape, a parameter count or a GPU-memory budget.
 
@@ -83,7 +91,7 @@ def command(
 
       minitron prune MODEL --scores scores/ --gpu a10g --headroom 0.05 --reserve-gib 1.3 --context-length 131072 --search num_layers=52:56:2 --search hidden_size=4480:5120:128 --search ffn_size=13440:20480:64 --search mamba_heads=112:128:8 --data calib.txt --out pruned/
 
-      minitron prune MODEL --scores scores/ --target-params 9B --top-k 0 --dry-run --json
+      minitron prune MODEL --scores scores/ --target-params 9B --candidates 0 --dry-run --json
     """
     from minitron.memory import make_budget, parse_size
     from minitron.prune.run import PruneOptions, prune
@@ -96,26 +104,14 @@ def command(
         num_layers=num_layers, drop_layers=drop_layers, iterative=iterative, keep_layer_types=keep_layer_types,
         target_params=parse_params(target_params) if target_params is not None else None,
         budget=make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib),
-        context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype,
+        context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
         search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
         proxy=proxy, shortlist=shortlist, candidate_distill_steps=candidate_distill_steps,
-        distill_samples=distill_samples, lr=lr, top_k=top_k, dry_run=dry_run, overwrite=overwrite,
+        distill_samples=distill_samples, lr=lr, top_k=candidates, dry_run=dry_run, overwrite=overwrite,
         max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed, device=device,
     )  # fmt: skip
-    bar, tasks = progress(), {}
-
-    def report(desc: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()  # only once there is a long loop: error paths stay one line
-        if desc not in tasks:
-            tasks[desc] = bar.add_task(desc, total=total, status="")
-        bar.update(tasks[desc], completed=done)
-
-    try:
-        doc = prune(opts, progress=report, log=info)
-    finally:
-        if tasks:
-            bar.stop()
+    with Progress(units=PRUNE_UNITS) as bar:
+        doc = prune(opts, progress=bar.update, log=bar.log)
     if json_out:
         emit_json(doc)
         return
@@ -127,8 +123,8 @@ def render(doc: dict) -> None:
 
     out = stdout()
     if "candidates" in doc:
-        t = Table(title=f"candidates ({doc['n_feasible']} feasible of {doc['n_candidates']}, ranked by {doc['ranking']})",
-                  title_justify="left")
+        t = Table(title=f"candidates ({doc['n_feasible']} feasible of {doc['n_candidates']}, ranked by {doc['ranking']}; "
+                        f"memory at {describe_memory(doc['memory'])})", title_justify="left")
         cols = ["rank", "num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads",
                 "kv_heads", "params", "memory"]
         extra = [k for k in ("proxy_kl", "proxy_loss", "distill_kl", "distill_loss") if any(k in c for c in doc["candidates"])]
@@ -150,7 +146,7 @@ def render(doc: dict) -> None:
     out.print(f"parameters: {fmt_int(doc['params_before'])} -> [bold]{fmt_int(doc['params_after'])}[/bold] "
               f"({fmt_params(doc['params_after'])})")
     mb, ma = doc["memory_before"], doc["memory"]
-    out.print(f"memory at {ma['context_length']:,} tokens x {ma['batch_size']}: {fmt_bytes(mb['total_bytes'])} -> "
+    out.print(f"memory at {describe_memory(ma)}: {fmt_bytes(mb['total_bytes'])} -> "
               f"[bold]{fmt_bytes(ma['total_bytes'])}[/bold]")
     if "budget" in doc:
         b = doc["budget"]

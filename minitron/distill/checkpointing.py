@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from minitron import faults
 from minitron.errors import InputError
 from minitron.io import atomic_write_text
 
@@ -109,6 +110,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+            faults.point("checkpoint-saved")
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

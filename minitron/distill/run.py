@@ -29,7 +29,8 @@ class DistillOptions:
     out: Path
     train: TrainConfig
     tokens: int | None = None  # alternative to train.steps (steps = ceil(tokens / (global x seq_len)))
-    seq_len: int = 1024
+    seq_len: int | None = None  # None: min(2048, the models' max_position_embeddings)
+    max_shard_size: str | int = "5GB"  # largest output shard (a size: 5GB, 500MiB, bytes)
     eval_data: list[Path] = field(default_factory=list)
     eval_samples: int | None = None  # at most this many eval blocks (default: all of --eval-data, or 16 train blocks)
     text_field: str = "text"
@@ -110,7 +111,7 @@ class Prepared:
 
 def prepare(opts: DistillOptions) -> Prepared:
     """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
-    from minitron.data import data_fingerprints, load_blocks
+    from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
     from minitron.io import check_output_dir, model_fingerprint
     from minitron.models.checkpoint import resolve_device
 
@@ -119,18 +120,17 @@ def prepare(opts: DistillOptions) -> Prepared:
     if opts.tokens is not None:
         if opts.tokens < 1:
             raise InputError(f"must be >= 1, got {opts.tokens}", flag="--tokens")
-    if opts.seq_len < 2:
-        raise InputError(f"must be at least 2, got {opts.seq_len}", flag="--seq-len")
     if opts.save_every < 0:
         raise InputError(f"must be >= 0, got {opts.save_every}", flag="--save-every")
+    from minitron.memory import parse_size
+
+    opts.max_shard_size = parse_size(opts.max_shard_size, flag="--max-shard-size")
     if opts.keep_last < 1:
         raise InputError(f"must be >= 1, got {opts.keep_last}", flag="--keep-last")
     if opts.eval_samples is not None and opts.eval_samples < 1:
         raise InputError(f"must be >= 1, got {opts.eval_samples}", flag="--eval-samples")
-    g = opts.train.global_batch_size or opts.train.micro_batch_size * world
-    if opts.tokens is not None:
-        opts.train.steps = max(1, math.ceil(opts.tokens / (g * opts.seq_len)))
-    opts.train.validate(world)
+    if opts.tokens is None:
+        opts.train.validate(world)
     device = dist.local_device(resolve_device(opts.device))
     dtype = _compute_dtype(opts.dtype, device)
     opts.train.autocast_dtype = None if dtype == "fp32" else dtype
@@ -148,6 +148,11 @@ def prepare(opts: DistillOptions) -> Prepared:
     check_output_dir(opts.out, overwrite=opts.overwrite, inputs=[opts.teacher, opts.student])
 
     max_pos = min(t_ckpt.arch.max_position_embeddings or 1 << 30, s_ckpt.arch.max_position_embeddings or 1 << 30)
+    opts.seq_len = resolve_seq_len(opts.seq_len, max_pos)
+    if opts.tokens is not None:
+        g = opts.train.global_batch_size or opts.train.micro_batch_size * world
+        opts.train.steps = max(1, math.ceil(opts.tokens / (g * opts.seq_len)))
+        opts.train.validate(world)
     train_blocks = load_blocks(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
                                max_positions=max_pos)  # fmt: skip
     if opts.eval_data:
@@ -276,7 +281,7 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
     sd = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()}
     with atomic_output_dir(opts.out, overwrite=opts.overwrite) as tmp:
         student.config.use_cache = True
-        student.save_pretrained(tmp, state_dict=sd, max_shard_size="5GB")
+        student.save_pretrained(tmp, state_dict=sd, max_shard_size=opts.max_shard_size)
         cfg = Path(tmp) / "config.json"
         _set_config_dtype(cfg, dtype)
         copy_side_files(p.tokenizer_dir, Path(tmp))

@@ -26,7 +26,7 @@ PROBE = "The quick brown fox, 1234 €, naïve café — 日本語 text.\n\tdef 
 class EvalOptions:
     models: list[Path]
     data: list[Path] = field(default_factory=list)
-    seq_len: int = 2048
+    seq_len: int | None = None  # None: min(2048, the models' max_position_embeddings); above it refused
     samples: int | None = None
     text_field: str = "text"
     batch_size: int = 1
@@ -37,7 +37,10 @@ class EvalOptions:
     limit: float | None = None
     throughput: bool = False
     throughput_settings: ThroughputSettings = field(default_factory=ThroughputSettings)
-    context_length: int = 131072
+    context_length: int | None = None  # memory model; None: the reference model's max_position_embeddings
+    sequences: int = 1  # memory model: sequences held at once
+    memory_dtype: str = "bf16"  # memory model: weights and KV dtype (what a server holds), not the compute dtype
+    state_dtype: str | None = None  # memory model: SSM state dtype (default: the config's)
     device: str = "auto"
     dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
     seed: int = 0
@@ -45,7 +48,7 @@ class EvalOptions:
     def validate(self) -> None:
         if not self.models:
             raise InputError("give at least one model directory", flag="MODEL")
-        if self.seq_len < 2:
+        if self.seq_len is not None and self.seq_len < 2:
             raise InputError(f"must be at least 2, got {self.seq_len}", flag="--seq-len")
         if self.batch_size < 1:
             raise InputError(f"must be >= 1, got {self.batch_size}", flag="--batch-size")
@@ -59,7 +62,7 @@ class EvalOptions:
             raise InputError(
                 f"must be > 0 (a count, or a fraction below 1), got {self.limit}", flag="--limit"
             )
-        if self.context_length < 0:
+        if self.context_length is not None and self.context_length < 0:
             raise InputError(f"must be >= 0, got {self.context_length}", flag="--context-length")
         if not self.tasks and (self.num_fewshot is not None or self.limit is not None):
             raise InputError("--num-fewshot and --limit apply to --tasks; give --tasks too", flag="--tasks")
@@ -108,10 +111,10 @@ def _release_memory() -> None:
 
 def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict:
     """The `minitron eval --json` document for `opts` (validated here first)."""
-    from minitron.data import data_fingerprints, load_blocks
+    from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
     from minitron.evaluate import perplexity, table, throughput
     from minitron.evaluate.harness import run_tasks
-    from minitron.memory import estimate, norm_dtype
+    from minitron.memory import estimate, norm_dtype, resolve_context
     from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint, resolve_device
 
     rep = reporter or Reporter()
@@ -123,6 +126,13 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     # ---------------------------------------------------------------- everything checked before loading
     ckpts = [open_checkpoint(p, require_weights=True) for p in opts.models]
     teacher_ckpt = open_checkpoint(opts.teacher, require_weights=True) if opts.teacher else None
+    everyone = ckpts + ([teacher_ckpt] if teacher_ckpt else [])
+    if opts.data:  # one block length for every model: none may see positions it was not trained on
+        opts.seq_len = resolve_seq_len(opts.seq_len, min(c.arch.max_position_embeddings for c in everyone))
+    opts.context_length = resolve_context(ckpts[0].arch, opts.context_length)
+    norm_dtype(opts.memory_dtype, flag="--memory-dtype")
+    estimate(ckpts[0].arch, context_length=opts.context_length, batch_size=opts.sequences, dtype=opts.memory_dtype,
+             state_dtype=opts.state_dtype)  # validates the memory-model options before any model loads
     task_names = parse_tasks(opts.tasks)
     plan = resolve_tasks(task_names, opts.include_path) if task_names or opts.include_path else None
     tokenizers = [load_tokenizer(c.path) for c in ckpts]
@@ -161,6 +171,8 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         "limit": opts.limit,
         "batch_size": opts.batch_size,
         "context_length": opts.context_length,
+        "memory_model": {"context_length": opts.context_length, "sequences": opts.sequences,
+                         "dtype": opts.memory_dtype, "state_dtype": opts.state_dtype},
         "throughput": asdict(opts.throughput_settings) if opts.throughput else None,
     }
     # ---------------------------------------------------------------- heavy work
@@ -173,7 +185,8 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         same_as_teacher = teacher is not None and ckpt.path.resolve() == teacher_ckpt.path.resolve()
         rep.log(f"loading {name} ({ckpt.path})")
         model = teacher if same_as_teacher else load_model(ckpt.path, dtype=dtype, device=device, check=False)
-        mem = estimate(ckpt.arch, context_length=opts.context_length, batch_size=1, dtype=dtype)
+        mem = estimate(ckpt.arch, context_length=opts.context_length, batch_size=opts.sequences,
+                       dtype=opts.memory_dtype, state_dtype=opts.state_dtype)
         row = {"name": name, "path": str(ckpt.path), "params": sum(p.numel() for p in model.parameters()),
                "loss": None, "perplexity": None, "kl": None, "tasks": {}, "memory": mem.to_dict(),
                "throughput": None}  # fmt: skip

@@ -91,8 +91,8 @@ def render(doc: dict, console: Console) -> None:
     for task, metric in cols:
         t.add_column(f"{task} {metric}", justify="right")
     if has["memory"]:
-        ctx = next(m["memory"]["context_length"] for m in models if m.get("memory"))
-        t.add_column(f"memory @ {ctx:,}", justify="right")
+        mm = next(m["memory"] for m in models if m.get("memory"))
+        t.add_column(f"memory @ {mm['context_length']:,} ({mm['dtype']})", justify="right")
     if has["throughput"]:
         t.add_column("prefill tok/s", justify="right")
         t.add_column("decode tok/s", justify="right")
@@ -132,6 +132,11 @@ def render(doc: dict, console: Console) -> None:
         )
     if has["kl"]:
         notes.append(f"KL(teacher || model) per token, teacher {s.get('teacher')}")
+    if has["memory"]:
+        from minitron.memory import describe_memory
+
+        mm = next(m["memory"] for m in models if m.get("memory"))
+        notes.append(f"memory: the memory model at {describe_memory(mm)} (not the {s.get('dtype')} used to evaluate)")
     if has["throughput"]:
         tp = s.get("throughput") or {}
         notes.append(f"throughput: batch {tp.get('batch_size')}, prompt {tp.get('prompt_len')}, "

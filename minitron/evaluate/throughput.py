@@ -2,7 +2,7 @@
 
 One run: a prefill of `batch_size` x `prompt_len` random tokens (`use_cache=True`, only the last
 position's logits), then `gen_len` greedy decode steps of one token each, every step reusing the
-model's own cache (`past_key_values`: KV for attention layers, conv + SSM state for Mamba layers; the
+model's own cache (KV for attention layers, conv + SSM state for Mamba layers; the
 mamba-ssm / causal-conv1d kernels are used when installed). Times are wall-clock with the device
 synchronised; the figure is the median over `runs` runs after `warmup` unmeasured ones.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from minitron.errors import InputError
+from minitron.models.compat import cache_kwargs, output_cache
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,14 @@ def run_once(model, ids: torch.Tensor, gen_len: int) -> tuple[float, float, torc
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     nxt = out.logits[:, -1:].argmax(-1)  # [B, 1]
-    cache = out.past_key_values
+    cache = output_cache(out)
     _sync(device)
     t1 = time.perf_counter()
     generated = []
     for _ in range(gen_len):
         generated.append(nxt)
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, cache))
+        cache = output_cache(out)
         nxt = out.logits[:, -1:].argmax(-1)
     _sync(device)
     t2 = time.perf_counter()

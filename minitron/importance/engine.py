@@ -64,8 +64,11 @@ def block_kwargs(config, h) -> dict:
     """Masks and positions for calling a `NemotronHBlock` directly on [B, T, hidden] states (no padding)."""
     from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
 
+    from minitron.models.compat import cache_kwargs
+
     pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-    kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "past_key_values": None, "position_ids": pos}
+    kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "position_ids": pos,
+          **cache_kwargs(create_causal_mask, None)}
     masks = {"full_attention": create_causal_mask(**kw), "linear_attention": create_recurrent_attention_mask(**kw)}
     return {"masks": masks, "position_ids": pos}
 

@@ -1,4 +1,11 @@
-"""`importance.png`: layer importance by layer type, and heat maps of head importance."""
+"""`importance.png`: every score `minitron score` writes, drawn so that what a user would cut is readable.
+
+- Layer importance on a log scale (a few very important layers no longer flatten the rest), by
+  layer type, the least important layers labelled with their index.
+- Hidden channels: every channel's score, sorted, on a log scale (how much a cut of N channels loses).
+- FFN neurons, Mamba head-dim channels: per layer, the scores sorted, as a heat map on a log scale.
+- Attention, KV and Mamba heads: heat maps, each layer's row scaled to its maximum.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,21 @@ from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
 
 COLORS = {MAMBA: "tab:blue", MLP: "tab:orange", ATTENTION: "tab:green", MOE: "tab:purple"}
 NAMES = {MAMBA: "Mamba", MLP: "MLP", ATTENTION: "attention", MOE: "MoE"}
+LABELLED = 6  # least important layers named on the plot
+
+# (score tensor, title, layer type of its rows or None, how it is drawn)
+PANELS = (
+    ("hidden", "hidden channels, sorted (log)", None, "profile"),
+    ("ffn", "FFN neurons per MLP layer, sorted (log)", MLP, "sorted"),
+    ("attention_heads", "attention heads (each row scaled to its max)", ATTENTION, "heads"),
+    ("kv_heads", "KV heads (each row scaled to its max)", ATTENTION, "heads"),
+    ("mamba_heads", "Mamba heads (each row scaled to its max)", MAMBA, "heads"),
+    ("mamba_head_dim", "Mamba head-dim channels per layer, sorted (log)", MAMBA, "sorted"),
+)
+
+
+def _positive(t, floor: float = 1e-12):
+    return t.float().clamp_min(floor)
 
 
 def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) -> Path:
@@ -16,32 +38,48 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heat = [(n, t, c) for n, t, c in (("attention heads", tensors.get("attention_heads"), ATTENTION),
-                                      ("Mamba heads", tensors.get("mamba_heads"), MAMBA)) if t is not None and t.numel()]
-    fig, axes = plt.subplots(1 + len(heat), 1, figsize=(10, 3.2 * (1 + len(heat))), squeeze=False)
-    ax = axes[0][0]
-    layers = tensors["layers"].float()
-    for c in sorted(set(pattern)):
-        idx = [i for i, p in enumerate(pattern) if p == c]
-        ax.bar(idx, layers[idx].tolist(), color=COLORS.get(c, "gray"), label=NAMES.get(c, c))
-    ax.set_title(f"layer importance ({metric} when the block is skipped)")
-    ax.set_xlabel("layer")
-    ax.legend(fontsize=8)
-    for (name, t, char), row in zip(heat, axes[1:], strict=True):
-        ax = row[0]
-        t = t.float()
-        # Normalise each layer's row so layers of different scale are comparable.
-        t = t / t.amax(dim=1, keepdim=True).clamp_min(1e-12)
-        im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{name} (each row scaled to its max)")
-        ax.set_xlabel("head")
-        idx = [i for i, p in enumerate(pattern) if p == char]
-        step = max(1, len(idx) // 16)
-        ax.set_yticks(range(0, len(idx), step), [str(i) for i in idx[::step]])
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax)
+    panels = [(k, title, c, kind) for k, title, c, kind in PANELS
+              if tensors.get(k) is not None and tensors[k].numel()]  # fmt: skip
+    fig, axes = plt.subplots(1 + len(panels), 1, figsize=(11, 3.0 * (1 + len(panels))), squeeze=False)
+    _layers(axes[0][0], tensors["layers"], pattern, metric)
+    for (key, title, char, kind), row in zip(panels, axes[1:], strict=True):
+        ax, t = row[0], tensors[key].float()
+        if kind == "profile":
+            ax.semilogy(_positive(t.sort(descending=True).values).numpy())
+            ax.set_xlabel("channel rank (most important first)")
+        else:
+            if t.dim() == 1:
+                t = t.unsqueeze(0)
+            if kind == "sorted":
+                t = _positive(t.sort(dim=1, descending=True).values).log10()
+                xlabel = "unit rank within the layer (log10 score)"
+            else:
+                t = t / t.amax(dim=1, keepdim=True).clamp_min(1e-12)
+                xlabel = "head"
+            im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.set_xlabel(xlabel)
+            idx = [i for i, p in enumerate(pattern) if p == char] if char else list(range(t.shape[0]))
+            if len(idx) == t.shape[0]:
+                step = max(1, len(idx) // 16)
+                ax.set_yticks(range(0, len(idx), step), [str(i) for i in idx[::step]])
+            ax.set_ylabel("layer")
+            fig.colorbar(im, ax=ax)
+        ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100, metadata={"Software": None, "Creation Time": None})
+    fig.savefig(path, dpi=90, metadata={"Software": None, "Creation Time": None})
     plt.close(fig)
     return path
+
+
+def _layers(ax, layers, pattern: str, metric: str) -> None:
+    values = _positive(layers)
+    for c in sorted(set(pattern)):
+        idx = [i for i, p in enumerate(pattern) if p == c]
+        ax.bar(idx, values[idx].tolist(), color=COLORS.get(c, "gray"), label=NAMES.get(c, c))
+    ax.set_yscale("log")
+    for i in values.argsort()[:LABELLED].tolist():  # the layers a user would drop first
+        ax.annotate(str(i), (i, float(values[i])), ha="center", va="bottom", fontsize=7)
+    ax.set_title(f"layer importance ({metric} when the block is skipped; log scale; least important labelled)")
+    ax.set_xlabel("layer")
+    ax.legend(fontsize=8)

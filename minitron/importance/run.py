@@ -12,18 +12,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.layers import LAYER_METRICS, LOGIT_METRICS
 
-DEFAULT_SEQ_LEN = 4096
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
 
 
 @dataclass
 class ScoreOptions:
     samples: int = 1024
-    seq_len: int | None = None  # None: min(4096, max_position_embeddings)
+    seq_len: int | None = None  # None: min(2048, max_position_embeddings)
     batch_size: int = 8
     layer_metric: str = "kl"
     aggregation: str = "mean,l2"
@@ -79,10 +79,7 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
         raise InputError("give at least one data file", flag="--data")
     ckpt = open_checkpoint(model, require_weights=True)
     arch = ckpt.arch
-    seq_len = opts.seq_len if opts.seq_len is not None else min(DEFAULT_SEQ_LEN, arch.max_position_embeddings)
-    if seq_len > arch.max_position_embeddings:
-        raise InputError(f"{seq_len} exceeds the model's max_position_embeddings ({arch.max_position_embeddings})",
-                         flag="--seq-len")
+    seq_len = resolve_seq_len(opts.seq_len, arch.max_position_embeddings)
     device = distributed.local_device(resolve_device(opts.device))
     dtype_name = opts.dtype if opts.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
     dtype = torch_dtype(dtype_name)

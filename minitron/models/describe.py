@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minitron.memory import Budget, estimate
+from minitron.memory import Budget, estimate, resolve_context
 from minitron.models.checkpoint import open_checkpoint
 from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, MOE
 
@@ -12,7 +12,7 @@ from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, MOE
 def describe(
     path: str | Path,
     *,
-    context_length: int = 131072,
+    context_length: int | None = None,
     batch_size: int = 1,
     dtype: str = "bf16",
     state_dtype: str | None = None,
@@ -20,6 +20,7 @@ def describe(
 ) -> dict:
     ckpt = open_checkpoint(path)  # strict header check when weights are present
     a = ckpt.arch
+    context_length = resolve_context(a, context_length)
     est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype)
     doc = {
         "path": str(ckpt.path),

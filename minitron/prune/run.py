@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import Budget, estimate
+from minitron.memory import Budget, estimate, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import (
     AXES,
@@ -45,21 +46,21 @@ class PruneOptions:
     keep_layer_types: str | None = None
     target_params: int | None = None
     budget: Budget | None = None
-    context_length: int = 131072
-    batch_size: int = 1
+    context_length: int | None = None  # None: the model's max_position_embeddings
+    batch_size: int = 1  # sequences held at once (--sequences)
     dtype: str = "bf16"
     state_dtype: str | None = None
     search: list[str] = field(default_factory=list)
     drop_order: str | None = None
     data: list[Path] = field(default_factory=list)
-    seq_len: int = 128
+    seq_len: int | None = None  # None: min(2048, max_position_embeddings)
     proxy_samples: int = 8
     proxy: str = "kl"
     shortlist: int = 8
     candidate_distill_steps: int = 0
     distill_samples: int = 32
     lr: float = 1e-4
-    top_k: int = 10
+    top_k: int = 10  # candidates shown (and distilled): --candidates
     dry_run: bool = False
     overwrite: bool = False
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
@@ -91,7 +92,8 @@ def _validate_kind(o: PruneOptions) -> None:
     if o.proxy not in ("kl", "loss"):
         raise InputError(f"expected kl or loss, got {o.proxy!r}", flag="--proxy")
     if o.top_k < 0 or o.shortlist < 0 or o.candidate_distill_steps < 0:
-        raise InputError("must be >= 0", flag="--top-k" if o.top_k < 0 else "--shortlist")
+        flag = "--candidates" if o.top_k < 0 else "--shortlist" if o.shortlist < 0 else "--candidate-distill-steps"
+        raise InputError("must be >= 0", flag=flag)
 
 
 def _load_scores(o: PruneOptions, ckpt: Checkpoint):
@@ -136,6 +138,8 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     _validate_kind(o)
     ckpt = open_checkpoint(o.model)
     arch = ckpt.arch
+    o.context_length = resolve_context(arch, o.context_length)
+    o.seq_len = resolve_seq_len(o.seq_len, arch.max_position_embeddings)
     if not o.dry_run:
         if o.out is None:
             raise InputError("an output directory is needed (or use --dry-run)", flag="--out")
@@ -343,10 +347,20 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         copy_side_files(ckpt.path, tmp)
         doc["files"] = files
-        inputs = {"model": str(ckpt.path), "model_fingerprint": model_fingerprint(ckpt.path),
-                  "scores": str(o.scores) if o.scores else None}
+        inputs = {"model": str(ckpt.path.resolve()), "model_fingerprint": model_fingerprint(ckpt.path),
+                  "scores": _scores_provenance(o.scores)}
         options = {k: v for k, v in vars(o).items() if k not in ("budget", "shape")}
         options["shape"] = asdict(o.shape)
         write_provenance(tmp, "prune", options, inputs=inputs,
                          result={**{k: v for k, v in doc.items() if k != "candidates"},
                                  "candidates": doc.get("candidates", [])[:50], "indices": plan.indices()})
+
+
+def _scores_provenance(scores: Path | None) -> dict | None:
+    """The scores directory by content: its resolved path and the sha256 of every file in it."""
+    if scores is None:
+        return None
+    from minitron.io import file_sha256
+
+    root = Path(scores).resolve()
+    return {"path": str(root), "sha256": {f.name: file_sha256(f) for f in sorted(root.iterdir()) if f.is_file()}}

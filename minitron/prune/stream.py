@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from minitron import faults
 from minitron.models.checkpoint import DTYPE_BYTES, Checkpoint
 from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_layer
 from minitron.prune.plan import PrunePlan, pruned_shape, tensor_indices
@@ -137,6 +138,8 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
                     weight_map[it.out_key] = fname
                     written += it.nbytes
                     done += 1
+                    if done == 1:
+                        faults.point("prune-tensor-written")
                     if progress is not None:
                         progress(done, len(items), written)
     finally:
