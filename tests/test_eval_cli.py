@@ -44,7 +44,7 @@ def _err_line(r) -> str:
 
 
 def test_json_contract_everything_on(tiny_model_dir, other_model, text_file, tmp_path):
-    out = tmp_path / "eval.json"
+    out = tmp_path / "eval"
     args = ["eval", str(tiny_model_dir), str(other_model), "--data", str(text_file), "--seq-len", "32",
             "--samples", "4", "--batch-size", "2", "--teacher", str(tiny_model_dir),
             "--tasks", "minitron_cloze", "--limit", "4",
@@ -78,8 +78,9 @@ def test_json_contract_everything_on(tiny_model_dir, other_model, text_file, tmp
     assert student["relative"]["params"] == pytest.approx(1.0)
     s = doc["settings"]
     assert s["blocks"] == 4 and s["seq_len"] == 32 and s["tokens_per_model"] == 4 * 31
-    saved = json.loads(out.read_text())
-    assert saved["models"] == doc["models"] and "versions" in saved
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["models"] == doc["models"]
+    assert "versions" in json.loads((out / "minitron.json").read_text())
 
 
 def test_table_output(tiny_model_dir, other_model, text_file):
@@ -149,11 +150,16 @@ def test_models_with_different_tokenizers_on_data(tiny_model_dir, other_tokenize
 
 
 def test_existing_out_file_is_refused_and_kept(tiny_model_dir, text_file, tmp_path):
-    out = tmp_path / "eval.json"
-    out.write_text("keep me")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "eval.json").write_text("keep me")
     r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(text_file), "--out", str(out)])
-    assert r.exit_code == 2 and "--out" in _err_line(r)
-    assert out.read_text() == "keep me"
+    assert r.exit_code == 2 and "--out" in _err_line(r) and "--overwrite" in _err_line(r)
+    assert (out / "eval.json").read_text() == "keep me"
+    f = tmp_path / "a-file"
+    f.write_text("keep me too")
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(text_file), "--out", str(f), "--overwrite"])
+    assert r.exit_code == 2 and "not a directory" in _err_line(r) and f.read_text() == "keep me too"
 
 
 def test_help_documents_perplexity():

@@ -192,3 +192,21 @@ def test_block_with_mixer_output_scaled_to_zero_gets_the_lowest_layer_score(laye
         t = got[name]
         assert int(t.argmin()) == layer, (name, t)
     assert float(got["layers"][layer]) < 1e-3 * float(got["layers"].sort().values[1])
+
+
+def test_importance_png_has_a_log_layer_panel_and_every_axis(tiny_model_dir, tmp_path):
+    import torch
+
+    from minitron.importance.plot import plot_importance
+    from minitron.importance.scores import expected_shapes
+    from minitron.models.architecture import Architecture
+
+    arch = Architecture.from_path(tiny_model_dir)
+    g = torch.Generator().manual_seed(0)
+    tensors = {k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()}
+    tensors["layers"][2] = 1e3  # one dominant layer must not flatten the others (log scale)
+    titles = plot_importance(tensors, arch.pattern, "kl", tmp_path / "importance.png")
+    assert "log scale" in titles[0]
+    for axis in ("hidden channels", "FFN neurons", "attention heads", "KV heads", "Mamba heads", "Mamba head-dim"):
+        assert any(t.startswith(axis) for t in titles[1:]), (axis, titles)
+    assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -91,5 +91,5 @@ def test_state_dtype_override_and_errors():
     assert b.mamba_ssm_bytes == 2 * a.mamba_ssm_bytes
     with pytest.raises(InputError, match="--state-dtype"):
         estimate(arch, state_dtype="int3")
-    with pytest.raises(InputError, match="--batch-size"):
+    with pytest.raises(InputError, match="--sequences"):
         estimate(arch, batch_size=0)

@@ -72,7 +72,7 @@ def test_search_with_proxy_and_distillation(tiny_model_dir, scores_dir, text_fil
     r = invoke(tiny_model_dir, "--scores", scores_dir, "--target-params", target, "--search", "hidden_size=48:64:16",
                "--search", "ffn_size=64:96:32", "--search", "mamba_heads=6:8:2", "--search", "num_layers=8:9",
                "--data", text_file, "--seq-len", 32, "--proxy-samples", 2, "--shortlist", 3,
-               "--candidate-distill-steps", 1, "--distill-samples", 2, "--top-k", 2, "--out", tmp_path / "o", "--json")
+               "--candidate-distill-steps", 1, "--distill-samples", 2, "--candidates", 2, "--out", tmp_path / "o", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     cands = doc["candidates"]
@@ -83,10 +83,10 @@ def test_search_with_proxy_and_distillation(tiny_model_dir, scores_dir, text_fil
     assert doc["params_after"] == cands[0]["params"] and (tmp_path / "o" / "config.json").is_file()
 
 
-def test_top_k_zero_lists_every_feasible(tiny_model_dir):
+def test_candidates_zero_lists_every_feasible(tiny_model_dir):
     target = int(Architecture.from_path(tiny_model_dir).total_params * 0.85)
     r = invoke(tiny_model_dir, "--target-params", target, "--search", "hidden_size=32:64:16", "--search",
-               "ffn_size=32:96:16", "--top-k", 0, "--dry-run", "--json")
+               "ffn_size=32:96:16", "--candidates", 0, "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert len(doc["candidates"]) == doc["n_feasible"] > 10
@@ -106,9 +106,9 @@ def test_paper_dry_run_on_the_bare_12b_config():
 
 def test_paper_a10g_search_dry_run():
     r = invoke(REF_12B, "--gpu", "a10g", "--headroom", 0.05, "--reserve-gib", 1.3, "--context-length", 131072,
-               "--dtype", "bf16", "--search", "num_layers=52:56:2", "--search", "hidden_size=4480:5120:128",
+               "--memory-dtype", "bf16", "--search", "num_layers=52:56:2", "--search", "hidden_size=4480:5120:128",
                "--search", "ffn_size=13440:20480:64", "--search", "mamba_heads=112:128:8",
-               "--drop-order", "7,8,17,18,48,52,29,30,39,40", "--top-k", 0, "--dry-run", "--json")
+               "--drop-order", "7,8,17,18,48,52,29,30,39,40", "--candidates", 0, "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     budget = doc["budget"]["budget_bytes"]
@@ -222,7 +222,7 @@ def test_one_attention_layer_is_kept_by_default(tiny_model_dir, scores_dir):
     assert "*" not in json.loads(r.stdout)["plan"]["pattern"]
     # The search's drop order skips the last attention layer (7) too.
     r = invoke(tiny_model_dir, "--target-params", 150000, "--search", "num_layers=2:9", "--search", "hidden_size=64:64",
-               "--drop-order", "3,7,0,1,2,4,5,6,8", "--top-k", 0, "--dry-run", "--json")
+               "--drop-order", "3,7,0,1,2,4,5,6,8", "--candidates", 0, "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     cands = json.loads(r.stdout)["candidates"]
     assert cands and all(7 not in c["dropped_layers"] for c in cands)

@@ -92,7 +92,8 @@ def render(doc: dict, console: Console) -> None:
         t.add_column(f"{task} {metric}", justify="right")
     if has["memory"]:
         mm = next(m["memory"] for m in models if m.get("memory"))
-        t.add_column(f"memory @ {mm['context_length']:,} ({mm['dtype']})", justify="right")
+        dtype = f" ({mm['dtype']})" if mm.get("dtype") else ""
+        t.add_column(f"memory @ {mm['context_length']:,}{dtype}", justify="right")
     if has["throughput"]:
         t.add_column("prefill tok/s", justify="right")
         t.add_column("decode tok/s", justify="right")
@@ -136,7 +137,8 @@ def render(doc: dict, console: Console) -> None:
         from minitron.memory import describe_memory
 
         mm = next(m["memory"] for m in models if m.get("memory"))
-        notes.append(f"memory: the memory model at {describe_memory(mm)} (not the {s.get('dtype')} used to evaluate)")
+        if "dtype" in mm:
+            notes.append(f"memory: the memory model at {describe_memory(mm)} (not the {s.get('dtype')} used to evaluate)")
     if has["throughput"]:
         tp = s.get("throughput") or {}
         notes.append(f"throughput: batch {tp.get('batch_size')}, prompt {tp.get('prompt_len')}, "

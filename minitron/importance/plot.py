@@ -32,17 +32,23 @@ def _positive(t, floor: float = 1e-12):
     return t.float().clamp_min(floor)
 
 
-def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) -> Path:
+def panels(tensors: dict) -> list[tuple]:
+    """The width panels drawn for these scores: one per score tensor that has units."""
+    return [(k, title, c, kind) for k, title, c, kind in PANELS if tensors.get(k) is not None and tensors[k].numel()]
+
+
+def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) -> list[str]:
+    """Draw `importance.png`; returns the panel titles (the layer panel first)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    panels = [(k, title, c, kind) for k, title, c, kind in PANELS
-              if tensors.get(k) is not None and tensors[k].numel()]  # fmt: skip
-    fig, axes = plt.subplots(1 + len(panels), 1, figsize=(11, 3.0 * (1 + len(panels))), squeeze=False)
+    panels_ = panels(tensors)
+    fig, axes = plt.subplots(1 + len(panels_), 1, figsize=(11, 3.0 * (1 + len(panels_))), squeeze=False)
     _layers(axes[0][0], tensors["layers"], pattern, metric)
-    for (key, title, char, kind), row in zip(panels, axes[1:], strict=True):
+    for (key, title, char, kind), row in zip(panels_, axes[1:], strict=True):
         ax, t = row[0], tensors[key].float()
         if kind == "profile":
             ax.semilogy(_positive(t.sort(descending=True).values).numpy())
@@ -57,6 +63,7 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
                 t = t / t.amax(dim=1, keepdim=True).clamp_min(1e-12)
                 xlabel = "head"
             im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(xlabel)
             idx = [i for i, p in enumerate(pattern) if p == char] if char else list(range(t.shape[0]))
             if len(idx) == t.shape[0]:
@@ -66,10 +73,10 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
             fig.colorbar(im, ax=ax)
         ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90, metadata={"Software": None, "Creation Time": None})
+    titles = [ax.get_title() for row in axes for ax in row]
+    fig.savefig(Path(path), dpi=90, metadata={"Software": None, "Creation Time": None})
     plt.close(fig)
-    return path
+    return titles
 
 
 def _layers(ax, layers, pattern: str, metric: str) -> None:
