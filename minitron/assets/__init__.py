@@ -1,4 +1,4 @@
-"""Files shipped inside the package: reference configs (and, later, the demo model and corpus)."""
+"""Files shipped inside the package: reference configs, the demo teacher and corpus, lm-eval tasks, recipes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ def bundled_configs() -> dict[str, Path]:
     return {p.name: p for p in sorted(CONFIGS.iterdir()) if (p / "config.json").is_file()}
 
 
-def resolve_model_path(path: str | Path) -> Path:
-    """A path as given, or the bundled reference config of that name when no such path exists."""
-    p = Path(path)
-    if not p.exists() and str(path) in bundled_configs():
-        return bundled_configs()[str(path)]
-    return p
+def bundled_models() -> dict[str, Path]:
+    """Name -> directory of every bundled model: the reference configs and the demo teacher (with weights)."""
+    return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher"}
+
+
+def resolve_model_path(path: str | Path, *, weights: bool = False, revision: str | None = None,
+                       flag: str = "MODEL") -> Path:
+    """A path as given, a bundled name, or a hub id resolved through the Hugging Face cache (`minitron.hub`)."""
+    from minitron.hub import resolve_model
+
+    return resolve_model(path, weights=weights, revision=revision, flag=flag)

@@ -215,6 +215,15 @@ StateDtypeOpt = Annotated[str | None, typer.Option(
     "--state-dtype", help="Memory model: Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype).")]
 
 
+RevisionOpt = Annotated[str | None, typer.Option(
+    "--revision", help="Branch, tag or commit of a hub model id (same as MODEL@REVISION).")]
+
+
+def with_revision(model, revision: str | None):
+    """MODEL with `--revision` attached as `org/name@revision` (minitron.hub resolves it)."""
+    return model if revision is None else f"{model}@{revision}"
+
+
 def renamed(old: str, new: str, why: str = ""):
     """A hidden option for a flag that was renamed: using it is a one-line usage error naming the new one."""
 

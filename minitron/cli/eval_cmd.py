@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import (
+    RevisionOpt,
+    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
@@ -118,6 +120,7 @@ def command(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output directory: eval.json (the --json document) and minitron.json.")] = None,
     overwrite: OverwriteOpt = False,
+    revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     task_dir: Annotated[bool, typer.Option(
         "--task-dir", callback=_print_task_dir, is_eager=True,
@@ -165,7 +168,7 @@ def command(
 
         check_output_dir(out, overwrite=overwrite, inputs=list(models) + [teacher])
     opts = EvalOptions(
-        models=list(models),
+        models=[with_revision(m, revision) for m in models],
         data=list(data or []),
         seq_len=seq_len,
         samples=samples,

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from minitron.cli.common import (
+    RevisionOpt,
+    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
@@ -39,6 +41,7 @@ def command(
     ] = None,
     headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
     reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
+    revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
     _batch_size: renamed("--batch-size", "--sequences", " (--batch-size is blocks per forward pass)") = None,
@@ -57,7 +60,7 @@ def command(
     """
     budget = make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib)
     doc = describe(
-        model, context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
+        with_revision(model, revision), context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
         budget=budget,
     )
     if json_out:

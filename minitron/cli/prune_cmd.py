@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import (
+    RevisionOpt,
+    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
@@ -71,6 +73,7 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration sample.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N], for the proxy, distillation and --iterative.")] = "auto",
     overwrite: OverwriteOpt = False,
+    revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
     _batch_size: renamed("--batch-size", "--sequences", " (--batch-size is blocks per forward pass)") = None,
@@ -99,7 +102,7 @@ def command(
     from minitron.prune.select import Shape
 
     opts = PruneOptions(
-        model=model, out=out, scores=scores,
+        model=with_revision(model, revision), out=out, scores=scores,
         shape=Shape(hidden_size, ffn_size, mamba_heads, mamba_head_dim, attention_heads, kv_heads),
         num_layers=num_layers, drop_layers=drop_layers, iterative=iterative, keep_layer_types=keep_layer_types,
         target_params=parse_params(target_params) if target_params is not None else None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, info, stdout
+from minitron.cli.common import RevisionOpt, with_revision, JsonOpt, OverwriteOpt, command, emit_json, info, stdout
 from minitron.cli.progress import Progress
 
 
@@ -37,6 +37,7 @@ def command(
                      "(default: when the weights don't fit in the device's free memory)."),
     ] = None,
     overwrite: OverwriteOpt = False,
+    revision: RevisionOpt = None,
     json_out: JsonOpt = False,
 ):
     """Score the importance of every prunable unit and every layer on calibration data.
@@ -71,7 +72,7 @@ def command(
                         streaming=streaming)
     check_output_dir(out, overwrite=overwrite, inputs=[model])
     with distributed.session("cuda" if device.startswith("cuda") else "cpu"):
-        p = prepare(model, [str(d) for d in data], opts)
+        p = prepare(with_revision(model, revision), [str(d) for d in data], opts)
         main = distributed.is_main()
         path = "layer-streamed" if p.streaming else "in memory"
         if main:

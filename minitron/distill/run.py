@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minitron import distributed as dist
+from minitron.assets import resolve_model_path
 from minitron.distill.checkpointing import RunDir, run_dir_for
 from minitron.distill.trainer import TrainConfig, Trainer, unwrap
 from minitron.errors import InputError, MinitronError
@@ -48,8 +49,7 @@ class DistillOptions:
 def _open_model_dir(path: Path, flag: str):
     from minitron.models.checkpoint import open_checkpoint
 
-    if not path.exists():
-        raise InputError(f"no such directory: {path}", flag=flag)
+    path = resolve_model_path(path, weights=True, flag=flag)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
     try:
@@ -115,7 +115,9 @@ def prepare(opts: DistillOptions) -> Prepared:
     from minitron.io import check_output_dir, model_fingerprint
     from minitron.models.checkpoint import resolve_device
 
-    opts.teacher, opts.student, opts.out = Path(opts.teacher), Path(opts.student), Path(opts.out)
+    opts.out = Path(opts.out)
+    opts.teacher = resolve_model_path(opts.teacher, weights=True, flag="--teacher")  # directory, bundled or hub id
+    opts.student = resolve_model_path(opts.student, weights=True, flag="--student")
     world = dist.world_size()
     if opts.tokens is not None:
         if opts.tokens < 1:

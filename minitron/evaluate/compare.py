@@ -155,7 +155,10 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
             )
         blocks = load_blocks(opts.data, tokenizers[0], seq_len=opts.seq_len, samples=opts.samples,
                              text_field=opts.text_field, sep_eos=False)  # fmt: skip
+    from minitron.hub import is_hub_id, split_revision
+
     names = model_names([c.path for c in ckpts])
+    names = [str(spec) if is_hub_id(split_revision(str(spec))[0]) else n for spec, n in zip(opts.models, names, strict=True)]
     settings = {
         "device": device,
         "dtype": dtype,

@@ -253,12 +253,9 @@ class Architecture:
 
 def read_config(path: str | Path) -> dict:
     """Read config.json from a model directory or a path to the file itself."""
-    from minitron.assets import bundled_configs, resolve_model_path
+    from minitron.assets import resolve_model_path
 
     p = resolve_model_path(path)
-    if not p.exists():
-        names = ", ".join(bundled_configs())
-        raise InputError(f"no such file or directory: {p} (bundled configs: {names})")
     cfg_path = p / "config.json" if p.is_dir() else p
     if not cfg_path.is_file():
         raise InputError(f"{p} has no config.json")

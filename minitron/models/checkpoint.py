@@ -79,10 +79,11 @@ class Checkpoint:
     tensors: dict[str, TensorEntry] = field(default_factory=dict)  # by checkpoint key
 
     @classmethod
-    def open(cls, path: str | Path, *, require_weights: bool = False) -> Checkpoint:
+    def open(cls, path: str | Path, *, require_weights: bool = False, fetch_weights: bool | None = None) -> Checkpoint:
+        """`fetch_weights` (default: `require_weights`): download a hub model's shards too."""
         from minitron.assets import resolve_model_path
 
-        p = resolve_model_path(path)
+        p = resolve_model_path(path, weights=require_weights if fetch_weights is None else fetch_weights)
         config = read_config(p)
         arch = Architecture.from_config(config)
         ckpt = cls(path=p if p.is_dir() else p.parent, config=config, arch=arch)
@@ -175,8 +176,9 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: tensor {found[name].key} has unsupported dtype {found[name].dtype}")
 
 
-def open_checkpoint(path: str | Path, *, require_weights: bool = False, check: bool = True) -> Checkpoint:
-    ckpt = Checkpoint.open(path, require_weights=require_weights)
+def open_checkpoint(path: str | Path, *, require_weights: bool = False, check: bool = True,
+                    fetch_weights: bool | None = None) -> Checkpoint:
+    ckpt = Checkpoint.open(path, require_weights=require_weights, fetch_weights=fetch_weights)
     if check:
         ckpt.check()
     return ckpt

@@ -136,7 +136,7 @@ def _memory(arch, o: PruneOptions):
 def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     """Run `minitron prune`. `progress(description, done, total)` reports long loops."""
     _validate_kind(o)
-    ckpt = open_checkpoint(o.model)
+    ckpt = open_checkpoint(o.model, fetch_weights=not o.dry_run)
     arch = ckpt.arch
     o.context_length = resolve_context(arch, o.context_length)
     o.seq_len = resolve_seq_len(o.seq_len, arch.max_position_embeddings)
