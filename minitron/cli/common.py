@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import traceback
@@ -23,6 +22,7 @@ import typer
 from rich.console import Console
 
 from minitron.errors import EXIT_UNEXPECTED, MinitronError
+from minitron.fmt import clean_floats, fmt_bytes, fmt_int, fmt_params  # noqa: F401 (re-exported to the commands)
 
 log = logging.getLogger("minitron")
 
@@ -155,17 +155,6 @@ def _default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def clean_floats(x):
-    """NaN/inf are not JSON: they become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: clean_floats(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean_floats(v) for v in x]
-    return x
-
-
 def to_json(doc) -> str:
     return json.dumps(clean_floats(doc), indent=2, default=_default, allow_nan=False)
 
@@ -174,28 +163,6 @@ def emit_json(doc) -> None:
     """The one JSON document of a `--json` run, on stdout."""
     sys.stdout.write(to_json(doc) + "\n")
     sys.stdout.flush()
-
-
-def fmt_int(n: int | None) -> str:
-    return "—" if n is None else f"{n:,}"
-
-
-def fmt_params(n: int | float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
-def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 # ---------------------------------------------------------------------- shared option types

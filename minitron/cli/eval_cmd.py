@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import (
-    RevisionOpt,
-    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
     OverwriteOpt,
+    RevisionOpt,
     SeqLenOpt,
     SequencesOpt,
     StateDtypeOpt,
@@ -21,6 +20,7 @@ from minitron.cli.common import (
     emit_json,
     info,
     stdout,
+    with_revision,
 )
 from minitron.cli.progress import Progress
 

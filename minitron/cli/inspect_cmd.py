@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 
 from minitron.cli.common import (
-    RevisionOpt,
-    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
+    RevisionOpt,
     SequencesOpt,
     StateDtypeOpt,
     command,
@@ -23,6 +22,7 @@ from minitron.cli.common import (
     fmt_params,
     renamed,
     stdout,
+    with_revision,
 )
 from minitron.memory import GPU_PRESETS, describe_memory, make_budget
 from minitron.models.describe import describe

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import (
-    RevisionOpt,
-    with_revision,
     ContextOpt,
     JsonOpt,
     MemoryDtypeOpt,
     OverwriteOpt,
+    RevisionOpt,
     SeqLenOpt,
     SequencesOpt,
     StateDtypeOpt,
@@ -24,6 +23,7 @@ from minitron.cli.common import (
     fmt_params,
     renamed,
     stdout,
+    with_revision,
 )
 from minitron.cli.progress import PRUNE_UNITS, Progress
 from minitron.memory import GPU_PRESETS, describe_memory

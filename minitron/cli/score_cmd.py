@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import RevisionOpt, with_revision, JsonOpt, OverwriteOpt, command, emit_json, info, stdout
+from minitron.cli.common import (
+    JsonOpt,
+    OverwriteOpt,
+    RevisionOpt,
+    command,
+    emit_json,
+    info,
+    stdout,
+    with_revision,
+)
 from minitron.cli.progress import Progress
 
 

@@ -128,7 +128,7 @@ class RunDir:
 
     # -- metrics
     def append_metrics(self, record: dict) -> None:
-        from minitron.cli.common import clean_floats
+        from minitron.fmt import clean_floats
 
         with open(self.metrics, "a") as f:
             f.write(json.dumps(clean_floats(record)) + "\n")

@@ -32,6 +32,7 @@ class DistillOptions:
     tokens: int | None = None  # alternative to train.steps (steps = ceil(tokens / (global x seq_len)))
     seq_len: int | None = None  # None: min(2048, the models' max_position_embeddings)
     max_shard_size: str | int = "5GB"  # largest output shard (a size: 5GB, 500MiB, bytes)
+    teacher_spec: str | None = None  # --teacher as given (set by prepare)
     eval_data: list[Path] = field(default_factory=list)
     eval_samples: int | None = None  # at most this many eval blocks (default: all of --eval-data, or 16 train blocks)
     text_field: str = "text"
@@ -116,6 +117,7 @@ def prepare(opts: DistillOptions) -> Prepared:
     from minitron.models.checkpoint import resolve_device
 
     opts.out = Path(opts.out)
+    opts.teacher_spec = str(opts.teacher)  # as named (a hub id names the card's base_model)
     opts.teacher = resolve_model_path(opts.teacher, weights=True, flag="--teacher")  # directory, bundled or hub id
     opts.student = resolve_model_path(opts.student, weights=True, flag="--student")
     world = dist.world_size()
@@ -273,6 +275,7 @@ def _full_state_dict(trainer):
 def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
     """The student as a Hugging Face directory (in the student checkpoint's dtype) + tokenizer +
     metrics.jsonl + minitron.json, renamed into place in one step."""
+    from minitron import card
     from minitron.data import data_fingerprints
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
     from minitron.models.checkpoint import copy_side_files, torch_dtype
@@ -295,6 +298,8 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
                   "data": data_fingerprints(opts.data),
                   "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
         write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
+        card.write(tmp, card.for_distilled(opts.teacher_spec or opts.teacher, opts.out, p.teacher_ckpt,
+                                           p.student_ckpt, summary))
 
 
 def _set_config_dtype(cfg: Path, dtype) -> None:

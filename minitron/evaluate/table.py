@@ -75,7 +75,7 @@ def task_columns(doc: dict) -> list[tuple[str, str]]:
 
 
 def render(doc: dict, console: Console) -> None:
-    from minitron.cli.common import fmt_bytes, fmt_params
+    from minitron.fmt import fmt_bytes, fmt_params
 
     models = doc["models"]
     has = {k: any(m.get(k) is not None for m in models) for k in ("loss", "kl", "throughput", "memory")}

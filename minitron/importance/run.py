@@ -116,7 +116,7 @@ def streaming_activation_bytes(arch, n_samples: int, seq_len: int, dtype_bytes: 
 
 def _check_streaming_memory(p: Prepared, free: int) -> None:
     from minitron import distributed
-    from minitron.cli.common import fmt_bytes
+    from minitron.fmt import fmt_bytes
 
     n = len(distributed.shard_range(p.tokens.shape[0]))
     need = streaming_activation_bytes(p.arch, n, p.opts.seq_len, p.tokens.new_empty(0, dtype=p.dtype).element_size(),

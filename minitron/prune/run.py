@@ -336,6 +336,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress
 def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None:
     import json
 
+    from minitron import card
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
     from minitron.prune.stream import prune_checkpoint
 
@@ -351,6 +352,7 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
                   "scores": _scores_provenance(o.scores)}
         options = {k: v for k, v in vars(o).items() if k not in ("budget", "shape")}
         options["shape"] = asdict(o.shape)
+        card.write(tmp, card.for_pruned(o.model, o.out, ckpt, doc))
         write_provenance(tmp, "prune", options, inputs=inputs,
                          result={**{k: v for k, v in doc.items() if k != "candidates"},
                                  "candidates": doc.get("candidates", [])[:50], "indices": plan.indices()})
@@ -364,3 +366,4 @@ def _scores_provenance(scores: Path | None) -> dict | None:
 
     root = Path(scores).resolve()
     return {"path": str(root), "sha256": {f.name: file_sha256(f) for f in sorted(root.iterdir()) if f.is_file()}}
+
