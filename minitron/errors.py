@@ -18,7 +18,7 @@ class MinitronError(Exception):
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, flag: str | None = None):
-        self.flag = flag
+        self.flag, self.message = flag, message
         super().__init__(f"{flag}: {message}" if flag else message)
 
 

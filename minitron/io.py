@@ -173,10 +173,17 @@ def release_output(dest: str | Path, *, failed: bool = False) -> None:
                 d.rmdir()
 
 
-def release_outputs(*, failed: bool = False) -> None:
-    """Release every claim of this process (the CLI calls this when a command ends)."""
+def held_outputs() -> frozenset[Path]:
+    """The destinations this process holds claims on now."""
+    return frozenset(_claims)
+
+
+def release_outputs(*, failed: bool = False, keep: frozenset[Path] = frozenset()) -> None:
+    """Release this process's claims but those in `keep` (the CLI calls this when a command ends:
+    a command run inside `minitron run` releases its own claims, not the run's)."""
     for real in list(_claims):
-        release_output(real, failed=failed)
+        if real not in keep:
+            release_output(real, failed=failed)
 
 
 @contextlib.contextmanager

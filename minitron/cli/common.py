@@ -31,6 +31,7 @@ class _State:
     verbose: int = 0
     quiet: bool = False
     json: bool = False  # the running command was given --json: errors are JSON documents too
+    raise_errors: bool = False  # `minitron run` calls commands in-process and reports their errors itself
 
 
 state = _State()
@@ -123,9 +124,10 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from minitron.io import release_outputs
+        from minitron.io import held_outputs, release_outputs
 
         state.json = bool(kwargs.get("json_out"))
+        held_before = held_outputs()
         ok = False
         try:
             result = fn(*args, **kwargs)
@@ -138,9 +140,11 @@ def command(fn):
             report_error("interrupted", 130)
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
+            if state.raise_errors:
+                raise
             raise fail(err) from None
         finally:
-            release_outputs(failed=not ok)
+            release_outputs(failed=not ok, keep=held_before)
 
     return wrapper
 
