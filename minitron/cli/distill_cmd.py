@@ -46,6 +46,7 @@ def command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished run in <out>.partial/ instead of resuming it.")] = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    teacher_logits: Annotated[Path | None, typer.Option("--teacher-logits", help="Cached teacher logits (from `minitron teacher-logits`): train on them without loading the teacher; --teacher is still checked against the cache.")] = None,
 ):
     """Distil a student from a teacher on the teacher's logits (Minitron: forward KL, T = 1).
 
@@ -80,7 +81,7 @@ def command(
         teacher=teacher, student=student, data=list(data), out=out, train=cfg, tokens=tokens, seq_len=seq_len,
         eval_data=list(eval_data or []), eval_samples=eval_samples, text_field=text_field, save_every=save_every,
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
-        overwrite=overwrite, restart=restart,
+        overwrite=overwrite, restart=restart, teacher_logits=teacher_logits,
     )  # fmt: skip
     from minitron.models.checkpoint import resolve_device
 

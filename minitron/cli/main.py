@@ -56,10 +56,10 @@ def _root(
 
 
 # Each command lives in its own module `minitron.cli.<name>` exposing `command` (and optionally `NAME`).
-COMMANDS = ("inspect", "score", "prune", "distill", "eval", "demo")
+COMMANDS = ("inspect", "score", "prune", "distill", "teacher-logits", "eval", "demo")
 for _name in COMMANDS:
-    if importlib.util.find_spec(f"minitron.cli.{_name}_cmd") is not None:
-        _mod = importlib.import_module(f"minitron.cli.{_name}_cmd")
+    if importlib.util.find_spec(f"minitron.cli.{_name.replace('-', '_')}_cmd") is not None:
+        _mod = importlib.import_module(f"minitron.cli.{_name.replace('-', '_')}_cmd")
         app.command(_name, help=_mod.command.__doc__, no_args_is_help=getattr(_mod, "NO_ARGS_IS_HELP", True))(
             _mod.command
         )

@@ -41,6 +41,7 @@ class DistillOptions:
     fsdp: bool = False
     overwrite: bool = False
     restart: bool = False
+    teacher_logits: Path | None = None  # a `minitron teacher-logits` cache: train without loading the teacher
 
 
 # ---------------------------------------------------------------------- validation
@@ -106,6 +107,8 @@ class Prepared:
     dtype: str
     run_dir: RunDir
     identity: dict
+    cache: object = None  # TeacherLogits when --teacher-logits
+    eval_split: str = "train"
 
 
 def prepare(opts: DistillOptions) -> Prepared:
@@ -150,24 +153,42 @@ def prepare(opts: DistillOptions) -> Prepared:
     max_pos = min(t_ckpt.arch.max_position_embeddings or 1 << 30, s_ckpt.arch.max_position_embeddings or 1 << 30)
     train_blocks = load_blocks(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
                                max_positions=max_pos)  # fmt: skip
+    eval_all = None
     if opts.eval_data:
-        eval_blocks = load_blocks(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
-                                  flag="--eval-data", max_positions=max_pos)  # fmt: skip
-        eval_blocks, source = eval_blocks[: opts.eval_samples or eval_blocks.shape[0]], "eval-data"
+        eval_all = load_blocks(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
+                               flag="--eval-data", max_positions=max_pos)  # fmt: skip
+        eval_blocks, source = eval_all[: opts.eval_samples or eval_all.shape[0]], "eval-data"
     else:  # no held-out data: report figures on the first training blocks (recorded as such)
         eval_blocks, source = train_blocks[: opts.eval_samples or 16], "train"
+    cache, eval_split = None, "train"
+    if opts.teacher_logits is not None:
+        from minitron.distill.cache_run import open_for_distill
+
+        opts.teacher_logits = Path(opts.teacher_logits)
+        cache, train_blocks, eval_blocks, eval_split = open_for_distill(
+            opts.teacher_logits, teacher=opts.teacher, tokenizer=tok, vocab_size=s_ckpt.arch.vocab_size,
+            seq_len=opts.seq_len, data=opts.data, train_blocks=train_blocks, eval_data=opts.eval_data,
+            eval_blocks=eval_all, eval_samples=opts.eval_samples, temperature=opts.train.temperature,
+            top_k=opts.train.top_k, steps=opts.train.steps, global_batch=opts.train.global_batch_size)  # fmt: skip
 
     run_dir = RunDir(run_dir_for(opts.out))
     identity = {
         "teacher": model_fingerprint(opts.teacher), "student": model_fingerprint(opts.student),
         "data": [d["sha256"] for d in data_fingerprints(opts.data)], "seq_len": opts.seq_len,
         "fsdp": opts.fsdp,  # FSDP checkpoints key the optimiser state by name, plain ones by index
+        **({"teacher_logits": _cache_identity(cache)} if cache is not None else {}),
         **{k: v for k, v in opts.train.to_dict().items() if k not in ("eval_every", "eval_batch_size")},
     }  # fmt: skip
     if not opts.restart:
         run_dir.check_resumable(identity)
     return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train_blocks, eval_blocks, source, device, dtype, run_dir,
-                    identity)  # fmt: skip
+                    identity, cache, eval_split)  # fmt: skip
+
+
+def _cache_identity(cache) -> str:
+    from minitron.io import file_sha256
+
+    return file_sha256(cache.path / "index.json")[:16]
 
 
 # ---------------------------------------------------------------------- models
@@ -177,7 +198,12 @@ def load_models(p: Prepared):
 
     from minitron.models.checkpoint import load_model
 
-    teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
+    if p.cache is not None:  # cached teacher logits: no teacher model at all
+        from minitron.distill.teacher import CachedTeacher
+
+        teacher = CachedTeacher(p.cache, p.eval_split)
+    else:
+        teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
     student = load_model(p.opts.student, dtype="fp32", device="cpu" if p.opts.fsdp else p.device)
     if p.opts.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -185,7 +211,7 @@ def load_models(p: Prepared):
     if p.opts.fsdp:
         from minitron.distill.parallel import fsdp_wrap
 
-        return fsdp_wrap(teacher, p.device), fsdp_wrap(student, p.device)
+        return (teacher if p.cache is not None else fsdp_wrap(teacher, p.device)), fsdp_wrap(student, p.device)
     if dist.world_size() > 1:
         ids = [torch.device(p.device).index] if p.device.startswith("cuda") else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
@@ -249,7 +275,8 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     summary.update({"out_dir": str(opts.out), "resumed_from": resumed_from, "eval_source": p.eval_source,
                     "world_size": dist.world_size(), "wall_time_s": time.perf_counter() - t0,
                     "seq_len": p.train_blocks.shape[1], "global_batch_size": opts.train.global_batch_size,
-                    "loss_kind": opts.train.loss})  # fmt: skip
+                    "loss_kind": opts.train.loss,
+                    "teacher_logits": str(opts.teacher_logits) if opts.teacher_logits else None})  # fmt: skip
     if main:
         _write_output(p, unwrap(student), summary, final_sd)
         p.run_dir.remove()
@@ -287,6 +314,9 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
                   "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
                   "data": data_fingerprints(opts.data),
                   "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
+        if p.cache is not None:
+            inputs["teacher_logits"] = {"path": str(opts.teacher_logits), "index_sha256": _cache_identity(p.cache),
+                                        "k": p.cache.k, "bytes_per_token": p.cache.bytes_per_token}  # fmt: skip
         write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
 
 
