@@ -55,7 +55,7 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
     `on_progress(split, done_blocks, total_blocks)` is called after every micro-batch."""
     import json
 
-    from minitron.data import data_fingerprints, load_blocks
+    from minitron.data import data_fingerprints, load_dataset, parse_data_specs
     from minitron.distill.run import _compute_dtype, _open_model_dir, _tokenizer
     from minitron.io import atomic_output_dir, check_output_dir, model_fingerprint, write_provenance
     from minitron.memory import parse_size
@@ -79,14 +79,14 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
         raise InputError(f"{o.model} has no tokenizer files", flag="MODEL")
     check_output_dir(o.out, overwrite=o.overwrite, inputs=[o.model])
     max_pos = ckpt.arch.max_position_embeddings
-    train = load_blocks(o.data, tok, seq_len=o.seq_len, text_field=o.text_field, flag="--data", max_positions=max_pos)
+    train = load_dataset(o.data, tok, seq_len=o.seq_len, text_field=o.text_field, flag="--data", max_positions=max_pos)
     if o.tokens is not None:
-        train = train[: math.ceil(o.tokens / o.seq_len)]
+        train = train.take(math.ceil(o.tokens / o.seq_len))
     splits = {"train": (train, o.data)}
     if o.eval_data:
-        ev = load_blocks(o.eval_data, tok, seq_len=o.seq_len, text_field=o.text_field, flag="--eval-data",
-                         max_positions=max_pos)  # fmt: skip
-        splits["eval"] = (ev[: o.eval_samples or ev.shape[0]], o.eval_data)
+        ev = load_dataset(o.eval_data, tok, seq_len=o.seq_len, text_field=o.text_field, flag="--eval-data",
+                          max_positions=max_pos)  # fmt: skip
+        splits["eval"] = (ev.take(o.eval_samples or ev.blocks.shape[0]), o.eval_data)
     device = resolve_device(o.device)
     dtype = _compute_dtype(o.dtype, device)
     vocab = int(ckpt.arch.vocab_size)
@@ -102,7 +102,9 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
     t0 = time.perf_counter()
     with atomic_output_dir(o.out, overwrite=o.overwrite) as tmp:
         meta["splits"] = {}
-        for name, (blocks, paths) in splits.items():
+        for name, (ds, specs) in splits.items():
+            blocks = ds.blocks
+
             def progress(done, name=name, total=blocks.shape[0]):
                 if on_progress:
                     on_progress(name, done, total)
@@ -111,7 +113,9 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
                                 logp_dtype=o.logprob_dtype, micro_batch_size=o.micro_batch_size,
                                 shard_bytes=shard_bytes, device=device, autocast_dtype=dtype,
                                 chunk_size=o.chunk_size, on_batch=progress)  # fmt: skip
-            entry["data"] = [d["sha256"] for d in data_fingerprints(paths)]
+            entry["data"] = [d["sha256"] for d in data_fingerprints(parse_data_specs(specs)[0])]
+            entry["masks_sha256"] = None if ds.masks is None else blocks_fingerprint(ds.masks)
+            entry["weights"] = ds.weights
             meta["splits"][name] = entry
         wall = time.perf_counter() - t0
         tokens = sum(s["tokens"] for s in meta["splits"].values())
@@ -123,24 +127,24 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
                    "tokens_per_second": tokens / wall if wall else None}  # fmt: skip
         options = {k_: v for k_, v in vars(o).items()}
         inputs = {"teacher": {"path": str(o.model), "fingerprint": meta["teacher"]},
-                  "data": data_fingerprints(o.data),
-                  "eval_data": data_fingerprints(o.eval_data) if o.eval_data else []}  # fmt: skip
+                  "data": data_fingerprints(parse_data_specs(o.data)[0]),
+                  "eval_data": data_fingerprints(parse_data_specs(o.eval_data)[0]) if o.eval_data else []}  # fmt: skip
         write_provenance(tmp, "teacher-logits", options, inputs=inputs,
                          result=summary | {k_: v for k_, v in meta.items() if k_ != "splits"})  # fmt: skip
     return summary
 
 
 # ---------------------------------------------------------------------- distill --teacher-logits
-def open_for_distill(path: Path, *, teacher: Path, tokenizer, vocab_size: int, seq_len: int, data: list[Path],
-                     train_blocks, eval_data: list[Path], eval_blocks, eval_samples: int | None, temperature: float,
-                     top_k: int | None, steps: int, global_batch: int):  # fmt: skip
-    """Open and check a cache against the distillation asked for; returns (cache, train, eval blocks).
+def open_for_distill(path: Path, *, teacher: Path, tokenizer, vocab_size: int, seq_len: int, data: list, train,
+                     eval_data: list, eval_all, eval_samples: int | None, temperature: float, top_k: int | None,
+                     steps: int, global_batch: int):  # fmt: skip
+    """Open and check a cache against the distillation asked for; returns (cache, train, evals, eval split).
 
-    The training blocks become the cached ones (the first `blocks` of the data); evaluation uses the
-    cache's eval split with `--eval-data` (`eval_blocks`: all of that data's blocks), else the first
-    `eval_samples` (16) cached training blocks, as without a cache.
+    `train`, `eval_all`: `minitron.data.Dataset`s of --data and --eval-data. Training uses the cached
+    blocks (the first `blocks` of the data); evaluation the cache's eval split with `--eval-data`,
+    else the first `eval_samples` (16) cached training blocks, as without a cache.
     """
-    from minitron.data import data_fingerprints
+    from minitron.data import data_fingerprints, mix_eval, parse_data_specs
     from minitron.io import model_fingerprint
 
     cache = TeacherLogits(path)
@@ -157,27 +161,37 @@ def open_for_distill(path: Path, *, teacher: Path, tokenizer, vocab_size: int, s
                          f"{temperature}", flag=FLAG)  # fmt: skip
     if top_k is not None and top_k != cache.k:
         raise InputError(f"{where} holds the top-{cache.k}; drop --top-k or give --top-k {cache.k}", flag=FLAG)
-    train = cache.splits["train"]
-    if train.data != [d["sha256"] for d in data_fingerprints(data)]:
+    split = cache.splits["train"]
+    if split.data != [d["sha256"] for d in data_fingerprints(parse_data_specs(data)[0])]:
         raise InputError(f"{where} was made from other --data files (their sha256 differ)", flag=FLAG)
-    n = train.blocks
-    if train_blocks.shape[0] < n or blocks_fingerprint(train_blocks[:n]) != train.tokens_sha256:
-        raise InputError(f"{where}: its token blocks differ from this data's (another --text-field or packing?)",
-                         flag=FLAG)  # fmt: skip
+    n = split.blocks
+    if not _same_blocks(split, train, n):
+        raise InputError(f"{where}: its token blocks differ from this data's (another --text-field, mix or chat "
+                         "template?)", flag=FLAG)  # fmt: skip
     need = steps * global_batch
-    if need > n:
+    if train.weights is not None:  # a mix samples every source by weight, over its own epochs
+        if n != train.blocks.shape[0]:
+            raise InputError(f"{where} holds {n} of the mix's {train.blocks.shape[0]} blocks; a weighted mix needs "
+                             "them all (write the cache without --tokens)", flag=FLAG)  # fmt: skip
+    elif need > n:
         raise InputError(f"{where} holds {n} blocks ({n * seq_len:,} tokens) but {steps} steps x {global_batch} "
                          f"blocks need {need}; it covers {n // global_batch} steps (lower --steps/--tokens or "
                          "cache more data)", flag=FLAG)  # fmt: skip
-    train_blocks = train_blocks[:n]
+    train = train.take(n)
     if eval_data:
         ev = cache.splits.get("eval")
         if ev is None:
             raise InputError(f"{where} has no eval split; write it with `teacher-logits --eval-data`", flag=FLAG)
-        if ev.data != [d["sha256"] for d in data_fingerprints(eval_data)] or eval_blocks.shape[0] < ev.blocks \
-                or blocks_fingerprint(eval_blocks[: ev.blocks]) != ev.tokens_sha256:  # fmt: skip
+        if ev.data != [d["sha256"] for d in data_fingerprints(parse_data_specs(eval_data)[0])] \
+                or not _same_blocks(ev, eval_all, ev.blocks):  # fmt: skip
             raise InputError(f"{where}: its eval split was made from other --eval-data", flag=FLAG)
-        eval_blocks, eval_split = eval_blocks[: min(ev.blocks, eval_samples or ev.blocks)], "eval"
-    else:
-        eval_blocks, eval_split = train_blocks[: eval_samples or 16], "train"
-    return cache, train_blocks, eval_blocks, eval_split
+        return cache, train, eval_all.take(min(ev.blocks, eval_samples or ev.blocks)), "eval"
+    return cache, train, mix_eval(train, eval_samples or 16), "train"
+
+
+def _same_blocks(split, ds, n: int) -> bool:
+    """Do the first `n` blocks (and loss masks) of dataset `ds` equal those the split was made from?"""
+    if ds.blocks.shape[0] < n or blocks_fingerprint(ds.blocks[:n]) != split.tokens_sha256:
+        return False
+    masks = None if ds.masks is None else blocks_fingerprint(ds.masks[:n])
+    return masks == split.masks_sha256

@@ -136,6 +136,7 @@ class Split:
     tokens_sha256: str
     data: list  # sha256 of each data file, in order
     shards: list  # [{"file", "start", "blocks"}]
+    masks_sha256: str | None = None  # the loss masks of chat data (None: every token counts)
 
 
 class TeacherLogits:
@@ -159,8 +160,8 @@ class TeacherLogits:
         self.meta = doc
         self.k, self.tail, self.seq_len = int(doc["k"]), bool(doc["tail"]), int(doc["seq_len"])
         self.vocab_size, self.temperature = int(doc["vocab_size"]), float(doc["temperature"])
-        self.splits = {name: Split(name, int(s["blocks"]), s["tokens_sha256"], list(s["data"]), list(s["shards"]))
-                       for name, s in doc["splits"].items()}  # fmt: skip
+        self.splits = {name: Split(name, int(s["blocks"]), s["tokens_sha256"], list(s["data"]), list(s["shards"]),
+                                   s.get("masks_sha256")) for name, s in doc["splits"].items()}  # fmt: skip
         self._handles: dict = {}
         for split in self.splits.values():
             self._check_shards(split)

@@ -109,11 +109,13 @@ class Prepared:
     identity: dict
     cache: object = None  # TeacherLogits when --teacher-logits
     eval_split: str = "train"
+    train: object = None  # minitron.data.Dataset (blocks, loss masks, sources, mix weights)
+    evals: object = None
 
 
 def prepare(opts: DistillOptions) -> Prepared:
     """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
-    from minitron.data import data_fingerprints, load_blocks
+    from minitron.data import data_fingerprints, load_dataset, mix_eval
     from minitron.io import check_output_dir, model_fingerprint
     from minitron.models.checkpoint import resolve_device
 
@@ -151,38 +153,46 @@ def prepare(opts: DistillOptions) -> Prepared:
     check_output_dir(opts.out, overwrite=opts.overwrite, inputs=[opts.teacher, opts.student])
 
     max_pos = min(t_ckpt.arch.max_position_embeddings or 1 << 30, s_ckpt.arch.max_position_embeddings or 1 << 30)
-    train_blocks = load_blocks(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
-                               max_positions=max_pos)  # fmt: skip
+    train = load_dataset(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
+                         max_positions=max_pos)  # fmt: skip
     eval_all = None
     if opts.eval_data:
-        eval_all = load_blocks(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
-                               flag="--eval-data", max_positions=max_pos)  # fmt: skip
-        eval_blocks, source = eval_all[: opts.eval_samples or eval_all.shape[0]], "eval-data"
+        eval_all = load_dataset(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
+                                flag="--eval-data", max_positions=max_pos)  # fmt: skip
+        evals, source = mix_eval(eval_all, opts.eval_samples), "eval-data"
     else:  # no held-out data: report figures on the first training blocks (recorded as such)
-        eval_blocks, source = train_blocks[: opts.eval_samples or 16], "train"
+        evals, source = mix_eval(train, opts.eval_samples or 16), "train"
     cache, eval_split = None, "train"
     if opts.teacher_logits is not None:
         from minitron.distill.cache_run import open_for_distill
 
         opts.teacher_logits = Path(opts.teacher_logits)
-        cache, train_blocks, eval_blocks, eval_split = open_for_distill(
+        cache, train, evals, eval_split = open_for_distill(
             opts.teacher_logits, teacher=opts.teacher, tokenizer=tok, vocab_size=s_ckpt.arch.vocab_size,
-            seq_len=opts.seq_len, data=opts.data, train_blocks=train_blocks, eval_data=opts.eval_data,
-            eval_blocks=eval_all, eval_samples=opts.eval_samples, temperature=opts.train.temperature,
-            top_k=opts.train.top_k, steps=opts.train.steps, global_batch=opts.train.global_batch_size)  # fmt: skip
+            seq_len=opts.seq_len, data=opts.data, train=train, eval_data=opts.eval_data, eval_all=eval_all,
+            eval_samples=opts.eval_samples, temperature=opts.train.temperature, top_k=opts.train.top_k,
+            steps=opts.train.steps, global_batch=opts.train.global_batch_size)  # fmt: skip
 
     run_dir = RunDir(run_dir_for(opts.out))
     identity = {
         "teacher": model_fingerprint(opts.teacher), "student": model_fingerprint(opts.student),
-        "data": [d["sha256"] for d in data_fingerprints(opts.data)], "seq_len": opts.seq_len,
+        "data": [d["sha256"] for d in data_fingerprints(data_paths(opts.data))], "seq_len": opts.seq_len,
+        "data_weights": train.weights,
         "fsdp": opts.fsdp,  # FSDP checkpoints key the optimiser state by name, plain ones by index
         **({"teacher_logits": _cache_identity(cache)} if cache is not None else {}),
         **{k: v for k, v in opts.train.to_dict().items() if k not in ("eval_every", "eval_batch_size")},
     }  # fmt: skip
     if not opts.restart:
         run_dir.check_resumable(identity)
-    return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train_blocks, eval_blocks, source, device, dtype, run_dir,
-                    identity, cache, eval_split)  # fmt: skip
+    return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train.blocks, evals.blocks, source, device, dtype, run_dir,
+                    identity, cache, eval_split, train, evals)  # fmt: skip
+
+
+def data_paths(specs) -> list[Path]:
+    """The files of `--data` specs (`path` or `path:weight`)."""
+    from minitron.data import parse_data_specs
+
+    return parse_data_specs(specs)[0]
 
 
 def _cache_identity(cache) -> str:
@@ -239,7 +249,11 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
 
     torch.manual_seed(opts.train.seed)
     teacher, student = load_models(p)
-    trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp)
+    from minitron.distill.sampling import Mix
+
+    order = Mix(p.train.sources, p.train.weights, opts.train.seed) if p.train.weights else None
+    trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp,
+                      train_masks=p.train.masks, eval_masks=p.evals.masks, order=order)  # fmt: skip
     resumed_from = None
     latest = p.run_dir.latest()
     if latest is not None:
@@ -312,8 +326,8 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
         options = {k: v for k, v in vars(opts).items() if k != "train"} | {"train": opts.train.to_dict()}
         inputs = {"teacher": {"path": str(opts.teacher), "fingerprint": model_fingerprint(opts.teacher)},
                   "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
-                  "data": data_fingerprints(opts.data),
-                  "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
+                  "data": data_fingerprints(data_paths(opts.data)), "data_weights": p.train.weights,
+                  "eval_data": data_fingerprints(data_paths(opts.eval_data)) if opts.eval_data else []}  # fmt: skip
         if p.cache is not None:
             inputs["teacher_logits"] = {"path": str(opts.teacher_logits), "index_sha256": _cache_identity(p.cache),
                                         "k": p.cache.k, "bytes_per_token": p.cache.bytes_per_token}  # fmt: skip

@@ -23,7 +23,7 @@ import torch
 
 from minitron import distributed as dist
 from minitron.distill.losses import DEFAULT_CHUNK, check_kind, lm_loss
-from minitron.distill.sampling import rank_micro_batches, step_indices
+from minitron.distill.sampling import Mix, Uniform, rank_micro_batches
 from minitron.distill.schedule import SCHEDULES, Schedule
 from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the stable import path)
     ResidentTeacher,
@@ -141,9 +141,10 @@ class Trainer:
 
     def __init__(self, teacher, student, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None,
                  cfg: TrainConfig, *, device: str = "cpu", fsdp: bool = False, train_masks: torch.Tensor | None = None,
-                 eval_masks: torch.Tensor | None = None):  # fmt: skip
+                 eval_masks: torch.Tensor | None = None, order=None):  # fmt: skip
         """`teacher`: a model (resident) or a `CachedTeacher`; `train_masks` / `eval_masks` [n, L] bool:
-        the tokens that count as targets (chat data: assistant tokens), None for all."""
+        the tokens that count as targets (chat data: assistant tokens), None for all; `order`: which
+        blocks each step reads (`sampling.Uniform` by default, `sampling.Mix` for a weighted mix)."""
         self.world, self.rank = dist.world_size(), dist.rank()
         self.cfg = cfg.validate(self.world)
         self.device, self.fsdp = device, fsdp
@@ -155,6 +156,7 @@ class Trainer:
         if train_blocks.shape[0] < 1:
             raise InputError("no training blocks", flag="--data")
         self.seq_len = int(train_blocks.shape[1])
+        self.order = order if order is not None else Uniform(int(train_blocks.shape[0]), self.cfg.seed)
         if self.teacher is not None:
             self.teacher.eval()
             for p in self.teacher.parameters():
@@ -229,14 +231,14 @@ class Trainer:
         g, L = self.cfg.global_batch_size, self.seq_len
         if self.train_masks is None:
             return g * L, g * (L - 1)
-        m = self.train_masks[step_indices(step, self.train_blocks.shape[0], g, self.cfg.seed)]
+        m = self.train_masks[self.order.indices(step, g)]
         return int(m[:, 1:].sum()), int(m[:, 1:].sum())
 
     def accumulate_gradients(self, step: int) -> torch.Tensor:
         """Forward and backward of this rank's micro-batches of optimiser step `step`; gradients are
         left in `.grad` (all-reduced over ranks). Returns this rank's [kd sum, ce sum] (fp64)."""
         cfg, g = self.cfg, self.cfg.global_batch_size
-        indices = step_indices(step, self.train_blocks.shape[0], g, cfg.seed)
+        indices = self.order.indices(step, g)
         micro = rank_micro_batches(indices, cfg.micro_batch_size, self.rank, self.world)
         kd_norm, ce_norm = self.norms(step)  # tokens of the whole global batch
         kd_norm, ce_norm = max(kd_norm, 1), max(ce_norm, 1)
@@ -285,6 +287,8 @@ class Trainer:
             m["loss"] = kd_mean + cfg.ce_weight * m["lm_loss"]
         if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0 and not self.source.cached:
             m["kl"] = kd_mean
+        if isinstance(self.order, Mix):  # the realised mix of the blocks read so far
+            m["mix"] = dict(zip(self.order.names, self.order.realised(self.step, g), strict=True))
         self.last_metrics = m
         return m
 
