@@ -42,6 +42,9 @@ class DistillOptions:
     overwrite: bool = False
     restart: bool = False
     teacher_logits: Path | None = None  # a `minitron teacher-logits` cache: train without loading the teacher
+    nproc: int | None = None  # the memory plan for this many devices (default: the processes of this run)
+    gpu: str | None = None  # a budget per device: a GPU preset of minitron.memory ...
+    memory_budget: str | None = None  # ... or a size; the run is refused (exit 3) when the plan does not fit
 
 
 # ---------------------------------------------------------------------- validation
@@ -145,6 +148,10 @@ def prepare(opts: DistillOptions) -> Prepared:
 
     t_ckpt = _open_model_dir(opts.teacher, "--teacher")
     s_ckpt = _open_model_dir(opts.student, "--student")
+    if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
+        from minitron.distill.plan_run import check_plan
+
+        check_plan(memory_plan(opts, t_ckpt, s_ckpt, device))
     t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
     check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok)
     tok, tok_dir = (s_tok, opts.student) if s_tok is not None else (t_tok, opts.teacher)
@@ -186,6 +193,28 @@ def prepare(opts: DistillOptions) -> Prepared:
         run_dir.check_resumable(identity)
     return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train.blocks, evals.blocks, source, device, dtype, run_dir,
                     identity, cache, eval_split, train, evals)  # fmt: skip
+
+
+def memory_plan(opts: DistillOptions, t_ckpt=None, s_ckpt=None, device: str | None = None) -> dict:
+    """The `--dry-run` document: the plan per device for 1 and N devices and the fit (no model loaded)."""
+    from minitron.distill.plan_run import plan_document
+
+    if t_ckpt is None:  # --dry-run: configs suffice (weights need not exist; bundled config names work)
+        t_ckpt, s_ckpt = _open_config(opts.teacher, "--teacher"), _open_config(opts.student, "--student")
+    return plan_document(opts, t_ckpt.arch, s_ckpt.arch, device=device)
+
+
+def _open_config(path, flag: str):
+    from minitron.assets import resolve_model_path
+    from minitron.models.checkpoint import open_checkpoint
+
+    path = resolve_model_path(path)
+    if not (Path(path) / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
+    try:
+        return open_checkpoint(path, require_weights=False, check=False)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None
 
 
 def data_paths(specs) -> list[Path]:
