@@ -112,3 +112,24 @@ def test_budget_is_checked_before_loading(tiny_model_dir, text_file, tmp_path):
     r = CliRunner().invoke(app, base_args(tiny_model_dir, student, text_file, out, "--steps", "1", "--memory-budget",
                                           "64GiB", "--json"))  # fmt: skip
     assert r.exit_code == 0, r.output
+
+
+def test_report_to_tensorboard_and_summary_plot(tiny_model_dir, text_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    student = make_pruned_student(tiny_model_dir, tmp_path / "s")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, base_args(tiny_model_dir, student, text_file, out, "--steps", "3", "--eval-every", "2",
+                                          "--report-to", "tensorboard", "--json"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and (out / "distill_summary.png").stat().st_size > 1000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_second", "train/kl", "eval/kl"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    r = CliRunner().invoke(app, base_args(tiny_model_dir, student, text_file, tmp_path / "o2", "--steps", "1",
+                                          "--report-to", "wandb"))  # fmt: skip
+    assert r.exit_code == 2 and r.stderr.strip().startswith("error: --report-to:")

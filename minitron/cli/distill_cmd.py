@@ -50,6 +50,7 @@ def command(
     nproc: Annotated[int | None, typer.Option("--nproc", help="Devices to plan for (default: the torchrun processes; --dry-run also shows 8).")] = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help="Budget per device: a GPU preset (a10g, l4, a100-80gb, h100-80gb, h200, ...); a run that does not fit is refused (exit 3).")] = None,
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Budget per device as a size (e.g. 80GiB); as --gpu.")] = None,
+    report_to: Annotated[str, typer.Option("--report-to", help="none or tensorboard (events in <out>.partial/tensorboard while running, then <out>/tensorboard); metrics.jsonl is always written.")] = "none",
     teacher_logits: Annotated[Path | None, typer.Option("--teacher-logits", help="Cached teacher logits (from `minitron teacher-logits`): train on them without loading the teacher; --teacher is still checked against the cache.")] = None,
 ):
     """Distil a student from a teacher on the teacher's logits (Minitron: forward KL, T = 1).
@@ -86,7 +87,7 @@ def command(
         eval_data=list(eval_data or []), eval_samples=eval_samples, text_field=text_field, save_every=save_every,
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
         overwrite=overwrite, restart=restart, teacher_logits=teacher_logits, nproc=nproc, gpu=gpu,
-        memory_budget=memory_budget,
+        memory_budget=memory_budget, report_to=report_to,
     )  # fmt: skip
     if dry_run:
         return _dry_run(opts, json_out)
@@ -143,8 +144,7 @@ def render(doc: dict) -> None:
 
 def _dry_run(opts, json_out: bool) -> None:
     """`--dry-run`: the memory plan (library: `minitron.distill.plan_run`), then exit 3 if it does not fit."""
-    from minitron.distill.plan_run import check_plan
-    from minitron.distill.run import memory_plan
+    from minitron.distill.plan_run import check_plan, memory_plan
 
     doc = memory_plan(opts)
     if json_out:

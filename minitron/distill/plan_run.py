@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from minitron import distributed as dist
 from minitron.distill.memory_plan import PlanInput, cheapest_fit, plan
-from minitron.errors import InfeasibleError, InputError
+from minitron.errors import InfeasibleError, InputError, MinitronError
 
 
 def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None) -> dict:
@@ -64,3 +64,25 @@ def check_plan(doc: dict) -> None:
     """Raise (exit 3) when the asked configuration does not fit the budget."""
     if doc["fits"] is False:
         raise InfeasibleError(infeasible_message(doc), flag="--memory-budget" if doc["budget"]["gpu"] is None else "--gpu")
+
+
+def memory_plan(opts: DistillOptions, t_ckpt=None, s_ckpt=None, device: str | None = None) -> dict:
+    """The `--dry-run` document: the plan per device for 1 and N devices and the fit (no model loaded)."""
+    if t_ckpt is None:  # --dry-run: configs suffice (weights need not exist; bundled config names work)
+        t_ckpt, s_ckpt = _open_config(opts.teacher, "--teacher"), _open_config(opts.student, "--student")
+    return plan_document(opts, t_ckpt.arch, s_ckpt.arch, device=device)
+
+
+def _open_config(path, flag: str):
+    from pathlib import Path
+
+    from minitron.assets import resolve_model_path
+    from minitron.models.checkpoint import open_checkpoint
+
+    path = resolve_model_path(path)
+    if not (Path(path) / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
+    try:
+        return open_checkpoint(path, require_weights=False, check=False)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None

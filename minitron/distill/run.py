@@ -45,6 +45,7 @@ class DistillOptions:
     nproc: int | None = None  # the memory plan for this many devices (default: the processes of this run)
     gpu: str | None = None  # a budget per device: a GPU preset of minitron.memory ...
     memory_budget: str | None = None  # ... or a size; the run is refused (exit 3) when the plan does not fit
+    report_to: str = "none"  # or "tensorboard" (events in <out>.partial/tensorboard, then <out>/tensorboard)
 
 
 # ---------------------------------------------------------------------- validation
@@ -142,6 +143,9 @@ def prepare(opts: DistillOptions) -> Prepared:
     device = dist.local_device(resolve_device(opts.device))
     dtype = _compute_dtype(opts.dtype, device)
     opts.train.autocast_dtype = None if dtype == "fp32" else dtype
+    from minitron.distill.reporting import check_report_to
+
+    check_report_to(opts.report_to)
     if opts.fsdp and world < 2:
         raise InputError("needs torchrun with at least 2 processes (torchrun --nproc-per-node N -m minitron ...)",
                          flag="--fsdp")  # fmt: skip
@@ -149,7 +153,7 @@ def prepare(opts: DistillOptions) -> Prepared:
     t_ckpt = _open_model_dir(opts.teacher, "--teacher")
     s_ckpt = _open_model_dir(opts.student, "--student")
     if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
-        from minitron.distill.plan_run import check_plan
+        from minitron.distill.plan_run import check_plan, memory_plan
 
         check_plan(memory_plan(opts, t_ckpt, s_ckpt, device))
     t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
@@ -193,28 +197,6 @@ def prepare(opts: DistillOptions) -> Prepared:
         run_dir.check_resumable(identity)
     return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train.blocks, evals.blocks, source, device, dtype, run_dir,
                     identity, cache, eval_split, train, evals)  # fmt: skip
-
-
-def memory_plan(opts: DistillOptions, t_ckpt=None, s_ckpt=None, device: str | None = None) -> dict:
-    """The `--dry-run` document: the plan per device for 1 and N devices and the fit (no model loaded)."""
-    from minitron.distill.plan_run import plan_document
-
-    if t_ckpt is None:  # --dry-run: configs suffice (weights need not exist; bundled config names work)
-        t_ckpt, s_ckpt = _open_config(opts.teacher, "--teacher"), _open_config(opts.student, "--student")
-    return plan_document(opts, t_ckpt.arch, s_ckpt.arch, device=device)
-
-
-def _open_config(path, flag: str):
-    from minitron.assets import resolve_model_path
-    from minitron.models.checkpoint import open_checkpoint
-
-    path = resolve_model_path(path)
-    if not (Path(path) / "config.json").is_file():
-        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
-    try:
-        return open_checkpoint(path, require_weights=False, check=False)
-    except MinitronError as e:
-        raise InputError(str(e), flag=flag) from None
 
 
 def data_paths(specs) -> list[Path]:
@@ -294,15 +276,25 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     elif main:
         p.run_dir.truncate_metrics(-1)
 
+    tb = None
+    if main and opts.report_to == "tensorboard":
+        from minitron.distill.reporting import TensorBoard
+
+        tb = TensorBoard(p.run_dir.path / "tensorboard")
+
     def on_step(m):
         if main:
             p.run_dir.append_metrics(m)
+            if tb:
+                tb.step(m)
         emit("step", m)
 
     def on_eval(step, ev):
         rec = {"step": step, "tokens": step * opts.train.global_batch_size * p.train_blocks.shape[1], "eval": ev}
         if main:
             p.run_dir.append_metrics(rec)
+            if tb:
+                tb.eval(rec)
         emit("eval", rec)
 
     def save():
@@ -314,6 +306,8 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     t0 = time.perf_counter()
     summary = trainer.train(on_step=on_step, on_eval=on_eval, save=save,
                             should_save=lambda s: opts.save_every > 0 and s % opts.save_every == 0)  # fmt: skip
+    if tb:
+        tb.close()
     final_sd = _full_state_dict(trainer) if opts.fsdp else None
     summary.update({"out_dir": str(opts.out), "resumed_from": resumed_from, "eval_source": p.eval_source,
                     "world_size": dist.world_size(), "wall_time_s": time.perf_counter() - t0,
@@ -352,6 +346,11 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
         copy_side_files(p.tokenizer_dir, Path(tmp))
         if p.run_dir.metrics.is_file():
             shutil.copy2(p.run_dir.metrics, Path(tmp) / "metrics.jsonl")
+            from minitron.distill.reporting import summary_plot
+
+            summary_plot(p.run_dir.metrics, Path(tmp) / "distill_summary.png", title=f"distill {opts.out.name}")
+        if (p.run_dir.path / "tensorboard").is_dir():
+            shutil.copytree(p.run_dir.path / "tensorboard", Path(tmp) / "tensorboard")
         options = {k: v for k, v in vars(opts).items() if k != "train"} | {"train": opts.train.to_dict()}
         inputs = {"teacher": {"path": str(opts.teacher), "fingerprint": model_fingerprint(opts.teacher)},
                   "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
