@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, fmt_bytes, fmt_int, progress, stdout
+from minitron.cli.common import (
+    JsonOpt,
+    OverwriteOpt,
+    command,
+    emit_json,
+    fmt_bytes,
+    fmt_int,
+    progress,
+    stdout,
+)
 
 
 @command

@@ -32,8 +32,6 @@ Masked tokens (padding, `mask == 0`) contribute nothing; a batch with no valid t
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -170,21 +168,17 @@ class _ChunkedDivergence(torch.autograd.Function):
                 if need_grad:
                     grad[a:b] = g
                 continue
-
-            def rows_of(x):
-                if c_ids is None:
-                    return _rows(x, teacher[a:b], kind, temperature, None) * m
-                return bins_rows(x, c_ids, c_log_p, kind, temperature) * m
-
-            if need_grad:
-                with torch.enable_grad():
+            with torch.enable_grad():
+                if need_grad:
                     s = s.requires_grad_(True)
-                    rows = rows_of(s)
+                if c_ids is None:
+                    rows = _rows(s, teacher[a:b], kind, temperature, None) * m
+                else:
+                    rows = bins_rows(s, c_ids, c_log_p, kind, temperature) * m
+                if need_grad:
                     (g,) = torch.autograd.grad(rows.sum(), s)
-                grad[a:b] = g
-                out[a:b] = rows.detach()
-            else:
-                out[a:b] = rows_of(s)
+                    grad[a:b] = g
+            out[a:b] = rows.detach()
         # Kept as an attribute, not with save_for_backward: the backward hands the buffer itself on
         # (scaled in place) and drops its own reference, so autograd can adopt it without a copy.
         ctx.grad = grad

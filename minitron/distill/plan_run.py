@@ -66,7 +66,7 @@ def check_plan(doc: dict) -> None:
         raise InfeasibleError(infeasible_message(doc), flag="--memory-budget" if doc["budget"]["gpu"] is None else "--gpu")
 
 
-def memory_plan(opts: DistillOptions, t_ckpt=None, s_ckpt=None, device: str | None = None) -> dict:
+def memory_plan(opts, t_ckpt=None, s_ckpt=None, device: str | None = None) -> dict:
     """The `--dry-run` document: the plan per device for 1 and N devices and the fit (no model loaded)."""
     if t_ckpt is None:  # --dry-run: configs suffice (weights need not exist; bundled config names work)
         t_ckpt, s_ckpt = _open_config(opts.teacher, "--teacher"), _open_config(opts.student, "--student")
