@@ -183,11 +183,13 @@ def test_cached_run_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, stu
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cached_ddp_two_processes_equal_one(tiny_model_dir, student_dir, text_file, cache16, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_cached_ddp_two_processes_equal_one(fsdp, tiny_model_dir, student_dir, text_file, cache16, tmp_path):
     args = ["--steps", "3", "--global-batch-size", "4", "--micro-batch-size", "2", "--teacher-logits", str(cache16),
             "--json"]  # fmt: skip
     r1 = run_cli(base_args(tiny_model_dir, student_dir, text_file, tmp_path / "one", *args))
-    r2 = run_cli(base_args(tiny_model_dir, student_dir, text_file, tmp_path / "two", *args), torchrun=2)
+    r2 = run_cli(base_args(tiny_model_dir, student_dir, text_file, tmp_path / "two", *args, *(["--fsdp"] if fsdp else [])),
+                 torchrun=2)  # fmt: skip
     assert r1.returncode == 0, r1.stderr
     assert r2.returncode == 0, r2.stderr[-3000:]
     d1, d2 = json.loads(r1.stdout), json.loads(r2.stdout)
