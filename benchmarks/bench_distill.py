@@ -2,6 +2,7 @@
 
   python benchmarks/bench_distill.py memory [--vocab 131072] [--tokens 1024] [--repeats 3]
   python benchmarks/bench_distill.py step [--vocab 4096] [--hidden 384] [--seq-len 256] [--batch 4] [--repeats 5]
+  python benchmarks/bench_distill.py cached [--top-k 64] [same options as step]
 
 memory: each variant runs in its own subprocess (peak RSS is per process). The inputs — student
 logits [tokens, vocab] fp32 requiring grad and teacher logits, as transformers' NemotronH returns
@@ -18,6 +19,12 @@ warm-up. The trainer's own work (loss forward + backward on logits of the same s
 AdamW) is also timed apart: `trainer_work_share` = its median ÷ (teacher + student). Ratio = step / (teacher +
 student); goal <= 1.10. Also the ratio of the per-kind minima (the least disturbed runs, for
 shared machines). tokens/s = tokens per step / median step time.
+
+cached: the same models and blocks. (1) Cache write (`logit_cache.write_split`: teacher forward +
+top-k + tail + safetensors shards) ÷ a plain teacher forward over the same blocks and micro-batches
+(goal <= 1.2). (2) A full trainer step with the resident teacher (full-vocabulary forward KL, and
+online --top-k) and with the cached top-k logits (no teacher model), interleaved; ratio cached ÷
+resident (goal <= 0.75). Medians of `--repeats` after one warm-up.
 """
 
 from __future__ import annotations
@@ -92,11 +99,9 @@ def bench_memory(args) -> dict:
             "inputs_mib": inputs / 2**20, "one_logits_tensor_mib": inputs / 2 / 2**20, "rows": rows}  # fmt: skip
 
 
-def bench_step(args) -> dict:
+def _models(args):
     import torch
 
-    from minitron.distill.losses import distill_loss
-    from minitron.distill.trainer import TrainConfig, Trainer
     from minitron.testing import build_model, tiny_config
 
     torch.set_num_threads(args.threads)
@@ -107,6 +112,95 @@ def bench_step(args) -> dict:
     teacher = build_model(tiny_config(hybrid_override_pattern=args.teacher_pattern, **common), seed=0)
     student = build_model(tiny_config(hybrid_override_pattern=args.student_pattern, **common), seed=1)
     blocks = torch.randint(3, args.vocab, (64, args.seq_len), generator=torch.Generator().manual_seed(0))
+    return teacher, student, blocks
+
+
+def _config(args, teacher, student) -> dict:
+    return {"vocab": args.vocab, "hidden": args.hidden, "teacher": args.teacher_pattern,
+            "student": args.student_pattern, "seq_len": args.seq_len, "batch": args.batch, "threads": args.threads,
+            "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "student_params": sum(p.numel() for p in student.parameters())}  # fmt: skip
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_cached(args) -> dict:
+    import copy
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from minitron.distill.logit_cache import TeacherLogits, write_split
+    from minitron.distill.trainer import TrainConfig, Trainer
+
+    teacher, student, blocks = _models(args)
+    work = Path(tempfile.mkdtemp(prefix="minitron-bench-cache-"))
+    write_blocks = blocks[: 4 * args.batch]
+
+    def plain_forward():
+        with torch.no_grad():
+            for a in range(0, write_blocks.shape[0], args.batch):
+                teacher(input_ids=write_blocks[a : a + args.batch], use_cache=False).logits  # noqa: B018
+
+    def write(dest):
+        dest.mkdir()
+        write_split(teacher, write_blocks, dest, "train", k=args.top_k, micro_batch_size=args.batch)
+
+    plain_forward()
+    write(work / "warm")
+    times = {"teacher_forward_blocks": [], "cache_write_blocks": []}
+    for r in range(args.repeats):
+        times["teacher_forward_blocks"].append(_timed(plain_forward))
+        times["cache_write_blocks"].append(_timed(lambda r=r: write(work / f"w{r}")))
+    # the cache the cached trainer reads: every block
+    full = work / "cache"
+    full.mkdir()
+    entry = write_split(teacher, blocks, full, "train", k=args.top_k, micro_batch_size=args.batch)
+    meta = {"format": "minitron-teacher-logits/1", "k": entry["k"], "tail": entry["tail"], "vocab_size": args.vocab,
+            "seq_len": args.seq_len, "temperature": 1.0, "bytes_per_token": 4 * entry["k"] + 4 * (entry["k"] + 1),
+            "splits": {"train": entry | {"data": []}}}  # fmt: skip
+    (full / "index.json").write_text(json.dumps(meta))
+    from minitron.distill.teacher import CachedTeacher
+
+    cfg = dict(steps=10_000, micro_batch_size=args.batch, lr=1e-5, chunk_size=args.chunk_size)
+    resident = Trainer(teacher, copy.deepcopy(student), blocks, None, TrainConfig(**cfg))
+    resident_topk = Trainer(teacher, copy.deepcopy(student), blocks, None, TrainConfig(**cfg, top_k=args.top_k))
+    cached = Trainer(CachedTeacher(TeacherLogits(full)), copy.deepcopy(student), blocks, None, TrainConfig(**cfg))
+    steps = {"resident": resident, "resident_topk": resident_topk, "cached": cached}
+    for t in steps.values():  # warm-up
+        t.train_step()
+    for name in steps:
+        times[f"step_{name}"] = []
+    for _ in range(args.repeats):
+        for name, t in steps.items():
+            times[f"step_{name}"].append(_timed(t.train_step))
+    shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "config": _config(args, teacher, student) | {"top_k": args.top_k, "write_blocks": int(write_blocks.shape[0])},
+        "median_s": med, "min_s": best, "runs_s": times,
+        "cache_write_ratio": med["cache_write_blocks"] / med["teacher_forward_blocks"],
+        "cached_step_ratio": med["step_cached"] / med["step_resident"],
+        "cached_step_ratio_vs_online_topk": med["step_cached"] / med["step_resident_topk"],
+        "cached_step_ratio_of_minima": best["step_cached"] / best["step_resident"],
+        "bytes_per_token": meta["bytes_per_token"],
+    }  # fmt: skip
+
+
+def bench_step(args) -> dict:
+    import torch
+
+    from minitron.distill.losses import distill_loss
+    from minitron.distill.trainer import TrainConfig, Trainer
+
+    teacher, student, blocks = _models(args)
     cfg = TrainConfig(steps=10_000, micro_batch_size=args.batch, lr=1e-5, chunk_size=args.chunk_size)
     trainer = Trainer(teacher, student, blocks, None, cfg)
     ids = blocks[: args.batch]
@@ -152,10 +246,7 @@ def bench_step(args) -> dict:
     best = {k: min(v) for k, v in times.items()}  # the least disturbed run of each (shared machines)
     tokens = args.batch * args.seq_len
     return {
-        "config": {"vocab": args.vocab, "hidden": args.hidden, "teacher": args.teacher_pattern,
-                   "student": args.student_pattern, "seq_len": args.seq_len, "batch": args.batch,
-                   "threads": args.threads, "teacher_params": sum(p.numel() for p in teacher.parameters()),
-                   "student_params": sum(p.numel() for p in student.parameters())},
+        "config": _config(args, teacher, student),
         "median_s": med, "min_s": best, "runs_s": times,
         "ratio": med["step"] / (med["teacher_forward"] + med["student_forward_backward"]),
         "ratio_of_minima": best["step"] / (best["teacher_forward"] + best["student_forward_backward"]),
@@ -176,18 +267,20 @@ def main():
     m.add_argument("--shape", choices=["logits", "train"], default="logits",
                    help="logits: the loss on given logits; train: logits from an lm_head, freed after the loss")
     m.add_argument("--threads", type=int, default=2)
-    s = sub.add_parser("step")
-    s.add_argument("--vocab", type=int, default=4096)
-    s.add_argument("--hidden", type=int, default=384)
-    s.add_argument("--teacher-pattern", default="M-M*M-M-M*M-")
-    s.add_argument("--student-pattern", default="M-M*M-M-")
-    s.add_argument("--seq-len", type=int, default=256)
-    s.add_argument("--batch", type=int, default=4)
-    s.add_argument("--chunk-size", type=int, default=None)
-    s.add_argument("--repeats", type=int, default=5)
-    s.add_argument("--threads", type=int, default=2)
+    for name in ("step", "cached"):
+        s = sub.add_parser(name)
+        s.add_argument("--vocab", type=int, default=4096)
+        s.add_argument("--hidden", type=int, default=384)
+        s.add_argument("--teacher-pattern", default="M-M*M-M-M*M-")
+        s.add_argument("--student-pattern", default="M-M*M-M-")
+        s.add_argument("--seq-len", type=int, default=256)
+        s.add_argument("--batch", type=int, default=4)
+        s.add_argument("--chunk-size", type=int, default=None)
+        s.add_argument("--repeats", type=int, default=5)
+        s.add_argument("--threads", type=int, default=2)
+        s.add_argument("--top-k", type=int, default=64)
     args = ap.parse_args()
-    doc = bench_memory(args) if args.what == "memory" else bench_step(args)
+    doc = {"memory": bench_memory, "step": bench_step, "cached": bench_cached}[args.what](args)
     print(json.dumps(doc, indent=2))
 
 

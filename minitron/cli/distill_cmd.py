@@ -48,6 +48,12 @@ def command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an unfinished run in <out>.partial/ instead of resuming it.")] = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory plan per device (1 and N devices) and whether it fits --gpu/--memory-budget; load nothing, write nothing (exit 3 if it does not fit).")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Devices to plan for (default: the torchrun processes; --dry-run also shows 8).")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Budget per device: a GPU preset (a10g, l4, a100-80gb, h100-80gb, h200, ...); a run that does not fit is refused (exit 3).")] = None,
+    memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Budget per device as a size (e.g. 80GiB); as --gpu.")] = None,
+    report_to: Annotated[str, typer.Option("--report-to", help="none or tensorboard (events in <out>.partial/tensorboard while running, then <out>/tensorboard); metrics.jsonl is always written.")] = "none",
+    teacher_logits: Annotated[Path | None, typer.Option("--teacher-logits", help="Cached teacher logits (from `minitron teacher-logits`): train on them without loading the teacher; --teacher is still checked against the cache.")] = None,
 ):
     """Distil a student from a teacher on the teacher's logits (Minitron: forward KL, T = 1).
 
@@ -82,8 +88,11 @@ def command(
         teacher=teacher, student=student, data=list(data), out=out, train=cfg, tokens=tokens, seq_len=seq_len,
         eval_data=list(eval_data or []), eval_samples=eval_samples, text_field=text_field, save_every=save_every,
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
-        overwrite=overwrite, restart=restart, max_shard_size=max_shard_size,
+        overwrite=overwrite, restart=restart, max_shard_size=max_shard_size, teacher_logits=teacher_logits,
+        nproc=nproc, gpu=gpu, memory_budget=memory_budget, report_to=report_to,
     )  # fmt: skip
+    if dry_run:
+        return _dry_run(opts, json_out)
     from minitron.models.checkpoint import resolve_device
 
     with dist.session(resolve_device(device)):
@@ -129,3 +138,46 @@ def render(doc: dict) -> None:
         src = "" if doc.get("eval_source") == "eval-data" else " (on training blocks; give --eval-data for held-out figures)"
         out.print(f"val KL   {ie['kl']:.4f} -> {fe['kl']:.4f}{src}")
         out.print(f"val loss {ie['loss']:.4f} -> {fe['loss']:.4f}")
+
+
+def _dry_run(opts, json_out: bool) -> None:
+    """`--dry-run`: the memory plan (library: `minitron.distill.plan_run`), then exit 3 if it does not fit."""
+    from minitron.distill.plan_run import check_plan, memory_plan
+
+    doc = memory_plan(opts)
+    if json_out:
+        emit_json(doc)
+    else:
+        _render_plan(doc)
+    check_plan(doc)
+
+
+PLAN_ROWS = ("teacher_weights", "student_weights", "gradients", "optimizer", "fsdp_gathered", "activations", "logits",
+             "runtime")  # fmt: skip
+
+
+def _render_plan(doc: dict) -> None:
+    from rich.table import Table
+
+    from minitron.cli.common import fmt_bytes
+
+    plans = {f"{k} device{'s' if k != '1' else ''}" + (" FSDP2" if p["fsdp"] else ""): p for k, p in doc["plans"].items()}
+    plans["asked"] = doc["asked"]
+    table = Table(title="memory per device", title_justify="left")
+    table.add_column("term")
+    for name in plans:
+        table.add_column(name, justify="right")
+    for row in PLAN_ROWS:
+        table.add_row(row.replace("_", " "), *[fmt_bytes(p["terms"][row]) for p in plans.values()])
+    table.add_row("[bold]total[/bold]", *[f"[bold]{fmt_bytes(p['total'])}[/bold]" for p in plans.values()])
+    a = doc["asked"]
+    out = stdout()
+    out.print(table)
+    out.print(f"activations: {fmt_bytes(a['activations_without_checkpointing'])} without gradient checkpointing, "
+              f"{fmt_bytes(a['activations_with_checkpointing'])} with (micro-batch {a['micro_batch_size']} x "
+              f"{a['seq_len']} tokens, {a['compute_dtype']})")  # fmt: skip
+    if doc["budget"]:
+        verdict = "fits" if doc["fits"] else "does not fit"
+        out.print(f"asked ({a['devices']} device(s){' FSDP2' if a['fsdp'] else ''}): {fmt_bytes(a['total'])} "
+                  f"{verdict} the budget of {fmt_bytes(doc['budget']['budget_bytes'])}"
+                  + (f"; cheapest change that fits: {doc['suggestion']}" if doc.get("suggestion") else ""))  # fmt: skip

@@ -155,9 +155,9 @@ def _root(
 
 # Each command lives in its own module `minitron.cli.<name>_cmd` exposing `command`. A command that
 # runs with no arguments at all (demo) sets `RUNS_WITHOUT_ARGS = True`; the others print their help.
-COMMANDS = ("inspect", "score", "prune", "distill", "eval", "run", "demo")
+COMMANDS = ("inspect", "score", "prune", "distill", "teacher-logits", "eval", "run", "demo")
 for _name in COMMANDS:
-    _mod = importlib.import_module(f"minitron.cli.{_name}_cmd")
+    _mod = importlib.import_module(f"minitron.cli.{_name.replace('-', '_')}_cmd")
     app.command(_name, help=_mod.command.__doc__, no_args_is_help=not getattr(_mod, "RUNS_WITHOUT_ARGS", False))(
         _mod.command
     )

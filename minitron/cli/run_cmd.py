@@ -59,7 +59,7 @@ def command(
         if json_out:
             emit_json(doc)
         else:
-            for s, argv in doc["stages"].items():
+            for argv in doc["stages"].values():
                 stdout().print(" ".join(argv), markup=False)
             info("recipe checked: nothing run")
         return

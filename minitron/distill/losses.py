@@ -8,9 +8,11 @@ p = softmax(t / T) (teacher), q = softmax(s / T) (student).
     jsd          0.5 KL(p || m) + 0.5 KL(q || m),  m = (p + q) / 2
 
 Each is multiplied by T^2 (Hinton et al.) so that gradient magnitudes do not shrink with T; at the
-default T = 1 this changes nothing. With `top_k`, both distributions are restricted to the teacher's
-k most likely tokens and renormalised there, so the three divergences stay proper divergences
-between two distributions over k outcomes.
+default T = 1 this changes nothing. With `top_k`, both distributions are coarsened to k + 1 outcomes:
+the teacher's k most likely tokens and one tail bin for the rest (`minitron.distill.topk`), the same
+definition as the cached teacher logits (`topk_distill_loss`); student mass outside the teacher's
+top-k is penalised through the tail bin, and as k -> V the value reaches the full divergence.
+Zero teacher probabilities (-inf logits) contribute 0, never NaN (0 * log 0 = 0).
 
 Two implementations of one maths:
 
@@ -30,10 +32,10 @@ Masked tokens (padding, `mask == 0`) contribute nothing; a batch with no valid t
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from minitron.distill.topk import bins_divergence, bins_rows, forward_kl_bins_fast, teacher_bins
 
 KINDS = ("forward-kl", "reverse-kl", "jsd")
 DEFAULT_CHUNK = None  # auto: CHUNK_ELEMENTS // vocab tokens per chunk
@@ -54,31 +56,14 @@ def check_kind(kind: str) -> str:
 
 
 # ------------------------------------------------------------------ the formulas, on [n, V] rows
-def _log_probs(student: torch.Tensor, teacher: torch.Tensor, temperature: float, top_k: int | None):
-    """fp32 (log q, log p), both [n, K] with K = V, or k when restricted to the teacher's top-k."""
-    s = student.float() / temperature
-    t = teacher.float() / temperature
-    if top_k is not None and top_k < t.shape[-1]:
-        t, idx = t.topk(top_k, dim=-1)  # [n, k]
-        s = s.gather(-1, idx)  # [n, k]: the student's logits at the teacher's top-k tokens
-    return F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
-
-
-def _divergence_rows(log_q: torch.Tensor, log_p: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-row divergence [n] from log-probabilities [n, K]."""
-    if kind == "forward-kl":
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
-    if kind == "reverse-kl":
-        return (log_q.exp() * (log_q - log_p)).sum(-1)
-    if kind == "jsd":
-        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
-    raise ValueError(kind)
-
-
 def _rows(student, teacher, kind, temperature, top_k):
-    log_q, log_p = _log_probs(student, teacher, temperature, top_k)
-    return _divergence_rows(log_q, log_p, kind) * (temperature**2)
+    """T^2 x the divergence of every row [n] of [n, V] logits (top-k: on the k + 1 bins)."""
+    if top_k is not None and top_k < teacher.shape[-1]:
+        ids, log_p = teacher_bins(teacher.detach(), temperature, top_k)
+        return bins_rows(student, ids, log_p, kind, temperature)
+    log_q = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return bins_divergence(log_q, log_p, kind) * (temperature**2)
 
 
 def _forward_kl_fast(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float,
@@ -91,8 +76,10 @@ def _forward_kl_fast(student: torch.Tensor, teacher: torch.Tensor, mask: torch.T
     log_q = F.log_softmax(student.float() / temperature, dim=-1)  # [n, V]
     log_p = F.log_softmax(teacher.float() / temperature, dim=-1)  # [n, V]
     p = log_p.exp()
-    rows = torch.linalg.vecdot(p, log_p.sub_(log_q)) * (temperature**2) * mask  # log_p now holds log p - log q
-    del log_p
+    # log_p now holds log p - log q, with 0 where p = 0 (a -inf teacher logit: 0 * log 0 = 0, not NaN)
+    diff = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)
+    rows = torch.linalg.vecdot(p, diff) * (temperature**2) * mask
+    del log_p, diff
     grad = None
     if need_grad:
         grad = log_q.exp_().sub_(p).mul_((temperature * mask).unsqueeze(-1))  # q - p, in log_q's memory
@@ -139,22 +126,24 @@ def plain_divergence(student_logits, teacher_logits, mask=None, *, kind="forward
 
 # ------------------------------------------------------------------ chunked
 class _ChunkedDivergence(torch.autograd.Function):
-    """Per-token divergence [N] of [N, V] logits, `chunk` rows at a time.
+    """Per-token divergence [N] of [N, V] student logits, `chunk` rows at a time.
 
-    Forward: for each chunk, the formula and (when the student needs a gradient) its gradient with
-    respect to the chunk's student logits, written into `grad` [N, V] (student dtype). Backward:
-    `grad * grad_output[:, None]` — exact, because token n's divergence depends on row n only.
+    The teacher is either its logits [N, V] (`ids` None) or, for cached teacher logits, the log-probs
+    of its bins [N, k + tail] with their token ids `ids` [N, k]. Forward: for each chunk, the formula
+    and (when the student needs a gradient) its gradient with respect to the chunk's student logits,
+    written into `grad` [N, V] (student dtype). Backward: `grad * grad_output[:, None]` — exact,
+    because token n's divergence depends on row n only.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, mask, kind, temperature, top_k, chunk, reuse_teacher):
+    def forward(ctx, student, teacher, ids, mask, kind, temperature, top_k, chunk, reuse_teacher):
         n = student.shape[0]
         out = torch.zeros(n, dtype=torch.float32, device=student.device)
         need_grad = ctx.needs_input_grad[0]
         grad = None
         if need_grad:
             # Row block a:b of the teacher is read before the gradient of a:b is written there.
-            reuse = reuse_teacher and teacher.dtype == student.dtype and teacher.is_contiguous()
+            reuse = (ids is None and reuse_teacher and teacher.dtype == student.dtype and teacher.is_contiguous())
             grad = teacher if reuse else torch.zeros_like(student)
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
@@ -164,21 +153,32 @@ class _ChunkedDivergence(torch.autograd.Function):
                     grad[a:b] = 0
                 continue
             s = student[a:b].detach()
-            if kind == "forward-kl" and top_k is None:
-                rows, g = _forward_kl_fast(s, teacher[a:b], m, temperature, need_grad)
+            if ids is not None:  # cached: the teacher's bins are given
+                c_ids, c_log_p = ids[a:b], teacher[a:b]
+            elif top_k is not None and top_k < teacher.shape[-1]:  # online top-k: the same bins, made here
+                c_ids, c_log_p = teacher_bins(teacher[a:b], temperature, top_k)
+            else:
+                c_ids = c_log_p = None
+            if kind == "forward-kl":
+                if c_ids is None:
+                    rows, g = _forward_kl_fast(s, teacher[a:b], m, temperature, need_grad)
+                else:
+                    rows, g = forward_kl_bins_fast(s, c_ids, c_log_p, temperature, m, need_grad)
                 out[a:b] = rows
                 if need_grad:
                     grad[a:b] = g
                 continue
-            if need_grad:
-                with torch.enable_grad():
+            with torch.enable_grad():
+                if need_grad:
                     s = s.requires_grad_(True)
-                    rows = _rows(s, teacher[a:b], kind, temperature, top_k) * m
+                if c_ids is None:
+                    rows = _rows(s, teacher[a:b], kind, temperature, None) * m
+                else:
+                    rows = bins_rows(s, c_ids, c_log_p, kind, temperature) * m
+                if need_grad:
                     (g,) = torch.autograd.grad(rows.sum(), s)
-                grad[a:b] = g
-                out[a:b] = rows.detach()
-            else:
-                out[a:b] = _rows(s, teacher[a:b], kind, temperature, top_k) * m
+                    grad[a:b] = g
+            out[a:b] = rows.detach()
         # Kept as an attribute, not with save_for_backward: the backward hands the buffer itself on
         # (scaled in place) and drops its own reference, so autograd can adopt it without a copy.
         ctx.grad = grad
@@ -191,7 +191,7 @@ class _ChunkedDivergence(torch.autograd.Function):
             raise RuntimeError("the chunked distillation loss supports one backward pass (no retain_graph)")
         ctx.grad = None
         grad.mul_(grad_out.to(grad.dtype)[:, None])
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 def per_token_divergence(student_logits, teacher_logits, mask=None, *, kind="forward-kl", temperature=1.0, top_k=None,
@@ -210,7 +210,8 @@ def per_token_divergence(student_logits, teacher_logits, mask=None, *, kind="for
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     s, t, m = _flatten(student_logits, teacher_logits, mask)
     chunk = auto_chunk(s.shape[-1], chunk_size)
-    per = _ChunkedDivergence.apply(s, t.detach(), m, kind, float(temperature), top_k, chunk, bool(reuse_teacher))
+    per = _ChunkedDivergence.apply(s, t.detach(), None, m, kind, float(temperature), top_k, chunk,
+                                   bool(reuse_teacher))  # fmt: skip
     return per.reshape(student_logits.shape[:-1])
 
 
@@ -225,6 +226,29 @@ def distill_loss(student_logits, teacher_logits, mask=None, *, kind="forward-kl"
     s, t, m = _flatten(student_logits, teacher_logits, mask)
     per = per_token_divergence(s, t, m, kind=kind, temperature=temperature, top_k=top_k, chunk_size=chunk_size,
                                reuse_teacher=reuse_teacher)  # fmt: skip
+    return _reduce(per, m, reduction, student_logits.shape[:-1])
+
+
+def topk_distill_loss(student_logits, ids, log_p, mask=None, *, kind="forward-kl", temperature=1.0,
+                      reduction="mean", chunk_size=DEFAULT_CHUNK):  # fmt: skip
+    """The loss against cached teacher logits: the top-k + tail-bin divergence, chunked.
+
+    `student_logits` [..., V]; `ids` [..., k] the teacher's top-k token ids; `log_p` [..., k + 1]
+    the teacher's log-probs of those tokens and (last) of the tail at `temperature` (or [..., k] when
+    k = V: no tail). Equals `distill_loss(..., top_k=k)` on the teacher logits the cache was made from.
+    """
+    check_kind(kind)
+    v, k = student_logits.shape[-1], ids.shape[-1]
+    if ids.shape[:-1] != student_logits.shape[:-1] or log_p.shape[:-1] != ids.shape[:-1]:
+        raise ValueError(f"student logits {tuple(student_logits.shape)}, teacher ids {tuple(ids.shape)} and "
+                         f"log-probs {tuple(log_p.shape)} do not match")  # fmt: skip
+    if log_p.shape[-1] not in (k, k + 1) or (log_p.shape[-1] == k and k < v):
+        raise ValueError(f"log-probs need k + 1 = {k + 1} columns (top-k and the tail), got {log_p.shape[-1]}")
+    s = student_logits.reshape(-1, v)
+    m = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if mask is None else mask.reshape(-1).bool()
+    chunk = auto_chunk(v, chunk_size)
+    per = _ChunkedDivergence.apply(s, log_p.reshape(s.shape[0], -1).float(), ids.reshape(s.shape[0], k).long(), m,
+                                   kind, float(temperature), None, chunk, False)  # fmt: skip
     return _reduce(per, m, reduction, student_logits.shape[:-1])
 
 

@@ -44,6 +44,11 @@ class DistillOptions:
     fsdp: bool = False
     overwrite: bool = False
     restart: bool = False
+    teacher_logits: Path | None = None  # a `minitron teacher-logits` cache: train without loading the teacher
+    nproc: int | None = None  # the memory plan for this many devices (default: the processes of this run)
+    gpu: str | None = None  # a budget per device: a GPU preset of minitron.memory ...
+    memory_budget: str | None = None  # ... or a size; the run is refused (exit 3) when the plan does not fit
+    report_to: str = "none"  # or "tensorboard" (events in <out>.partial/tensorboard, then <out>/tensorboard)
 
 
 # ---------------------------------------------------------------------- validation
@@ -108,11 +113,15 @@ class Prepared:
     dtype: str
     run_dir: RunDir
     identity: dict
+    cache: object = None  # TeacherLogits when --teacher-logits
+    eval_split: str = "train"
+    train: object = None  # minitron.data.Dataset (blocks, loss masks, sources, mix weights)
+    evals: object = None
 
 
 def prepare(opts: DistillOptions) -> Prepared:
     """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
-    from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
+    from minitron.data import data_fingerprints, load_dataset, mix_eval, resolve_seq_len
     from minitron.io import check_output_dir, model_fingerprint
     from minitron.models.checkpoint import resolve_device
 
@@ -138,12 +147,19 @@ def prepare(opts: DistillOptions) -> Prepared:
     device = dist.local_device(resolve_device(opts.device))
     dtype = _compute_dtype(opts.dtype, device)
     opts.train.autocast_dtype = None if dtype == "fp32" else dtype
+    from minitron.distill.reporting import check_report_to
+
+    check_report_to(opts.report_to)
     if opts.fsdp and world < 2:
         raise InputError("needs torchrun with at least 2 processes (torchrun --nproc-per-node N -m minitron ...)",
                          flag="--fsdp")  # fmt: skip
 
     t_ckpt = _open_model_dir(opts.teacher, "--teacher")
     s_ckpt = _open_model_dir(opts.student, "--student")
+    if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
+        from minitron.distill.plan_run import check_plan, memory_plan
+
+        check_plan(memory_plan(opts, t_ckpt, s_ckpt, device))
     t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
     check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok)
     tok, tok_dir = (s_tok, opts.student) if s_tok is not None else (t_tok, opts.teacher)
@@ -157,26 +173,52 @@ def prepare(opts: DistillOptions) -> Prepared:
         g = opts.train.global_batch_size or opts.train.micro_batch_size * world
         opts.train.steps = max(1, math.ceil(opts.tokens / (g * opts.seq_len)))
         opts.train.validate(world)
-    train_blocks = load_blocks(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
-                               max_positions=max_pos)  # fmt: skip
+    train = load_dataset(opts.data, tok, seq_len=opts.seq_len, text_field=opts.text_field, flag="--data",
+                         max_positions=max_pos)  # fmt: skip
+    eval_all = None
     if opts.eval_data:
-        eval_blocks = load_blocks(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
-                                  flag="--eval-data", max_positions=max_pos)  # fmt: skip
-        eval_blocks, source = eval_blocks[: opts.eval_samples or eval_blocks.shape[0]], "eval-data"
+        eval_all = load_dataset(opts.eval_data, tok, seq_len=opts.seq_len, text_field=opts.text_field,
+                                flag="--eval-data", max_positions=max_pos)  # fmt: skip
+        evals, source = mix_eval(eval_all, opts.eval_samples), "eval-data"
     else:  # no held-out data: report figures on the first training blocks (recorded as such)
-        eval_blocks, source = train_blocks[: opts.eval_samples or 16], "train"
+        evals, source = mix_eval(train, opts.eval_samples or 16), "train"
+    cache, eval_split = None, "train"
+    if opts.teacher_logits is not None:
+        from minitron.distill.cache_run import open_for_distill
+
+        opts.teacher_logits = Path(opts.teacher_logits)
+        cache, train, evals, eval_split = open_for_distill(
+            opts.teacher_logits, teacher=opts.teacher, tokenizer=tok, vocab_size=s_ckpt.arch.vocab_size,
+            seq_len=opts.seq_len, data=opts.data, train=train, eval_data=opts.eval_data, eval_all=eval_all,
+            eval_samples=opts.eval_samples, temperature=opts.train.temperature, top_k=opts.train.top_k,
+            steps=opts.train.steps, global_batch=opts.train.global_batch_size)  # fmt: skip
 
     run_dir = RunDir(run_dir_for(opts.out))
     identity = {
         "teacher": model_fingerprint(opts.teacher), "student": model_fingerprint(opts.student),
-        "data": [d["sha256"] for d in data_fingerprints(opts.data)], "seq_len": opts.seq_len,
+        "data": [d["sha256"] for d in data_fingerprints(data_paths(opts.data))], "seq_len": opts.seq_len,
+        "data_weights": train.weights,
         "fsdp": opts.fsdp,  # FSDP checkpoints key the optimiser state by name, plain ones by index
+        **({"teacher_logits": _cache_identity(cache)} if cache is not None else {}),
         **{k: v for k, v in opts.train.to_dict().items() if k not in ("eval_every", "eval_batch_size")},
     }  # fmt: skip
     if not opts.restart:
         run_dir.check_resumable(identity)
-    return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train_blocks, eval_blocks, source, device, dtype, run_dir,
-                    identity)  # fmt: skip
+    return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train.blocks, evals.blocks, source, device, dtype, run_dir,
+                    identity, cache, eval_split, train, evals)  # fmt: skip
+
+
+def data_paths(specs) -> list[Path]:
+    """The files of `--data` specs (`path` or `path:weight`)."""
+    from minitron.data import parse_data_specs
+
+    return parse_data_specs(specs)[0]
+
+
+def _cache_identity(cache) -> str:
+    from minitron.io import file_sha256
+
+    return file_sha256(cache.path / "index.json")[:16]
 
 
 # ---------------------------------------------------------------------- models
@@ -186,7 +228,12 @@ def load_models(p: Prepared):
 
     from minitron.models.checkpoint import load_model
 
-    teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
+    if p.cache is not None:  # cached teacher logits: no teacher model at all
+        from minitron.distill.teacher import CachedTeacher
+
+        teacher = CachedTeacher(p.cache, p.eval_split)
+    else:
+        teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
     student = load_model(p.opts.student, dtype="fp32", device="cpu" if p.opts.fsdp else p.device)
     if p.opts.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -194,7 +241,7 @@ def load_models(p: Prepared):
     if p.opts.fsdp:
         from minitron.distill.parallel import fsdp_wrap
 
-        return fsdp_wrap(teacher, p.device), fsdp_wrap(student, p.device)
+        return (teacher if p.cache is not None else fsdp_wrap(teacher, p.device)), fsdp_wrap(student, p.device)
     if dist.world_size() > 1:
         ids = [torch.device(p.device).index] if p.device.startswith("cuda") else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
@@ -222,7 +269,11 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
 
     torch.manual_seed(opts.train.seed)
     teacher, student = load_models(p)
-    trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp)
+    from minitron.distill.sampling import Mix
+
+    order = Mix(p.train.sources, p.train.weights, opts.train.seed) if p.train.weights else None
+    trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp,
+                      train_masks=p.train.masks, eval_masks=p.evals.masks, order=order)  # fmt: skip
     resumed_from = None
     latest = p.run_dir.latest()
     if latest is not None:
@@ -234,15 +285,25 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     elif main:
         p.run_dir.truncate_metrics(-1)
 
+    tb = None
+    if main and opts.report_to == "tensorboard":
+        from minitron.distill.reporting import TensorBoard
+
+        tb = TensorBoard(p.run_dir.path / "tensorboard")
+
     def on_step(m):
         if main:
             p.run_dir.append_metrics(m)
+            if tb:
+                tb.step(m)
         emit("step", m)
 
     def on_eval(step, ev):
         rec = {"step": step, "tokens": step * opts.train.global_batch_size * p.train_blocks.shape[1], "eval": ev}
         if main:
             p.run_dir.append_metrics(rec)
+            if tb:
+                tb.eval(rec)
         emit("eval", rec)
 
     def save():
@@ -254,11 +315,14 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     t0 = time.perf_counter()
     summary = trainer.train(on_step=on_step, on_eval=on_eval, save=save,
                             should_save=lambda s: opts.save_every > 0 and s % opts.save_every == 0)  # fmt: skip
+    if tb:
+        tb.close()
     final_sd = _full_state_dict(trainer) if opts.fsdp else None
     summary.update({"out_dir": str(opts.out), "resumed_from": resumed_from, "eval_source": p.eval_source,
                     "world_size": dist.world_size(), "wall_time_s": time.perf_counter() - t0,
                     "seq_len": p.train_blocks.shape[1], "global_batch_size": opts.train.global_batch_size,
-                    "loss_kind": opts.train.loss})  # fmt: skip
+                    "loss_kind": opts.train.loss,
+                    "teacher_logits": str(opts.teacher_logits) if opts.teacher_logits else None})  # fmt: skip
     if main:
         _write_output(p, unwrap(student), summary, final_sd)
         p.run_dir.remove()
@@ -292,11 +356,19 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
         copy_side_files(p.tokenizer_dir, Path(tmp))
         if p.run_dir.metrics.is_file():
             shutil.copy2(p.run_dir.metrics, Path(tmp) / "metrics.jsonl")
+            from minitron.distill.reporting import summary_plot
+
+            summary_plot(p.run_dir.metrics, Path(tmp) / "distill_summary.png", title=f"distill {opts.out.name}")
+        if (p.run_dir.path / "tensorboard").is_dir():
+            shutil.copytree(p.run_dir.path / "tensorboard", Path(tmp) / "tensorboard")
         options = {k: v for k, v in vars(opts).items() if k != "train"} | {"train": opts.train.to_dict()}
         inputs = {"teacher": {"path": str(opts.teacher), "fingerprint": model_fingerprint(opts.teacher)},
                   "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
-                  "data": data_fingerprints(opts.data),
-                  "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
+                  "data": data_fingerprints(data_paths(opts.data)), "data_weights": p.train.weights,
+                  "eval_data": data_fingerprints(data_paths(opts.eval_data)) if opts.eval_data else []}  # fmt: skip
+        if p.cache is not None:
+            inputs["teacher_logits"] = {"path": str(opts.teacher_logits), "index_sha256": _cache_identity(p.cache),
+                                        "k": p.cache.k, "bytes_per_token": p.cache.bytes_per_token}  # fmt: skip
         write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
         card.write(tmp, card.for_distilled(opts.teacher_spec or opts.teacher, opts.out, p.teacher_ckpt,
                                            p.student_ckpt, summary))

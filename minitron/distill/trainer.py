@@ -22,9 +22,19 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minitron import distributed as dist
-from minitron.distill.losses import DEFAULT_CHUNK, check_kind, distill_loss, lm_loss
-from minitron.distill.sampling import rank_micro_batches, step_indices
+from minitron.distill.losses import DEFAULT_CHUNK, check_kind, lm_loss
+from minitron.distill.sampling import Mix, Uniform, rank_micro_batches
 from minitron.distill.schedule import SCHEDULES, Schedule
+from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the stable import path)
+    ResidentTeacher,
+    as_teacher,
+    autocast,
+    evaluate,
+    kd_loss,
+    kl_mask,
+    logits_of,
+    reduce_sum,
+)
 from minitron.errors import InputError
 
 
@@ -84,19 +94,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-def _autocast(device: str, dtype: str | None):
-    if dtype in (None, "fp32", "float32"):
-        return contextlib.nullcontext()
-    from minitron.models.checkpoint import torch_dtype
-
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
-
-
-def _reduce_sum(t: torch.Tensor, device: str) -> torch.Tensor:
-    """Sum a small CPU tensor over ranks (through `device`: NCCL only reduces GPU tensors)."""
-    if dist.world_size() == 1:
-        return t
-    return dist.all_reduce_sum(t.to(device)).cpu()
+_autocast, _logits, _reduce_sum = autocast, logits_of, reduce_sum  # the names this module used to define
 
 
 def unwrap(model):
@@ -121,40 +119,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@torch.no_grad()
-def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, device: str = "cpu",
-             autocast_dtype: str | None = None, chunk_size: int | None = DEFAULT_CHUNK) -> dict:  # fmt: skip
-    """Validation KL(teacher || student) per token and the student's LM loss per predicted token.
-
-    Blocks are dealt round-robin to ranks; every rank runs the same number of forwards (ranks short
-    of data repeat a block with weight 0), which FSDP's collectives require.
-    """
-    was_training = student.training
-    student.eval()
-    r, w = dist.rank(), dist.world_size()
-    mine = list(range(r, blocks.shape[0], w))
-    most = -(-blocks.shape[0] // w)  # ceil: the blocks of the rank with the most
-    n_batches = -(-most // micro_batch_size)
-    sums = torch.zeros(4, dtype=torch.float64)  # kl sum, kl tokens, ce sum, ce tokens
-    for b in range(n_batches):
-        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
-        weight = 1.0 if idx else 0.0
-        ids = blocks[idx or [0]].to(device)
-        with _autocast(device, autocast_dtype):
-            t_logits = _logits(teacher, ids)
-            s_logits = _logits(student, ids)
-        kl = distill_loss(s_logits, t_logits, reduction="sum", chunk_size=chunk_size)
-        del t_logits
-        ce = lm_loss(s_logits, ids, reduction="sum")
-        del s_logits
-        sums += weight * torch.tensor([float(kl), ids.numel(), float(ce), ids[:, 1:].numel()], dtype=torch.float64)
-    sums = _reduce_sum(sums, device)
-    if was_training:
-        student.train()
-    return {"kl": float(sums[0] / max(sums[1], 1)), "loss": float(sums[2] / max(sums[3], 1)),
-            "tokens": int(sums[1])}  # fmt: skip
-
-
 def _unshare(teacher, student) -> None:
     """Give the student its own copy of any tensor it shares with the teacher (e.g. a pruned model
     whose kept tensors are views of the original): training must never write into the teacher."""
@@ -176,19 +140,28 @@ class Trainer:
     """Owns the optimiser, schedule and position of one distillation run (models are given)."""
 
     def __init__(self, teacher, student, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None,
-                 cfg: TrainConfig, *, device: str = "cpu", fsdp: bool = False):  # fmt: skip
+                 cfg: TrainConfig, *, device: str = "cpu", fsdp: bool = False, train_masks: torch.Tensor | None = None,
+                 eval_masks: torch.Tensor | None = None, order=None):  # fmt: skip
+        """`teacher`: a model (resident) or a `CachedTeacher`; `train_masks` / `eval_masks` [n, L] bool:
+        the tokens that count as targets (chat data: assistant tokens), None for all; `order`: which
+        blocks each step reads (`sampling.Uniform` by default, `sampling.Mix` for a weighted mix)."""
         self.world, self.rank = dist.world_size(), dist.rank()
         self.cfg = cfg.validate(self.world)
         self.device, self.fsdp = device, fsdp
-        self.teacher, self.student = teacher, student  # student: plain, DDP- or FSDP2-wrapped module
+        self.source = as_teacher(teacher)
+        self.teacher = self.source.model if isinstance(self.source, ResidentTeacher) else None
+        self.student = student  # plain, DDP- or FSDP2-wrapped module
         self.train_blocks, self.eval_blocks = train_blocks, eval_blocks
+        self.train_masks, self.eval_masks = train_masks, eval_masks
         if train_blocks.shape[0] < 1:
             raise InputError("no training blocks", flag="--data")
         self.seq_len = int(train_blocks.shape[1])
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        _unshare(self.teacher, self.student)
+        self.order = order if order is not None else Uniform(int(train_blocks.shape[0]), self.cfg.seed)
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            _unshare(self.teacher, self.student)
         self.student.train()
         params = [p for p in self.student.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -248,32 +221,42 @@ class Trainer:
             return None
         model = self.student if self.fsdp else unwrap(self.student)
         bs = self.cfg.eval_batch_size or self.cfg.micro_batch_size
-        return evaluate(self.teacher, model, self.eval_blocks, micro_batch_size=bs, device=self.device,
-                        autocast_dtype=self.cfg.autocast_dtype, chunk_size=self.cfg.chunk_size)  # fmt: skip
+        return evaluate(self.source, model, self.eval_blocks, micro_batch_size=bs, device=self.device,
+                        autocast_dtype=self.cfg.autocast_dtype, chunk_size=self.cfg.chunk_size,
+                        masks=self.eval_masks)  # fmt: skip
 
     # -- one optimiser step
+    def norms(self, step: int) -> tuple[int, int]:
+        """(KL positions, LM targets) of the whole global batch of `step`: what each sum is divided by."""
+        g, L = self.cfg.global_batch_size, self.seq_len
+        if self.train_masks is None:
+            return g * L, g * (L - 1)
+        m = self.train_masks[self.order.indices(step, g)]
+        return int(m[:, 1:].sum()), int(m[:, 1:].sum())
+
     def accumulate_gradients(self, step: int) -> torch.Tensor:
         """Forward and backward of this rank's micro-batches of optimiser step `step`; gradients are
         left in `.grad` (all-reduced over ranks). Returns this rank's [kd sum, ce sum] (fp64)."""
-        cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
-        indices = step_indices(step, self.train_blocks.shape[0], g, cfg.seed)
+        cfg, g = self.cfg, self.cfg.global_batch_size
+        indices = self.order.indices(step, g)
         micro = rank_micro_batches(indices, cfg.micro_batch_size, self.rank, self.world)
-        kd_norm, ce_norm = g * L, g * (L - 1)  # tokens of the whole global batch
+        kd_norm, ce_norm = self.norms(step)  # tokens of the whole global batch
+        kd_norm, ce_norm = max(kd_norm, 1), max(ce_norm, 1)
         sums = torch.zeros(2, dtype=torch.float64)
         for i, idx in enumerate(micro):
             ids = self.train_blocks[idx].to(self.device)  # [micro, L]
-            with torch.no_grad(), _autocast(self.device, cfg.autocast_dtype):
-                t_logits = _logits(self.teacher, ids)  # [micro, L, V]
+            lm = None if self.train_masks is None else self.train_masks[idx].to(self.device)
+            target = self.source.output("train", idx, ids, self.device, cfg.autocast_dtype)  # logits or cached bins
             with self._sync(last=i == len(micro) - 1):
                 with _autocast(self.device, cfg.autocast_dtype):
                     s_logits = _logits(self.student, ids)  # [micro, L, V]
-                # The gradient w.r.t. the student logits is written over the teacher logits (no new [N, V]).
-                kd = distill_loss(s_logits, t_logits, kind=cfg.loss, temperature=cfg.temperature, top_k=cfg.top_k,
-                                  reduction="sum", chunk_size=cfg.chunk_size, reuse_teacher=True)  # fmt: skip
-                del t_logits  # now the gradient buffer, owned by the loss until the backward
+                # Resident teacher: the gradient w.r.t. the student logits is written over its logits (no new [N, V]).
+                kd = kd_loss(s_logits, target, kl_mask(lm), kind=cfg.loss, temperature=cfg.temperature,
+                             top_k=cfg.top_k, chunk_size=cfg.chunk_size)  # fmt: skip
+                del target  # now the gradient buffer, owned by the loss until the backward
                 objective = kd / kd_norm
                 if cfg.ce_weight > 0:
-                    ce = lm_loss(s_logits, ids, reduction="sum")
+                    ce = lm_loss(s_logits, ids, lm, reduction="sum")
                     objective = objective + cfg.ce_weight * ce / ce_norm
                     sums[1] += float(ce.detach())
                 del s_logits
@@ -285,6 +268,7 @@ class Trainer:
         cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
         t0 = time.perf_counter()
         lr = self.schedule.apply(self.optimizer)
+        kd_norm, ce_norm = self.norms(self.step)
         sums = self.accumulate_gradients(self.step)
         grad_norm = self._clip()
         self.optimizer.step()
@@ -295,14 +279,16 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.train_time += dt
         self.trained_tokens += g * L
-        kd_mean = float(sums[0] / (g * L))
+        kd_mean = float(sums[0] / max(kd_norm, 1))
         m = {"step": self.step, "tokens": self.tokens, "loss": kd_mean, "kd": kd_mean, "lr": lr,
              "grad_norm": grad_norm, "step_time_s": dt, "tokens_per_second": g * L / dt}  # fmt: skip
         if cfg.ce_weight > 0:
-            m["lm_loss"] = float(sums[1] / (g * (L - 1)))
+            m["lm_loss"] = float(sums[1] / max(ce_norm, 1))
             m["loss"] = kd_mean + cfg.ce_weight * m["lm_loss"]
-        if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0:
+        if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0 and not self.source.cached:
             m["kl"] = kd_mean
+        if isinstance(self.order, Mix):  # the realised mix of the blocks read so far
+            m["mix"] = dict(zip(self.order.names, self.order.realised(self.step, g), strict=True))
         self.last_metrics = m
         return m
 
