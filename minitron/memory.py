@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA
 
 GiB = 1024**3
 
@@ -93,7 +92,7 @@ def estimate(
     state_dtype = norm_dtype(state_dtype or arch.mamba_ssm_cache_dtype, flag="--state-dtype")
     b, sb = DTYPE_BYTES[dtype], DTYPE_BYTES[state_dtype]
     params = arch.total_params if params is None else params
-    n_attn, n_mamba = arch.count(ATTENTION), arch.count(MAMBA)
+    n_attn, n_mamba = len(arch.attention_layers()), len(arch.mamba_layers())
     kv = n_attn * 2 * arch.num_key_value_heads * arch.head_dim * context_length * batch_size * b
     window = arch.conv_kernel if conv_window is None else conv_window
     ssm = n_mamba * batch_size * arch.mamba_num_heads * arch.mamba_head_dim * arch.ssm_state_size * sb
