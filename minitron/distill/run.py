@@ -287,6 +287,7 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
                   "student": {"path": str(opts.student), "fingerprint": model_fingerprint(opts.student)},
                   "data": data_fingerprints(opts.data),
                   "eval_data": data_fingerprints(opts.eval_data) if opts.eval_data else []}  # fmt: skip
+        summary = {"family": p.student_ckpt.arch.family, **summary}
         write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
 
 

@@ -77,11 +77,11 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
            "mamba_head_dim": units["mamba_head_dim"] > 0, "attention_heads": units["attention_heads"] > 0,
            "kv_heads": units["kv_heads"] > 0}  # fmt: skip
     for key, value in asdict(shape).items():
-        if value is None:
+        if value is None or value == original[key]:
             continue
         if key in refused:
             raise InputError(f"cannot be cut: {refused[key]}", flag=SHAPE_FLAGS[key])
-        if not has[key] and value != original[key]:
+        if not has[key]:
             raise InputError(f"this {arch.family} model has no such units to cut", flag=SHAPE_FLAGS[key])
         if value < 1:
             raise InputError(f"must be >= 1, got {value}", flag=SHAPE_FLAGS[key])
