@@ -20,7 +20,18 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
-from minitron.models.tensors import FFN, FIXED, HIDDEN, KV, MAMBA_HEADS, MAMBA_INNER, Q, TensorSpec, fixed, one
+from minitron.models.tensors import (
+    FFN,
+    FIXED,
+    HIDDEN,
+    KV,
+    MAMBA_HEADS,
+    MAMBA_INNER,
+    Q,
+    TensorSpec,
+    fixed,
+    one,
+)
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
 

@@ -19,10 +19,10 @@ skip-one-block branches of the layer metrics.
 
 from __future__ import annotations
 
+from minitron.families import submodule
 from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.models.architecture import Architecture
-from minitron.families import submodule
 
 
 class WidthCollector:
