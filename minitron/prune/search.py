@@ -191,8 +191,8 @@ def require_feasible(cands: list[Candidate], *, budget: Budget | None, target_pa
     if any(c.fits for c in cands):
         return
     smallest = min(cands, key=lambda c: c.memory_bytes if budget is not None else c.params)
-    where = (f"{smallest.num_layers} layers, hidden {smallest.hidden_size}, ffn {smallest.ffn_size}, "
-             f"{smallest.mamba_heads} Mamba heads")
+    where = (f"{smallest.num_layers} layers, hidden {smallest.hidden_size}, ffn {smallest.ffn_size}"
+             + (f", {smallest.mamba_heads} Mamba heads" if smallest.mamba_heads else ""))
     if budget is not None:
         raise InfeasibleError(
             f"no candidate fits {budget.budget_bytes / GiB:.2f} GiB: the smallest the search space reaches is "
