@@ -1,13 +1,8 @@
 """Nemotron-H (`nemotron_h`): Nemotron-H, Nemotron Nano 2, Nemotron 3 Nano (MoE).
 
 Each block is `x + mixer(norm(x))` with one mixer per block, as in `hybrid_override_pattern`:
-Mamba-2 (`M`), MLP (`-`, ungated: up/down), attention (`*`) or MoE (`E`). Tensor layouts
-(transformers' `nemotron_h` and mamba_ssm's Mamba-2):
-
-    in_proj.weight   [z (H·P) | x (H·P) | B (G·N) | C (G·N) | dt (H)]  x  hidden
-    conv1d.weight    [x (H·P) | B (G·N) | C (G·N)]  x 1 x K
-    norm.weight      [H·P]  (gated RMSNorm over n_groups groups of H·P/G channels)
-    out_proj.weight  hidden x [H·P]
+Mamba-2 (`M`, layout in `mamba2.py`), MLP (`-`, ungated: up/down), attention (`*`) or MoE (`E`).
+Tensor layouts (transformers' `nemotron_h`):
     q_proj.weight    [nq · d]  x hidden        o_proj.weight  hidden x [nq · d]
     k_proj/v_proj    [nkv · d] x hidden
     up_proj.weight   [ffn] x hidden            down_proj.weight  hidden x [ffn]
@@ -19,19 +14,9 @@ when the config says `tie_word_embeddings` (checked against the built model in t
 from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
+from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
-from minitron.models.tensors import (
-    FFN,
-    FIXED,
-    HIDDEN,
-    KV,
-    MAMBA_HEADS,
-    MAMBA_INNER,
-    Q,
-    TensorSpec,
-    fixed,
-    one,
-)
+from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
 
@@ -120,11 +105,7 @@ class NemotronH(Family):
         a, h = arch, arch.hidden_size
         norm = h
         if char == MAMBA:
-            i, nh = a.mamba_intermediate, a.mamba_num_heads
-            in_proj = h * a.mamba_in_proj_dim + (a.mamba_in_proj_dim if a.use_bias else 0)
-            conv = a.mamba_conv_dim * a.conv_kernel + (a.mamba_conv_dim if a.use_conv_bias else 0)
-            out_proj = i * h + (h if a.use_bias else 0)
-            return norm + in_proj + conv + 3 * nh + i + out_proj  # 3·nh: dt_bias, A_log, D; i: gated norm
+            return norm + mamba2_params(a)
         if char == ATTENTION:
             q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
             return norm + h * (q + 2 * kv) + q * h
@@ -162,23 +143,7 @@ class NemotronH(Family):
         specs = [TensorSpec(p + "norm.weight", i, (h,))]
         m = p + "mixer."
         if char == MAMBA:
-            inner, heads = a.mamba_intermediate, a.mamba_num_heads
-            gn = a.n_groups * a.ssm_state_size
-            in_rows = ((MAMBA_INNER, inner), (MAMBA_INNER, inner), (FIXED, gn), (FIXED, gn), (MAMBA_HEADS, heads))
-            conv_ch = ((MAMBA_INNER, inner), (FIXED, gn), (FIXED, gn))
-            specs += [
-                TensorSpec(m + "in_proj.weight", i, (in_rows, h)),
-                TensorSpec(m + "conv1d.weight", i, (conv_ch, fixed(1), fixed(a.conv_kernel))),
-                TensorSpec(m + "dt_bias", i, (one(MAMBA_HEADS, heads),)),
-                TensorSpec(m + "A_log", i, (one(MAMBA_HEADS, heads),)),
-                TensorSpec(m + "D", i, (one(MAMBA_HEADS, heads),)),
-                TensorSpec(m + "norm.weight", i, (one(MAMBA_INNER, inner),)),
-                TensorSpec(m + "out_proj.weight", i, (h, one(MAMBA_INNER, inner))),
-            ]
-            if a.use_conv_bias:
-                specs.append(TensorSpec(m + "conv1d.bias", i, (conv_ch,)))
-            if a.use_bias:
-                specs += [TensorSpec(m + "in_proj.bias", i, (in_rows,)), TensorSpec(m + "out_proj.bias", i, (h,))]
+            specs += mamba2_specs(a, m, i)
         elif char == ATTENTION:
             q = one(Q, a.num_attention_heads * a.head_dim)
             kv = one(KV, a.num_key_value_heads * a.head_dim)
