@@ -88,6 +88,30 @@ DENSE_TINY = {
 }
 
 
+_HYBRID_BASE = {
+    **_DENSE_BASE, "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_expand": 2, "mamba_n_groups": 2,
+    "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_chunk_size": 16, "mamba_conv_bias": True,
+    "mamba_proj_bias": False, "attention_bias": True,
+}  # fmt: skip
+HYBRID_TINY = {
+    # Mamba, attention, Mamba, Mamba; an MLP in every layer.
+    "bamba": {"architectures": ["BambaForCausalLM"], "attn_layer_indices": [1], "mlp_bias": True},
+    "granitemoehybrid": {
+        "architectures": ["GraniteMoeHybridForCausalLM"], "layer_types": ["mamba", "attention", "mamba", "mamba"],
+        "shared_intermediate_size": 96, "num_local_experts": 0, "num_experts_per_tok": 0,
+        "position_embedding_type": "rope", "tie_word_embeddings": True, "embedding_multiplier": 2.0,
+        "residual_multiplier": 0.5, "attention_multiplier": 0.1, "logits_scaling": 4.0,
+    },
+}
+
+
+def tiny_hybrid_config(model_type: str = "bamba", **overrides) -> dict:
+    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid): `M*MM`, hidden 64, 2 Mamba groups."""
+    cfg = {**_HYBRID_BASE, "model_type": model_type, **HYBRID_TINY[model_type]}
+    cfg.update(overrides)
+    return cfg
+
+
 def tiny_dense_config(model_type: str = "llama", **overrides) -> dict:
     """A 4-layer random dense model of one family (llama, mistral, qwen2, qwen3), hidden size 64."""
     cfg = {**_DENSE_BASE, "model_type": model_type, **DENSE_TINY[model_type]}
@@ -132,7 +156,7 @@ def build_model(cfg: dict | None = None, seed: int = 0):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias") and cfg.get("model_type") != "nemotron_h":  # dense biases start at 0
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith(("mixer.D", "mixer.dt_bias")):
+            elif name.endswith(("mixer.D", "mixer.dt_bias", "mamba.D", "mamba.dt_bias")):
                 p.copy_(p + 0.1 * torch.randn(p.shape, generator=g))
     return model.eval()
 

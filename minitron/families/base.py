@@ -80,6 +80,10 @@ class Family:
         """Shape keys (`hidden_size`, `ffn_size`, ...) this family cannot cut soundly -> the reason."""
         return {}
 
+    def target_problem(self, arch, target) -> tuple[str, str] | None:
+        """(flag, reason) when the pruned architecture `target` of `arch` cannot be written soundly."""
+        return None
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         raise NotImplementedError
@@ -90,6 +94,14 @@ class Family:
 
     def call_block(self, blk, i: int, h, kw: dict):
         raise NotImplementedError
+
+    def embedding_scale(self, config) -> float:
+        """Factor the base model applies to the embeddings before the first block (Granite's µP)."""
+        return 1.0
+
+    def logits_divisor(self, config) -> float:
+        """What the causal-LM head divides its logits by (Granite's `logits_scaling`)."""
+        return 1.0
 
     def fix_meta_model(self, model, config, device) -> None:
         """Rebuild non-persistent buffers of a model built on the meta device (rotary tables)."""

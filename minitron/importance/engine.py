@@ -99,7 +99,8 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
     branches_on = layer_metric in LOGIT_METRICS
     dev = source.device
     with source.embedding() as emb:
-        states = [emb(t.to(dev)).to(source.dtype) for t in micro]
+        scale = source.family.embedding_scale(source.config)
+        states = [(emb(t.to(dev)) * scale if scale != 1.0 else emb(t.to(dev))).to(source.dtype) for t in micro]
     kws = [block_kwargs(source, h) for h in states]
     branches: dict[int, list] = {}
     cos = torch.zeros(n_layers, dtype=torch.float64)
@@ -127,7 +128,9 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
     stats.add("tokens", torch.tensor([float(n_tok)]))
     stats.add("pred_tokens", torch.tensor([float(sum(t.shape[0] * (t.shape[1] - 1) for t in micro))]))
     stats.add("layer_cosine", cos)
-    with source.head() as (norm_f, lm_head):
+    with source.head() as (norm_f, head):
+        div = source.family.logits_divisor(source.config)
+        lm_head = head if div == 1.0 else (lambda x: head(x) / div)
         kl, mse, loss = (torch.zeros(n_layers, dtype=torch.float64) for _ in range(3))
         ref_loss = torch.zeros(1, dtype=torch.float64)
         for m, tok in enumerate(micro):

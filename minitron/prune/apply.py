@@ -70,9 +70,11 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
 def prune_model(model, plan: PrunePlan):
     """A new transformers model of `plan.target()` holding the kept slices of `model` (strict load)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.for_model(**plan.target().to_config())
+    from minitron.models.checkpoint import hf_config
+
+    config = hf_config(plan.target().to_config())
     dtype = next(model.parameters()).dtype
     sd = prune_state_dict(model.state_dict(), plan)
     with torch.device("meta"):

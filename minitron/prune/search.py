@@ -158,6 +158,8 @@ def enumerate_candidates(
                            intermediate_size=ffns[0] or a.intermediate_size,
                            mamba_num_heads=mh or a.mamba_num_heads, mamba_head_dim=mhd or a.mamba_head_dim,
                            num_attention_heads=q, num_key_value_heads=kv)
+            if a.impl.target_problem(a, base):  # e.g. a Mamba width the family's config cannot express
+                continue
             p0 = base.total_params
             # The FFN axis is linear in the parameters (any family): the cost of one neuron in every FFN layer.
             per_neuron = base.with_(intermediate_size=base.intermediate_size + 1).total_params - p0 \

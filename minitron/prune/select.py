@@ -103,7 +103,17 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
             f"per group; the model has {per_group}",
             flag="--attention-heads",
         )
+    problem = arch.impl.target_problem(arch, shape_arch(arch, s))
+    if problem:
+        raise InputError(f"cannot be cut: {problem[1]}", flag=problem[0])
     return s
+
+
+def shape_arch(arch: Architecture, s: Shape) -> Architecture:
+    """`arch` with the widths of a resolved shape (layers unchanged)."""
+    return arch.with_(hidden_size=s.hidden_size, intermediate_size=s.ffn_size, mamba_num_heads=s.mamba_heads,
+                      mamba_head_dim=s.mamba_head_dim, num_attention_heads=s.attention_heads,
+                      num_key_value_heads=s.kv_heads)
 
 
 # ---------------------------------------------------------------------- ranking (pure)
