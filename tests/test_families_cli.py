@@ -29,6 +29,8 @@ REFERENCE_PARAMS = {
     "nemotron-3-nano-30b-a3b": 31_577_937_344,
     "nemotron-nano-12b-v2-base": 12_310_001_152,
     "nemotron-nano-9b-v2": 8_888_227_328,
+    "bamba-9b": 9_780_235_392,
+    "granite-4.0-h-micro": 3_191_396_096,
 }
 
 
@@ -71,6 +73,18 @@ def test_published_pairs_dry_run_exactly(name, args, params, same_as):
         assert doc["plan"][key] == published[field]
 
 
+def test_hybrid_references_dry_run():
+    doc = _json(["prune", REFERENCE / "bamba-9b", "--hidden-size", 2048, "--dry-run"])  # Mamba width 8192 = 4 x 2048
+    assert doc["family"] == "bamba" and doc["params_after"] < 9_780_235_392
+    r = runner.invoke(app, ["prune", str(REFERENCE / "bamba-9b"), "--hidden-size", "3072", "--dry-run"])
+    assert r.exit_code == 2 and "integer mamba_expand" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    doc = _json(["prune", REFERENCE / "bamba-9b", "--hidden-size", 3072, "--mamba-heads", 96, "--dry-run"])
+    assert doc["plan"]["mamba_heads"] == 96
+    doc = _json(["prune", REFERENCE / "granite-4.0-h-micro", "--target-params", "2.5B", "--dry-run"])
+    assert doc["family"] == "granitemoehybrid" and doc["params_after"] <= 2_500_000_000
+    assert doc["n_feasible"] > 0 and doc["plan"]["mamba_heads"] * 64 % doc["plan"]["hidden_size"] == 0
+
+
 def test_parameter_and_memory_targets_on_a_dense_reference():
     doc = _json(["prune", REFERENCE / "llama-3.1-8b", "--target-params", "4.6B", "--dry-run"])
     assert doc["params_after"] <= 4_600_000_000 and doc["n_feasible"] > 0
@@ -83,11 +97,12 @@ def test_parameter_and_memory_targets_on_a_dense_reference():
 
 def test_unsupported_family_names_the_supported_ones(tmp_path):
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bamba", "hidden_size": 8}))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "falcon_h1", "hidden_size": 8}))
     for args in (["inspect", tmp_path / "m"], ["prune", tmp_path / "m", "--hidden-size", 4, "--out", tmp_path / "o"]):
         r = runner.invoke(app, list(map(str, args)))
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-        assert "'bamba'" in r.stderr and all(f in r.stderr for f in ("nemotron_h", "llama", "mistral", "qwen2", "qwen3"))
+        supported = ("nemotron_h", "llama", "mistral", "qwen2", "qwen3", "bamba", "granitemoehybrid")
+        assert "'falcon_h1'" in r.stderr and all(f in r.stderr for f in supported)
     assert not (tmp_path / "o").exists()
 
 
