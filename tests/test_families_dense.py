@@ -19,7 +19,7 @@ from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.stream import prune_checkpoint
-from minitron.testing import DENSE_TINY, make_tiny_model_dir, tiny_dense_config
+from minitron.testing import DENSE_TINY, HYBRID_TINY, make_tiny_model_dir, tiny_dense_config, tiny_hybrid_config
 
 FAMILIES = sorted(DENSE_TINY)
 IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -200,3 +200,51 @@ def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
     zeroed, _, _ = score_tensors(InMemorySource(_zeroed(model, edit)), arch, toks, **kw)
     assert zeroed["ffn"][1, 17] == 0 and (zeroed["ffn"][1] > 0).sum() == arch.intermediate_size - 1
     assert (zeroed["attention_heads"][2] == 0).all() and (zeroed["attention_heads"][1] > 0).all()
+
+
+@pytest.mark.parametrize("cfg", [
+    *(tiny_dense_config(f) for f in FAMILIES),
+    tiny_dense_config("mistral", sliding_window=8),  # windowed masks
+    tiny_dense_config("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=2),
+    *(tiny_hybrid_config(f) for f in sorted(HYBRID_TINY)),  # Granite: µP embedding and logit scales
+], ids=lambda c: c["model_type"] + ("-window" if c.get("sliding_window") else ""))
+def test_the_engines_block_by_block_pass_equals_the_model(cfg):
+    """What scoring runs (embedding, each block called on its own by the family, head) is the model's forward."""
+    from minitron.importance.engine import InMemorySource, _call_block, block_kwargs
+    from minitron.testing import build_model
+
+    model = build_model(cfg)
+    src = InMemorySource(model)
+    with torch.no_grad():
+        with src.embedding() as emb:
+            h = emb(IDS) * src.family.embedding_scale(src.config)
+        kw = block_kwargs(src, h)
+        for j in range(src.num_layers):
+            with src.block(j) as blk:
+                h = _call_block(src, blk, j, h, kw)
+        with src.head() as (norm, head):
+            out = head(norm(h)) / src.family.logits_divisor(src.config)
+    assert torch.equal(out, logits(model))
+
+
+@pytest.mark.parametrize("cfg", [
+    tiny_dense_config("mistral", sliding_window=8),
+    tiny_dense_config("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=2),
+    tiny_dense_config("qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=1),
+], ids=lambda c: c["model_type"])
+@pytest.mark.parametrize("ctx", [5, 17])
+def test_sliding_window_cache_bytes_and_depth(cfg, ctx):
+    """Windowed layers hold min(context, window - 1) tokens in transformers' cache; depth keeps each layer's type."""
+    from minitron.testing import build_model
+
+    arch = Architecture.from_config(cfg)
+    model = build_model(cfg)
+    with torch.no_grad():
+        out = model(torch.randint(3, 300, (2, ctx)), use_cache=True)
+    kv = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+    assert estimate(arch, context_length=ctx, batch_size=2, dtype="fp32").kv_cache_bytes == kv
+    plan = make_plan(arch, Shape(), None, [1])
+    pruned = prune_model(model, plan)
+    if arch.layer_types is not None:
+        assert pruned.config.layer_types == [arch.layer_types[i] for i in (0, 2, 3)]
+    assert Architecture.from_config(pruned.config.to_dict()).layer_types == plan.target().layer_types

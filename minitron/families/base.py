@@ -95,6 +95,10 @@ class Family:
     def call_block(self, blk, i: int, h, kw: dict):
         raise NotImplementedError
 
+    def kv_tokens(self, arch, i: int, context: int) -> int:
+        """Tokens the KV cache of attention layer `i` holds at `context` (fewer for a sliding window)."""
+        return context
+
     def embedding_scale(self, config) -> float:
         """Factor the base model applies to the embeddings before the first block (Granite's µP)."""
         return 1.0

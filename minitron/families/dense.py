@@ -40,16 +40,19 @@ class DenseVariant:
     mlp_bias: bool = True  # reads `mlp_bias` (only Llama's MLP has the option)
     qk_norm: bool = False
     default_head_dim: int | None = None  # None: hidden // heads when `head_dim` is absent
+    # Sliding-window attention: "none", "all" (every layer, when `sliding_window` is set), or "per_layer"
+    # (`use_sliding_window` gates it; `layer_types`, else layers >= `max_window_layers`, are windowed).
+    sliding: str = "none"
 
 
 DENSE_VARIANTS = (
     DenseVariant("llama"),
     # Mistral's linear layers have no bias option; NeMo 12B sets `head_dim` 128 with hidden 5120 / 32 heads.
-    DenseVariant("mistral", attention_bias="never", mlp_bias=False),
+    DenseVariant("mistral", attention_bias="never", mlp_bias=False, sliding="all"),
     # Qwen2 hard-codes q/k/v biases (o_proj has none) and ignores `attention_bias`.
-    DenseVariant("qwen2", attention_bias="always", mlp_bias=False),
+    DenseVariant("qwen2", attention_bias="always", mlp_bias=False, sliding="per_layer"),
     # Qwen3 drops the biases (back to `attention_bias`), adds q/k RMSNorms, and defaults `head_dim` to 128.
-    DenseVariant("qwen3", mlp_bias=False, qk_norm=True, default_head_dim=128),
+    DenseVariant("qwen3", mlp_bias=False, qk_norm=True, default_head_dim=128, sliding="per_layer"),
 )
 
 
@@ -68,7 +71,7 @@ class DenseFamily(Family):
         get = config_getter(cfg)
         n_layers, hidden, n_heads = int(get("num_hidden_layers")), int(get("hidden_size")), int(get("num_attention_heads"))
         bias = {"config": bool(cfg.get("attention_bias", False)), "always": True, "never": False}[self.v.attention_bias]
-        types = cfg.get("layer_types")
+        window, types = self._sliding(cfg, n_layers)
         return Architecture(
             family=self.name,
             pattern=ATTENTION * n_layers,
@@ -85,9 +88,32 @@ class DenseFamily(Family):
             qkv_bias=bias,
             o_bias=bias and self.v.attention_bias == "config",
             qk_norm=self.v.qk_norm,
-            layer_types=tuple(types) if isinstance(types, list) else None,
+            layer_types=types,
+            sliding_window=window,
             raw=dict(cfg),
         )
+
+    def _sliding(self, cfg: dict, n_layers: int) -> tuple[int | None, tuple[str, ...] | None]:
+        """(window, per-layer types) as the family's config class derives them."""
+        types = cfg.get("layer_types")
+        types = tuple(types) if isinstance(types, list) else None
+        if self.v.sliding == "all":  # MistralConfig: `sliding_window` defaults to 4096
+            return cfg.get("sliding_window", 4096), types
+        if self.v.sliding == "per_layer":
+            window = cfg.get("sliding_window", 4096) if cfg.get("use_sliding_window", False) else None
+            if types is None:  # written out, so that depth pruning keeps each layer's type
+                first = int(cfg.get("max_window_layers", 28))
+                types = tuple("sliding_attention" if window is not None and i >= first else "full_attention"
+                              for i in range(n_layers))
+            return window, types
+        return None, types
+
+    def kv_tokens(self, arch, i: int, context: int) -> int:
+        """transformers' sliding-window cache layers keep the last `window - 1` tokens."""
+        if arch.sliding_window is None:
+            return context
+        sliding = arch.layer_types[i] == "sliding_attention" if arch.layer_types else self.v.sliding == "all"
+        return min(context, arch.sliding_window - 1) if sliding else context
 
     def _default_head_dim(self, hidden: int, heads: int) -> int:
         return self.v.default_head_dim or hidden // max(heads, 1)
@@ -106,8 +132,6 @@ class DenseFamily(Family):
             cfg["head_dim"] = arch.head_dim
         if arch.layer_types is not None:
             cfg["layer_types"] = list(arch.layer_types)
-        if "max_window_layers" in cfg:  # Qwen: layers >= this use the sliding window; keep it within range
-            cfg["max_window_layers"] = min(int(cfg["max_window_layers"]), arch.num_layers)
         return cfg
 
     def validate(self, arch, need) -> None:

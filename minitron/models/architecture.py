@@ -52,6 +52,7 @@ class Architecture:
     qk_norm: bool = False
     # Per-layer attention types when the config lists them (`layer_types` of Qwen2/Qwen3); cut with depth.
     layer_types: tuple[str, ...] | None = None
+    sliding_window: int | None = None  # attention window of the layers that have one (dense families)
     # The raw config dict this was read from (kept so a pruned config can be written back).
     raw: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
