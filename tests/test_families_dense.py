@@ -19,7 +19,13 @@ from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.stream import prune_checkpoint
-from minitron.testing import DENSE_TINY, HYBRID_TINY, make_tiny_model_dir, tiny_dense_config, tiny_hybrid_config
+from minitron.testing import (
+    DENSE_TINY,
+    HYBRID_TINY,
+    make_tiny_model_dir,
+    tiny_dense_config,
+    tiny_hybrid_config,
+)
 
 FAMILIES = sorted(DENSE_TINY)
 IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
