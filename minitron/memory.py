@@ -2,6 +2,7 @@
 
     weights      = parameters x bytes(dtype)
     kv_cache     = attention layers x 2 (K and V) x kv_heads x head_dim x context x batch x bytes(dtype)
+                   (a sliding-window layer holds min(context, window - 1) tokens, as transformers' cache)
     mamba_state  = Mamba layers x batch x (heads x head_dim x state_size x bytes(state dtype)
                                            + conv channels x conv window x bytes(dtype))
 
@@ -23,7 +24,6 @@ from dataclasses import asdict, dataclass
 
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA
 
 GiB = 1024**3
 log = logging.getLogger("minitron")
@@ -95,8 +95,9 @@ def estimate(
     state_dtype = norm_dtype(state_dtype or arch.mamba_ssm_cache_dtype, flag="--state-dtype")
     b, sb = DTYPE_BYTES[dtype], DTYPE_BYTES[state_dtype]
     params = arch.total_params if params is None else params
-    n_attn, n_mamba = arch.count(ATTENTION), arch.count(MAMBA)
-    kv = n_attn * 2 * arch.num_key_value_heads * arch.head_dim * context_length * batch_size * b
+    n_mamba = len(arch.mamba_layers())
+    tokens = sum(arch.impl.kv_tokens(arch, i, context_length) for i in arch.attention_layers())
+    kv = 2 * arch.num_key_value_heads * arch.head_dim * tokens * batch_size * b
     window = arch.conv_kernel if conv_window is None else conv_window
     ssm = n_mamba * batch_size * arch.mamba_num_heads * arch.mamba_head_dim * arch.ssm_state_size * sb
     conv = n_mamba * batch_size * arch.mamba_conv_dim * window * b

@@ -1,6 +1,6 @@
 """Layer-by-layer execution of a checkpoint straight from its safetensors files.
 
-`StreamingSource` builds transformers' `NemotronHForCausalLM` on the meta device (no memory), then
+`StreamingSource` builds transformers' own model class on the meta device (no memory), then
 materialises one piece at a time - the embedding, one block, the final norm and lm_head - from the
 shards, runs it, and returns it to the meta device. Peak memory is one block's weights plus the
 activations, whatever the size of the model, so a 12B model can be scored on a 22 GiB GPU or on a CPU
@@ -35,9 +35,14 @@ class StreamingSource:
         self.dtype = dtype or torch.float32
         self.device = torch.device(device)
         self.config = AutoConfig.from_pretrained(self.ckpt.path)
+        self.family = self.ckpt.arch.impl
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
         self.model.eval()
+        self.family.fix_meta_model(self.model, self.config, self.device)  # e.g. rotary tables on the device
+        self.num_layers = len(self.model.model.layers)
+        names = self.family.modules
+        self._emb, self._norm = names.embedding, names.final_norm
         # Tensors transformers keeps in fp32 whatever the dtype (as `from_pretrained` does).
         self.keep_fp32 = tuple(getattr(self.model, "_keep_in_fp32_modules_strict", None) or ()) + tuple(
             getattr(self.model, "_keep_in_fp32_modules", None) or ()
@@ -47,7 +52,7 @@ class StreamingSource:
     # ------------------------------------------------------------------ pieces
     @contextlib.contextmanager
     def embedding(self):
-        with self._materialised(self.model.model.embeddings, "model.embeddings.") as m:
+        with self._materialised(getattr(self.model.model, self._emb), f"model.{self._emb}.") as m:
             yield m
 
     @contextlib.contextmanager
@@ -57,9 +62,11 @@ class StreamingSource:
 
     @contextlib.contextmanager
     def head(self):
-        with self._materialised(self.model.model.norm_f, "model.norm_f."), \
-                self._materialised(self.model.lm_head, "lm_head.", tied=self.config.tie_word_embeddings):
-            yield self.model.model.norm_f, self.model.lm_head
+        norm = getattr(self.model.model, self._norm)
+        tied = "lm_head.weight" not in self.ckpt.specs()  # the family ties it to the embedding
+        with self._materialised(norm, f"model.{self._norm}."), \
+                self._materialised(self.model.lm_head, "lm_head.", tied=tied):
+            yield norm, self.model.lm_head
 
     # ------------------------------------------------------------------ loading
     @contextlib.contextmanager
@@ -68,7 +75,7 @@ class StreamingSource:
         state = module.state_dict()
         names = {k: prefix + k for k in state}
         if tied:  # lm_head shares the embedding matrix
-            names = {k: "model.embeddings." + k for k in state}
+            names = {k: f"model.{self._emb}." + k for k in state}
         tensors = self.read_module_tensors(names, {k: tuple(v.shape) for k, v in state.items()})
         module.load_state_dict(tensors, strict=True, assign=True)
         module.to(self.device)

@@ -1,4 +1,4 @@
-"""Tiny random Nemotron-H models for tests, examples and benchmarks.
+"""Tiny random models (Nemotron-H and the dense families) for tests, examples and benchmarks.
 
 `tiny_config()` is a 9-layer hybrid with every layer type (Mamba-2, MLP, attention with GQA, MoE),
 several Mamba groups, hidden size 64; `make_tiny_model_dir()` writes it as an ordinary Hugging Face
@@ -72,6 +72,53 @@ def tiny_config(**overrides) -> dict:
     return cfg
 
 
+# Tiny dense transformers: GQA with 2 query heads per KV group, an explicit head_dim that hidden ÷ heads
+# does not give (as in Mistral-NeMo), and each family's own detail switched on.
+_DENSE_BASE = {
+    "vocab_size": 384, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 12, "hidden_act": "silu",
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "initializer_range": 0.02,
+    "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+}  # fmt: skip
+DENSE_TINY = {
+    "llama": {"architectures": ["LlamaForCausalLM"], "attention_bias": True, "mlp_bias": True},
+    "mistral": {"architectures": ["MistralForCausalLM"], "sliding_window": None},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "tie_word_embeddings": True},
+    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "attention_bias": False},
+}
+
+
+_HYBRID_BASE = {
+    **_DENSE_BASE, "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_expand": 2, "mamba_n_groups": 2,
+    "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_chunk_size": 16, "mamba_conv_bias": True,
+    "mamba_proj_bias": False, "attention_bias": True,
+}  # fmt: skip
+HYBRID_TINY = {
+    # Mamba, attention, Mamba, Mamba; an MLP in every layer.
+    "bamba": {"architectures": ["BambaForCausalLM"], "attn_layer_indices": [1], "mlp_bias": True},
+    "granitemoehybrid": {
+        "architectures": ["GraniteMoeHybridForCausalLM"], "layer_types": ["mamba", "attention", "mamba", "mamba"],
+        "shared_intermediate_size": 96, "num_local_experts": 0, "num_experts_per_tok": 0,
+        "position_embedding_type": "rope", "tie_word_embeddings": True, "embedding_multiplier": 2.0,
+        "residual_multiplier": 0.5, "attention_multiplier": 0.1, "logits_scaling": 4.0,
+    },
+}
+
+
+def tiny_hybrid_config(model_type: str = "bamba", **overrides) -> dict:
+    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid): `M*MM`, hidden 64, 2 Mamba groups."""
+    cfg = {**_HYBRID_BASE, "model_type": model_type, **HYBRID_TINY[model_type]}
+    cfg.update(overrides)
+    return cfg
+
+
+def tiny_dense_config(model_type: str = "llama", **overrides) -> dict:
+    """A 4-layer random dense model of one family (llama, mistral, qwen2, qwen3), hidden size 64."""
+    cfg = {**_DENSE_BASE, "model_type": model_type, **DENSE_TINY[model_type]}
+    cfg.update(overrides)
+    return cfg
+
+
 def build_tokenizer(vocab_size: int = 384, corpus: str = _CORPUS):
     """A byte-level BPE `PreTrainedTokenizerFast` trained offline; ids 0/1/2 are <pad>/<s>/</s>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -93,7 +140,7 @@ def build_tokenizer(vocab_size: int = 384, corpus: str = _CORPUS):
 
 
 def build_model(cfg: dict | None = None, seed: int = 0):
-    """A random `NemotronHForCausalLM` from a config dict (transformers' own class)."""
+    """A random model from a config dict (transformers' own class; Nemotron-H by default)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -105,23 +152,26 @@ def build_model(cfg: dict | None = None, seed: int = 0):
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+            if name.endswith(("norm.weight", "norm_f.weight", "layernorm.weight")):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.endswith(("mixer.D", "mixer.dt_bias")):
+            elif name.endswith(".bias") and cfg.get("model_type") != "nemotron_h":  # dense biases start at 0
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(("mixer.D", "mixer.dt_bias", "mamba.D", "mamba.dt_bias")):
                 p.copy_(p + 0.1 * torch.randn(p.shape, generator=g))
     return model.eval()
 
 
 def make_tiny_model_dir(path, cfg: dict | None = None, seed: int = 0, max_shard_size: str = "200KB", model=None):
-    """Write a tiny random Nemotron-H model as a Hugging Face directory (sharded safetensors); return its path."""
+    """Write a tiny random model (Nemotron-H unless `cfg` says otherwise) as a Hugging Face directory (sharded safetensors); return its path."""
     path = Path(path)
     cfg = dict(cfg or tiny_config())
     model = model if model is not None else build_model(cfg, seed=seed)
     model.save_pretrained(path, max_shard_size=max_shard_size)
     tokenizer = build_tokenizer(vocab_size=cfg["vocab_size"])
     tokenizer.save_pretrained(path)
-    # Keep the config in the legacy spelling NVIDIA's checkpoints use (`hybrid_override_pattern`).
-    saved = json.loads((path / "config.json").read_text())
-    saved["hybrid_override_pattern"] = cfg["hybrid_override_pattern"]
-    (path / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    if "hybrid_override_pattern" in cfg:
+        # Keep the config in the legacy spelling NVIDIA's checkpoints use (`hybrid_override_pattern`).
+        saved = json.loads((path / "config.json").read_text())
+        saved["hybrid_override_pattern"] = cfg["hybrid_override_pattern"]
+        (path / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     return path

@@ -130,7 +130,7 @@ def test_with_and_to_config_roundtrip_loads_in_transformers():
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
-        ({"model_type": "llama", "hidden_size": 8}, "unsupported model_type"),
+        ({"model_type": "gpt2", "hidden_size": 8}, "unsupported model_type .gpt2.: minitron supports nemotron_h, llama"),
         ({"model_type": "nemotron_h", "hidden_size": 8, "vocab_size": 10}, "no layer pattern"),
         (["not", "a", "dict"], "JSON object"),
     ],

@@ -77,7 +77,7 @@ def _write(p, text):
         (lambda t: t / "nope", "no such file"),
         (lambda t: t, "has no config.json"),
         (lambda t: _write(t / "config.json", "{not json"), "malformed JSON"),
-        (lambda t: _write(t / "config.json", json.dumps({"model_type": "llama"})), "unsupported model_type"),
+        (lambda t: _write(t / "config.json", json.dumps({"model_type": "gpt2"})), "unsupported model_type"),
     ],
 )
 def test_inspect_bad_input_is_one_line_exit_2(tmp_path, make, needle):

@@ -81,11 +81,12 @@ def render(doc: dict) -> None:
     layers = ", ".join(f"{n} {k}" for k, n in doc["layers"].items() if n)
     out.print(f"layers      {doc['num_layers']}: {layers}")
     out.print(f"pattern     {doc['pattern']}")
+    mamba = (f"mamba {doc['mamba_num_heads']} heads x {doc['mamba_head_dim']}, {doc['n_groups']} groups, "
+             f"state {doc['ssm_state_size']}  ") if doc["units"]["mamba_heads"] else ""
     out.print(
         f"hidden {doc['hidden_size']}  ffn {doc['intermediate_size']}  "
         f"attention {doc['num_attention_heads']}q/{doc['num_key_value_heads']}kv x {doc['head_dim']}  "
-        f"mamba {doc['mamba_num_heads']} heads x {doc['mamba_head_dim']}, {doc['n_groups']} groups, "
-        f"state {doc['ssm_state_size']}  vocab {doc['vocab_size']}"
+        f"{mamba}vocab {doc['vocab_size']}"
     )
     t = Table(title="parameters", title_justify="left")
     t.add_column("component")

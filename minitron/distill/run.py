@@ -369,6 +369,7 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
         if p.cache is not None:
             inputs["teacher_logits"] = {"path": str(opts.teacher_logits), "index_sha256": _cache_identity(p.cache),
                                         "k": p.cache.k, "bytes_per_token": p.cache.bytes_per_token}  # fmt: skip
+        summary = {"family": p.student_ckpt.arch.family, **summary}
         write_provenance(tmp, "distill", options, inputs=inputs, result=summary)
         card.write(tmp, card.for_distilled(opts.teacher_spec or opts.teacher, opts.out, p.teacher_ckpt,
                                            p.student_ckpt, summary))

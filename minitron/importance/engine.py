@@ -37,19 +37,23 @@ HEAD_ROWS = 1024
 
 
 class InMemorySource:
-    """The pieces of a loaded `NemotronHForCausalLM` (nothing to load or free)."""
+    """The pieces of a loaded transformers model (nothing to load or free)."""
 
     layer_major = False
 
     def __init__(self, model):
+        from minitron.families import get_family
+
         self.model = model
         self.config = model.config
+        self.family = get_family(model.config.model_type)
+        self.num_layers = len(model.model.layers)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
 
     @contextlib.contextmanager
     def embedding(self):
-        yield self.model.model.embeddings
+        yield getattr(self.model.model, self.family.modules.embedding)
 
     @contextlib.contextmanager
     def block(self, j: int):
@@ -57,31 +61,23 @@ class InMemorySource:
 
     @contextlib.contextmanager
     def head(self):
-        yield self.model.model.norm_f, self.model.lm_head
+        yield getattr(self.model.model, self.family.modules.final_norm), self.model.lm_head
 
 
-def block_kwargs(config, h) -> dict:
-    """Masks and positions for calling a `NemotronHBlock` directly on [B, T, hidden] states (no padding)."""
-    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
-
-    from minitron.models.compat import cache_kwargs
-
-    pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-    kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "position_ids": pos,
-          **cache_kwargs(create_causal_mask, None)}
-    masks = {"full_attention": create_causal_mask(**kw), "linear_attention": create_recurrent_attention_mask(**kw)}
-    return {"masks": masks, "position_ids": pos}
+def block_kwargs(source, h) -> dict:
+    """What the family needs to call any block directly on [B, T, hidden] states (no padding)."""
+    return source.family.prepare_blocks(source.model, source.config, h)
 
 
-def _call_block(blk, h, kw):
-    return blk(h, attention_mask=kw["masks"].get(blk.block_type), position_ids=kw["position_ids"])
+def _call_block(source, blk, j, h, kw):
+    return source.family.call_block(blk, j, h, kw)
 
 
 def run_engine(source, tokens, *, batch_size: int, layer_metric: str | None, skip=frozenset(), stats,
                collector=None, progress=None) -> None:
     """Run `tokens` [S, T] through `source`, adding partial sums to `stats` (and to `collector`'s)."""
     n = tokens.shape[0]
-    n_layers = len(source.config.layers_block_type)
+    n_layers = source.num_layers
     micro = [tokens[s : s + batch_size] for s in range(0, n, batch_size)]
     chunks = [micro] if source.layer_major else [[m] for m in micro]
     total = len(chunks) * (n_layers + 1)
@@ -99,12 +95,13 @@ def run_engine(source, tokens, *, batch_size: int, layer_metric: str | None, ski
 
 
 def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> None:
-    n_layers = len(source.config.layers_block_type)
+    n_layers = source.num_layers
     branches_on = layer_metric in LOGIT_METRICS
     dev = source.device
     with source.embedding() as emb:
-        states = [emb(t.to(dev)).to(source.dtype) for t in micro]
-    kws = [block_kwargs(source.config, h) for h in states]
+        scale = source.family.embedding_scale(source.config)
+        states = [(emb(t.to(dev)) * scale if scale != 1.0 else emb(t.to(dev))).to(source.dtype) for t in micro]
+    kws = [block_kwargs(source, h) for h in states]
     branches: dict[int, list] = {}
     cos = torch.zeros(n_layers, dtype=torch.float64)
     for j in range(n_layers):
@@ -115,13 +112,13 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
             for m, h in enumerate(states):
                 if collector is not None:
                     collector.enabled = True
-                y = _call_block(blk, h, kws[m])
+                y = _call_block(source, blk, j, h, kws[m])
                 if collector is not None:
                     collector.enabled = False
                 cos[j] += cosine_distance(h, y).double().sum().cpu()
                 for i, br in branches.items():
                     if i < j:  # branch j (block j skipped) starts after this block
-                        br[m] = _call_block(blk, br[m], kws[m])
+                        br[m] = _call_block(source, blk, j, br[m], kws[m])
                 if branches_on:
                     branches.setdefault(j, [None] * len(states))[m] = h
                 states[m] = y
@@ -131,7 +128,9 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
     stats.add("tokens", torch.tensor([float(n_tok)]))
     stats.add("pred_tokens", torch.tensor([float(sum(t.shape[0] * (t.shape[1] - 1) for t in micro))]))
     stats.add("layer_cosine", cos)
-    with source.head() as (norm_f, lm_head):
+    with source.head() as (norm_f, head):
+        div = source.family.logits_divisor(source.config)
+        lm_head = head if div == 1.0 else (lambda x: head(x) / div)
         kl, mse, loss = (torch.zeros(n_layers, dtype=torch.float64) for _ in range(3))
         ref_loss = torch.zeros(1, dtype=torch.float64)
         for m, tok in enumerate(micro):

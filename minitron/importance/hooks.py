@@ -1,11 +1,12 @@
-"""Forward hooks that collect the width statistics of a Nemotron-H model; the maths is in `width.py`.
+"""Forward hooks that collect the width statistics of a model; the maths is in `width.py`.
 
-Hooks are attached to transformers' own modules (`NemotronHForCausalLM.model.layers[i]`):
+Hooks are attached to transformers' own modules (`model.model.layers[i]`), at the points the
+model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_proj`, ...):
 
-    block.norm            output         -> hidden channels of layer i
-    mlp.down_proj         input          -> FFN neurons
-    attention.o_proj      input          -> attention heads (KV heads derived at the end)
-    mamba.in_proj         output         -> x-slice: Mamba heads and head-dim channels
+    a pre-norm (each)     output         -> hidden channels of layer i
+    MLP down_proj         input          -> FFN neurons
+    attention o_proj      input          -> attention heads (KV heads derived at the end)
+    mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
 
 The x-slice is read from in_proj's output, which every Mamba path of transformers computes with the
 module itself (the torch path, the mamba_ssm kernels and the fused training kernel alike), so the
@@ -18,10 +19,10 @@ skip-one-block branches of the layer metrics.
 
 from __future__ import annotations
 
+from minitron.families import submodule
 from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
 
 
 class WidthCollector:
@@ -44,24 +45,26 @@ class WidthCollector:
     def attach(self, model) -> WidthCollector:
         a = self.arch
         layers = model.model.layers
-        positions = {c: {i: k for k, i in enumerate(a.layers_of(c))} for c in (MLP, ATTENTION, MAMBA)}
+        positions = {kind: {i: k for k, i in enumerate(a.layers_with(c))}
+                     for kind, c in (("ffn", "ffn"), ("attention", "attention"), ("mamba", "mamba"))}
+        nq = a.num_attention_heads
         for i, c in enumerate(a.pattern):
             blk = layers[i]
-            self._handles.append(blk.norm.register_forward_hook(self._out_hook(f"hidden.{i}", width.channel_values)))
-            if c == MLP:
-                k = positions[MLP][i]
-                self._handles.append(
-                    blk.mixer.down_proj.register_forward_pre_hook(self._in_hook(f"ffn.{k}", width.channel_values))
-                )
-            elif c == ATTENTION:
-                k, nq = positions[ATTENTION][i], a.num_attention_heads
-                self._handles.append(
-                    blk.mixer.o_proj.register_forward_pre_hook(
-                        self._in_hook(f"attention.{k}", lambda t, nq=nq: width.head_values(t, nq))
-                    )
-                )
-            elif c == MAMBA:
-                self._handles.append(blk.mixer.in_proj.register_forward_hook(self._mamba_hook(positions[MAMBA][i], blk.mixer)))
+            for point in a.impl.hook_points(a, c):
+                mod = submodule(blk, point.path)
+                if point.kind == "hidden":
+                    name = _hidden_name(i, point.tag)
+                    self._handles.append(mod.register_forward_hook(self._out_hook(name, width.channel_values)))
+                elif point.kind == "ffn":
+                    hook = self._in_hook(f"ffn.{positions['ffn'][i]}", width.channel_values)
+                    self._handles.append(mod.register_forward_pre_hook(hook))
+                elif point.kind == "attention":
+                    hook = self._in_hook(f"attention.{positions['attention'][i]}",
+                                         lambda t, nq=nq: width.head_values(t, nq))
+                    self._handles.append(mod.register_forward_pre_hook(hook))
+                elif point.kind == "mamba":
+                    mixer = submodule(blk, point.path.rpartition(".")[0]) if "." in point.path else blk
+                    self._handles.append(mod.register_forward_hook(self._mamba_hook(positions["mamba"][i], mixer)))
         return self
 
     def detach(self) -> None:
@@ -99,19 +102,25 @@ class WidthCollector:
 
         return hook
 
+    def _hidden_names(self, skip=frozenset()) -> list[str]:
+        """One statistic per norm that reads the residual stream (one per Nemotron-H block, two per Llama block)."""
+        a = self.arch
+        return [_hidden_name(i, p.tag) for i, c in enumerate(a.pattern) if i not in skip
+                for p in a.impl.hook_points(a, c) if p.kind == "hidden"]
+
     # ------------------------------------------------------------------ results
     def stat_shapes(self, skip=frozenset()) -> dict[str, tuple[int, ...]]:
         """Every statistic this collector produces (for the cross-rank reduction)."""
         a = self.arch
-        shapes = {f"hidden.{i}": (a.hidden_size,) for i in range(a.num_layers) if i not in skip}
+        shapes = {name: (a.hidden_size,) for name in self._hidden_names(skip)}
         shapes["hidden.final"] = (a.hidden_size,)
-        for k, i in enumerate(a.layers_of(MLP)):
+        for k, i in enumerate(a.ffn_layers()):
             if i not in skip:
                 shapes[f"ffn.{k}"] = (a.intermediate_size,)
-        for k, i in enumerate(a.layers_of(ATTENTION)):
+        for k, i in enumerate(a.attention_layers()):
             if i not in skip:
                 shapes[f"attention.{k}"] = (a.num_attention_heads,)
-        for k, i in enumerate(a.layers_of(MAMBA)):
+        for k, i in enumerate(a.mamba_layers()):
             if i not in skip:
                 shapes[f"mamba_heads.{k}"] = (a.mamba_num_heads,)
                 shapes[f"mamba_channels.{k}"] = (a.mamba_intermediate,)
@@ -128,11 +137,11 @@ class WidthCollector:
                 return torch.zeros(size, dtype=torch.float64)
             return finalize_batch(self.stats[name], n_samples, how)
 
-        hidden = sum(get(f"hidden.{i}", a.hidden_size) for i in range(a.num_layers)) + get("hidden.final", a.hidden_size)
-        ffn = [get(f"ffn.{k}", a.intermediate_size) for k in range(a.count(MLP))]
-        att = [get(f"attention.{k}", a.num_attention_heads) for k in range(a.count(ATTENTION))]
+        hidden = sum(get(n, a.hidden_size) for n in self._hidden_names()) + get("hidden.final", a.hidden_size)
+        ffn = [get(f"ffn.{k}", a.intermediate_size) for k in range(len(a.ffn_layers()))]
+        att = [get(f"attention.{k}", a.num_attention_heads) for k in range(len(a.attention_layers()))]
         mh, md = [], []
-        for k in range(a.count(MAMBA)):
+        for k in range(len(a.mamba_layers())):
             norms = self.out_norms.get(k, torch.zeros(a.mamba_num_heads, dtype=torch.float64))
             mh.append(width.mamba_head_scores(get(f"mamba_heads.{k}", a.mamba_num_heads), norms))
             md.append(width.mamba_head_dim_scores(get(f"mamba_channels.{k}", a.mamba_intermediate), a.mamba_num_heads))
@@ -150,3 +159,7 @@ class WidthCollector:
             "mamba_head_dim": stack(md, a.mamba_head_dim),
         }
         return {k: v.float() for k, v in out.items()}
+
+
+def _hidden_name(i: int, tag: str) -> str:
+    return f"hidden.{i}" + (f".{tag}" if tag else "")

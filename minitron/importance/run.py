@@ -155,6 +155,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path))
     scores.validate(p.arch)
     info = {
+        "family": p.arch.family,
         "samples": int(n_samples),
         "seq_len": p.opts.seq_len,
         "tokens": n_tokens,

@@ -3,7 +3,7 @@
 Tensors (all finite, non-negative, larger = more important):
 
     hidden          [hidden_size]
-    ffn             [n_mlp_layers, intermediate_size]        rows in layer order of the MLP layers
+    ffn             [n_ffn_layers, intermediate_size]        rows in layer order of the layers with an MLP
     attention_heads [n_attention_layers, num_attention_heads]
     kv_heads        [n_attention_layers, num_key_value_heads]
     mamba_heads     [n_mamba_layers, mamba_num_heads]
@@ -22,20 +22,20 @@ from pathlib import Path
 
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
 
 SCORES_FILE = "scores.safetensors"
 WIDTH_AXES = ("hidden", "ffn", "attention_heads", "kv_heads", "mamba_heads", "mamba_head_dim")
 
 
 def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    n_ffn, n_attn, n_mamba = len(arch.ffn_layers()), len(arch.attention_layers()), len(arch.mamba_layers())
     return {
         "hidden": (arch.hidden_size,),
-        "ffn": (arch.count(MLP), arch.intermediate_size if arch.count(MLP) else 0),
-        "attention_heads": (arch.count(ATTENTION), arch.num_attention_heads if arch.count(ATTENTION) else 0),
-        "kv_heads": (arch.count(ATTENTION), arch.num_key_value_heads if arch.count(ATTENTION) else 0),
-        "mamba_heads": (arch.count(MAMBA), arch.mamba_num_heads if arch.count(MAMBA) else 0),
-        "mamba_head_dim": (arch.count(MAMBA), arch.mamba_head_dim if arch.count(MAMBA) else 0),
+        "ffn": (n_ffn, arch.intermediate_size if n_ffn else 0),
+        "attention_heads": (n_attn, arch.num_attention_heads if n_attn else 0),
+        "kv_heads": (n_attn, arch.num_key_value_heads if n_attn else 0),
+        "mamba_heads": (n_mamba, arch.mamba_num_heads if n_mamba else 0),
+        "mamba_head_dim": (n_mamba, arch.mamba_head_dim if n_mamba else 0),
         "layers": (arch.num_layers,),
     }
 

@@ -176,6 +176,29 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: tensor {found[name].key} has unsupported dtype {found[name].dtype}")
 
 
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def hf_config(cfg: dict):
+    """A transformers config object from a config.json dict, as `from_pretrained` would read it.
+
+    config.json spells floats JSON cannot hold as `{"__float__": "Infinity"}` (Bamba's and Granite's
+    `time_step_limit`); `AutoConfig.for_model(**cfg)` does not decode them, so this does first.
+    """
+    from transformers import AutoConfig
+
+    def decode(x):
+        if isinstance(x, dict):
+            if set(x) == {"__float__"} and x["__float__"] in _SPECIAL_FLOATS:
+                return _SPECIAL_FLOATS[x["__float__"]]
+            return {k: decode(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [decode(v) for v in x]
+        return x
+
+    return AutoConfig.for_model(**decode(cfg))
+
+
 def open_checkpoint(path: str | Path, *, require_weights: bool = False, check: bool = True,
                     fetch_weights: bool | None = None) -> Checkpoint:
     ckpt = Checkpoint.open(path, require_weights=require_weights, fetch_weights=fetch_weights)

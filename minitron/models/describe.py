@@ -25,6 +25,7 @@ def describe(
     doc = {
         "path": str(ckpt.path),
         "model_type": a.raw.get("model_type"),
+        "family": a.family,
         "pattern": a.pattern,
         "num_layers": a.num_layers,
         "layers": {LAYER_TYPE_NAMES[c]: a.count(c) for c in (MAMBA, MLP, ATTENTION, MOE)},

@@ -1,4 +1,4 @@
-"""Apply a `PrunePlan` in memory: to a state dict, or to a model (a new `NemotronHForCausalLM`).
+"""Apply a `PrunePlan` in memory: to a state dict, or to a model (a new transformers model of the same class).
 
 Each tensor is cut with `tensor_indices` (plan.py), the same function the streaming apply uses;
 dropped blocks are left out and the others renumbered.
@@ -70,14 +70,19 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
 def prune_model(model, plan: PrunePlan):
     """A new transformers model of `plan.target()` holding the kept slices of `model` (strict load)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.for_model(**plan.target().to_config())
+    from minitron.models.checkpoint import hf_config
+
+    config = hf_config(plan.target().to_config())
     dtype = next(model.parameters()).dtype
     sd = prune_state_dict(model.state_dict(), plan)
     with torch.device("meta"):
         new = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if "lm_head.weight" not in sd and "lm_head.weight" in new.state_dict():  # tied: the embedding, re-tied below
+        sd["lm_head.weight"] = sd[f"model.{plan.source.impl.modules.embedding}.weight"]
     new.load_state_dict(sd, strict=True, assign=True)
     if plan.source.tie_word_embeddings:
         new.tie_weights()
+    plan.source.impl.fix_meta_model(new, new.config, next(model.parameters()).device)  # rotary tables
     return new.eval()

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
 from minitron.models.tensors import FFN, FIXED, HIDDEN, KV, MAMBA_HEADS, MAMBA_INNER, Q, TensorSpec
 
 Index = tuple[int, ...]
@@ -46,11 +45,11 @@ class PrunePlan:
         return cls(
             source=a,
             hidden=tuple(range(a.hidden_size)),
-            ffn={i: tuple(range(a.intermediate_size)) for i in a.layers_of(MLP)},
-            q_heads={i: tuple(range(a.num_attention_heads)) for i in a.layers_of(ATTENTION)},
-            kv_heads={i: tuple(range(a.num_key_value_heads)) for i in a.layers_of(ATTENTION)},
-            mamba_heads={i: tuple(range(a.mamba_num_heads)) for i in a.layers_of(MAMBA)},
-            mamba_dims={i: tuple(range(a.mamba_head_dim)) for i in a.layers_of(MAMBA)},
+            ffn={i: tuple(range(a.intermediate_size)) for i in a.ffn_layers()},
+            q_heads={i: tuple(range(a.num_attention_heads)) for i in a.attention_layers()},
+            kv_heads={i: tuple(range(a.num_key_value_heads)) for i in a.attention_layers()},
+            mamba_heads={i: tuple(range(a.mamba_num_heads)) for i in a.mamba_layers()},
+            mamba_dims={i: tuple(range(a.mamba_head_dim)) for i in a.mamba_layers()},
         )
 
     # ------------------------------------------------------------------ facts
@@ -75,6 +74,7 @@ class PrunePlan:
         pattern = "".join(a.pattern[i] for i in kept)
         return a.with_(
             pattern=pattern,
+            layer_types=None if a.layer_types is None else tuple(a.layer_types[i] for i in kept),
             hidden_size=len(self.hidden),
             intermediate_size=count(self.ffn, a.intermediate_size, "FFN neuron"),
             num_attention_heads=count(self.q_heads, a.num_attention_heads, "query head"),

@@ -176,7 +176,7 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     if not o.dry_run and scores is None:
         raise InputError("writing a pruned model needs importance scores (run `minitron score` first)",
                          flag="--scores")
-    doc: dict = {"model": str(ckpt.path), "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None,
+    doc: dict = {"model": str(ckpt.path), "family": arch.family, "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None,
                  "target": _target(o)}
 
     if o.searching:

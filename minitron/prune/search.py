@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from minitron.errors import InfeasibleError, InputError
 from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype
 from minitron.models.architecture import Architecture
-from minitron.models.layers import MAMBA, MLP
 from minitron.prune.select import Shape, drop_sequence
 
 AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")
@@ -100,8 +99,8 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     return {
         "num_layers": Range(L - int(L * DEPTH_CUT), L) if depth else Range(L, L),
         "hidden_size": _down(a.hidden_size, 64, WIDTH_CUT),
-        "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if MLP in a.pattern else _fixed(a.intermediate_size),
-        "mamba_heads": _down(a.mamba_num_heads, a.n_groups, WIDTH_CUT) if MAMBA in a.pattern
+        "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if a.ffn_layers() else _fixed(a.intermediate_size),
+        "mamba_heads": _down(a.mamba_num_heads, a.n_groups, WIDTH_CUT) if a.mamba_layers()
         else _fixed(a.mamba_num_heads),
         "mamba_head_dim": Range(a.mamba_head_dim, a.mamba_head_dim),
         "attention_heads": Range(a.num_attention_heads, a.num_attention_heads),
@@ -148,23 +147,28 @@ def enumerate_candidates(
             continue  # the order (with --keep-layer-types) cannot drop that many
         dropped = tuple(sorted(seq[:k]))
         pattern = "".join(c for i, c in enumerate(a.pattern) if i not in set(dropped))
-        n_mlp = pattern.count(MLP)
+        types = None if a.layer_types is None else tuple(t for i, t in enumerate(a.layer_types) if i not in set(dropped))
         combos = itertools.product(*(space[x].values() for x in
                                      ("hidden_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")))
         for h, mh, mhd, q, kv in combos:
             if q % kv or q // kv > per_group:
                 continue
             ffns = space["ffn_size"].values()
-            base = a.with_(pattern=pattern, hidden_size=h, intermediate_size=ffns[0] or a.intermediate_size,
+            base = a.with_(pattern=pattern, layer_types=types, hidden_size=h,
+                           intermediate_size=ffns[0] or a.intermediate_size,
                            mamba_num_heads=mh or a.mamba_num_heads, mamba_head_dim=mhd or a.mamba_head_dim,
                            num_attention_heads=q, num_key_value_heads=kv)
+            if a.impl.target_problem(a, base):  # e.g. a Mamba width the family's config cannot express
+                continue
             p0 = base.total_params
+            # The FFN axis is linear in the parameters (any family): the cost of one neuron in every FFN layer.
+            per_neuron = base.with_(intermediate_size=base.intermediate_size + 1).total_params - p0 \
+                if base.ffn_layers() else 0
             est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
                             state_dtype=state_dtype, params=0)
             bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
             for f in ffns:
-                # The FFN axis is linear in the parameters: 2·h (+1 with biases) per neuron per MLP layer.
-                params = p0 + n_mlp * (2 * h + (1 if a.mlp_bias else 0)) * (f - ffns[0]) if f else p0
+                params = p0 + per_neuron * (f - ffns[0]) if f else p0
                 mem = est0.total_bytes + params * bytes_per
                 if budget is not None:
                     fits = mem <= budget.budget_bytes
@@ -189,8 +193,8 @@ def require_feasible(cands: list[Candidate], *, budget: Budget | None, target_pa
     if any(c.fits for c in cands):
         return
     smallest = min(cands, key=lambda c: c.memory_bytes if budget is not None else c.params)
-    where = (f"{smallest.num_layers} layers, hidden {smallest.hidden_size}, ffn {smallest.ffn_size}, "
-             f"{smallest.mamba_heads} Mamba heads")
+    where = (f"{smallest.num_layers} layers, hidden {smallest.hidden_size}, ffn {smallest.ffn_size}"
+             + (f", {smallest.mamba_heads} Mamba heads" if smallest.mamba_heads else ""))
     if budget is not None:
         raise InfeasibleError(
             f"no candidate fits {budget.budget_bytes / GiB:.2f} GiB: the smallest the search space reaches is "

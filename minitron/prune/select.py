@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, layer_char
+from minitron.models.layers import LAYER_TYPE_NAMES, layer_char
 from minitron.prune.plan import PrunePlan
 
 SHAPE_FLAGS = {
@@ -71,15 +71,24 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
         "mamba_head_dim": arch.mamba_head_dim, "attention_heads": arch.num_attention_heads,
         "kv_heads": arch.num_key_value_heads,
     }  # fmt: skip
+    refused = arch.impl.unsupported_axes(arch)
+    units = arch.unit_counts()
+    has = {"hidden_size": True, "ffn_size": units["ffn"] > 0, "mamba_heads": units["mamba_heads"] > 0,
+           "mamba_head_dim": units["mamba_head_dim"] > 0, "attention_heads": units["attention_heads"] > 0,
+           "kv_heads": units["kv_heads"] > 0}  # fmt: skip
     for key, value in asdict(shape).items():
-        if value is None:
+        if value is None or value == original[key]:
             continue
+        if key in refused:
+            raise InputError(f"cannot be cut: {refused[key]}", flag=SHAPE_FLAGS[key])
+        if not has[key]:
+            raise InputError(f"this {arch.family} model has no such units to cut", flag=SHAPE_FLAGS[key])
         if value < 1:
             raise InputError(f"must be >= 1, got {value}", flag=SHAPE_FLAGS[key])
         if value > original[key]:
             raise InputError(f"{value} is larger than the model's {original[key]}", flag=SHAPE_FLAGS[key])
     s = shape.resolve(arch)
-    if s.mamba_heads % arch.n_groups:
+    if has["mamba_heads"] and s.mamba_heads % arch.n_groups:
         raise InputError(
             f"{s.mamba_heads} Mamba heads is not a multiple of the model's {arch.n_groups} groups", flag="--mamba-heads"
         )
@@ -94,7 +103,17 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
             f"per group; the model has {per_group}",
             flag="--attention-heads",
         )
+    problem = arch.impl.target_problem(arch, shape_arch(arch, s))
+    if problem:
+        raise InputError(f"cannot be cut: {problem[1]}", flag=problem[0])
     return s
+
+
+def shape_arch(arch: Architecture, s: Shape) -> Architecture:
+    """`arch` with the widths of a resolved shape (layers unchanged)."""
+    return arch.with_(hidden_size=s.hidden_size, intermediate_size=s.ffn_size, mamba_num_heads=s.mamba_heads,
+                      mamba_head_dim=s.mamba_head_dim, num_attention_heads=s.attention_heads,
+                      num_key_value_heads=s.kv_heads)
 
 
 # ---------------------------------------------------------------------- ranking (pure)
@@ -130,11 +149,11 @@ def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) 
     a = arch
     plan = PrunePlan(source=a, hidden=top_k(rows("hidden", 1, a.hidden_size).reshape(-1), s.hidden_size),
                      dropped_layers=tuple(sorted(set(dropped_layers))))
-    mlp = a.layers_of(MLP)
+    mlp = a.ffn_layers()
     ffn_scores = rows("ffn", len(mlp), a.intermediate_size)
     for j, i in enumerate(mlp):
         plan.ffn[i] = top_k(ffn_scores[j], s.ffn_size)
-    attn = a.layers_of(ATTENTION)
+    attn = a.attention_layers()
     q_scores = rows("attention_heads", len(attn), a.num_attention_heads)
     kv_scores = rows("kv_heads", len(attn), a.num_key_value_heads)
     per_group = a.num_attention_heads // a.num_key_value_heads
@@ -145,7 +164,7 @@ def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) 
         plan.q_heads[i] = tuple(
             g * per_group + h for g in groups for h in top_k(q_scores[j][g * per_group:(g + 1) * per_group], keep_per_group)
         )
-    mamba = a.layers_of(MAMBA)
+    mamba = a.mamba_layers()
     head_scores = rows("mamba_heads", len(mamba), a.mamba_num_heads)
     dim_scores = rows("mamba_head_dim", len(mamba), a.mamba_head_dim)
     for j, i in enumerate(mamba):

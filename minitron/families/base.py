@@ -1,0 +1,117 @@
+"""`Family`: what minitron needs to know about one model family, and nothing else.
+
+A family turns a config into an `Architecture` (and a pruned one back into a config), says which
+components each layer type holds, declares the tensors of each layer with their segments (the
+coupled groups of `minitron.models.tensors`), counts parameters exactly, and says where the
+importance hooks attach and how to call one block on its own. Everything else - scoring, the plan,
+in-memory and streaming apply, search, the memory model, distillation, evaluation - is shared and
+only asks the family through this interface.
+
+Components a layer can hold (`components(char)`): `attention`, `ffn` (a plain or gated MLP whose
+neurons are the `ffn` axis), `mamba` (a Mamba-2 mixer), `moe` (routed experts). A Nemotron-H layer
+holds one; a Llama decoder layer holds `attention` and `ffn`; a Granite 4.0-H layer `mamba` or
+`attention` plus `ffn`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTENTION_C, FFN_C, MAMBA_C, MOE_C = "attention", "ffn", "mamba", "moe"
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One module of a block whose activations feed an importance statistic.
+
+    `kind`: `hidden` (output of a norm that reads the residual stream: its channels), `ffn` (input
+    of the MLP's down projection: its neurons), `attention` (input of o_proj: per query head),
+    `mamba` (output of in_proj: the x-slice). `path`: dotted attribute path inside the block.
+    """
+
+    kind: str
+    path: str
+    tag: str = ""  # tells two `hidden` points of one block apart (`""`, `post`)
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Attribute names of the base model's pieces (`model.<embedding>`, `model.<final_norm>`)."""
+
+    embedding: str
+    final_norm: str
+
+
+class Family:
+    """The interface; `minitron.families.nemotron_h` and `minitron.families.dense` implement it."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    modules: ModuleNames
+
+    # ------------------------------------------------------------------ config <-> architecture
+    def read(self, cfg: dict):  # -> Architecture
+        raise NotImplementedError
+
+    def write(self, arch) -> dict:
+        """The config dict of `arch`: the original config with sizes (and layers) rewritten."""
+        raise NotImplementedError
+
+    def validate(self, arch, need) -> None:
+        """Family-specific structural checks; `need(ok, msg)` raises the config error."""
+
+    # ------------------------------------------------------------------ structure
+    def components(self, char: str) -> frozenset[str]:
+        raise NotImplementedError
+
+    def layer_specs(self, arch, i: int, char: str, layout: str) -> list:
+        raise NotImplementedError
+
+    def model_specs(self, arch, layout: str) -> list:
+        raise NotImplementedError
+
+    def params(self, arch) -> dict[str, int]:
+        raise NotImplementedError
+
+    def layer_params(self, arch, char: str) -> int:
+        raise NotImplementedError
+
+    def unsupported_axes(self, arch) -> dict[str, str]:
+        """Shape keys (`hidden_size`, `ffn_size`, ...) this family cannot cut soundly -> the reason."""
+        return {}
+
+    def target_problem(self, arch, target) -> tuple[str, str] | None:
+        """(flag, reason) when the pruned architecture `target` of `arch` cannot be written soundly."""
+        return None
+
+    # ------------------------------------------------------------------ running blocks
+    def hook_points(self, arch, char: str) -> list[HookPoint]:
+        raise NotImplementedError
+
+    def prepare_blocks(self, model, config, h) -> dict:
+        """What `call_block` needs to run any block on [B, T, hidden] states `h` (no padding)."""
+        raise NotImplementedError
+
+    def call_block(self, blk, i: int, h, kw: dict):
+        raise NotImplementedError
+
+    def kv_tokens(self, arch, i: int, context: int) -> int:
+        """Tokens the KV cache of attention layer `i` holds at `context` (fewer for a sliding window)."""
+        return context
+
+    def embedding_scale(self, config) -> float:
+        """Factor the base model applies to the embeddings before the first block (Granite's µP)."""
+        return 1.0
+
+    def logits_divisor(self, config) -> float:
+        """What the causal-LM head divides its logits by (Granite's `logits_scaling`)."""
+        return 1.0
+
+    def fix_meta_model(self, model, config, device) -> None:
+        """Rebuild non-persistent buffers of a model built on the meta device (rotary tables)."""
+
+
+def submodule(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root

@@ -1,0 +1,50 @@
+"""The Mamba-2 mixer every hybrid family shares: its tensors (with segments) and its parameters.
+
+Checked against transformers' own mixers (`NemotronHMamba2Mixer`, `BambaMixer`,
+`GraniteMoeHybridMambaLayer`): the same fused layout and the same gated norm in each.
+
+    in_proj.weight   [z (H·P) | x (H·P) | B (G·N) | C (G·N) | dt (H)]  x  hidden
+                     (`projected_states.split([intermediate, conv_dim, num_heads])`, conv_dim = x | B | C)
+    conv1d.weight    [x (H·P) | B (G·N) | C (G·N)]  x 1 x K       depthwise (groups = conv_dim)
+    dt_bias, A_log, D                                  [H]
+    norm.weight      [H·P]   gated RMSNorm over n_groups groups of H·P / G channels
+    out_proj.weight  hidden x [H·P]
+
+Heads are cut the same number in each group (the groups of B/C and of the gated norm stay whole).
+"""
+
+from __future__ import annotations
+
+from minitron.models.tensors import FIXED, HIDDEN, MAMBA_HEADS, MAMBA_INNER, TensorSpec, fixed, one
+
+
+def mamba2_specs(a, m: str, i: int) -> list[TensorSpec]:
+    """The tensors of one Mamba-2 mixer whose parameters live under `m` (e.g. `layers.3.mixer.`)."""
+    h = one(HIDDEN, a.hidden_size)
+    inner, heads = a.mamba_intermediate, a.mamba_num_heads
+    gn = a.n_groups * a.ssm_state_size
+    in_rows = ((MAMBA_INNER, inner), (MAMBA_INNER, inner), (FIXED, gn), (FIXED, gn), (MAMBA_HEADS, heads))
+    conv_ch = ((MAMBA_INNER, inner), (FIXED, gn), (FIXED, gn))
+    specs = [
+        TensorSpec(m + "in_proj.weight", i, (in_rows, h)),
+        TensorSpec(m + "conv1d.weight", i, (conv_ch, fixed(1), fixed(a.conv_kernel))),
+        TensorSpec(m + "dt_bias", i, (one(MAMBA_HEADS, heads),)),
+        TensorSpec(m + "A_log", i, (one(MAMBA_HEADS, heads),)),
+        TensorSpec(m + "D", i, (one(MAMBA_HEADS, heads),)),
+        TensorSpec(m + "norm.weight", i, (one(MAMBA_INNER, inner),)),
+        TensorSpec(m + "out_proj.weight", i, (h, one(MAMBA_INNER, inner))),
+    ]
+    if a.use_conv_bias:
+        specs.append(TensorSpec(m + "conv1d.bias", i, (conv_ch,)))
+    if a.use_bias:
+        specs += [TensorSpec(m + "in_proj.bias", i, (in_rows,)), TensorSpec(m + "out_proj.bias", i, (h,))]
+    return specs
+
+
+def mamba2_params(a) -> int:
+    """Parameters of one Mamba-2 mixer (its block's norms not included)."""
+    h, i, nh = a.hidden_size, a.mamba_intermediate, a.mamba_num_heads
+    in_proj = h * a.mamba_in_proj_dim + (a.mamba_in_proj_dim if a.use_bias else 0)
+    conv = a.mamba_conv_dim * a.conv_kernel + (a.mamba_conv_dim if a.use_conv_bias else 0)
+    out_proj = i * h + (h if a.use_bias else 0)
+    return in_proj + conv + 3 * nh + i + out_proj  # 3·nh: dt_bias, A_log, D; i: gated norm

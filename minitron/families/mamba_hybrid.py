@@ -1,0 +1,248 @@
+"""Mamba-2 hybrids whose every layer is a mixer plus an MLP: Bamba and Granite 4.0-H.
+
+Each block (pattern `M`: Mamba-2, `*`: attention) is, in transformers' `BambaDecoderLayer` and
+`GraniteMoeHybridDecoderLayer`,
+
+    x = x + r · mixer(input_layernorm(x))            mixer: `mamba` (Mamba-2) or `self_attn`
+    x = x + r · mlp(post_norm(x))                    r: Granite's `residual_multiplier` (Bamba: 1)
+
+so every layer holds an FFN (components `mamba`/`attention` plus `ffn`). The Mamba-2 layout is
+`mamba2.py`'s. Differences from each other, as data (`HybridVariant`):
+
+    Bamba     post_norm `pre_ff_layernorm`; MLP `feed_forward.{gate,up,down}_proj` (`mlp_bias`);
+              final norm `final_layernorm`; attention layers listed in `attn_layer_indices`;
+              rotary on half of each head (`partial_rotary_factor` 0.5, unaffected by cuts).
+    Granite   post_norm `post_attention_layernorm`; MLP `shared_mlp.input_linear` = [gate (F) | up (F)]
+              fused rows, `shared_mlp.output_linear`; FFN width `shared_intermediate_size`; final norm
+              `norm`; `layer_types` per layer; µP multipliers (embedding, residual, attention, logits)
+              are scalars and stay; no rotary when `position_embedding_type` is `nope`.
+
+Both configs derive the Mamba width as `int(mamba_expand × hidden_size)` and validate
+`mamba_n_heads × mamba_d_head == mamba_expand × hidden_size` with an *integer* `mamba_expand`: a cut
+is sound only if the kept Mamba width is a whole multiple of the kept hidden size (refused otherwise,
+with the reason). Granite's routed experts (`num_local_experts > 0`) are not supported yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minitron.errors import InputError
+from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
+from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
+from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+
+COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")
+
+
+@dataclass(frozen=True)
+class HybridVariant:
+    model_type: str
+    post_norm: str
+    final_norm: str
+    mlp: str  # attribute of the MLP in the block
+    fused_gate_up: bool  # Granite: one `input_linear` holding [gate | up]
+    ffn_key: str  # config key of the FFN width
+
+
+VARIANTS = (
+    HybridVariant("bamba", post_norm="pre_ff_layernorm", final_norm="final_layernorm", mlp="feed_forward",
+                  fused_gate_up=False, ffn_key="intermediate_size"),
+    HybridVariant("granitemoehybrid", post_norm="post_attention_layernorm", final_norm="norm", mlp="shared_mlp",
+                  fused_gate_up=True, ffn_key="shared_intermediate_size"),
+)
+
+
+class MambaHybridFamily(Family):
+    def __init__(self, variant: HybridVariant):
+        self.v = variant
+        self.name = variant.model_type
+        self.model_types = (variant.model_type,)
+        self.modules = ModuleNames(embedding="embed_tokens", final_norm=variant.final_norm)
+
+    # ------------------------------------------------------------------ config <-> architecture
+    def _pattern(self, cfg: dict) -> str:
+        if self.name == "bamba":  # `layers_block_type` is a property of `attn_layer_indices`
+            attn = set(cfg.get("attn_layer_indices") or [])
+            return "".join(ATTENTION if i in attn else MAMBA for i in range(int(cfg["num_hidden_layers"])))
+        return pattern_from_config({"layer_types": cfg.get("layer_types") or ["mamba"] * cfg["num_hidden_layers"]})
+
+    def read(self, cfg: dict):
+        from minitron.models.architecture import Architecture, config_getter
+
+        get = config_getter(cfg)
+        if self.name == "granitemoehybrid" and int(cfg.get("num_local_experts") or 0) > 0:
+            raise InputError("granitemoehybrid with routed experts (num_local_experts > 0) is not supported yet; "
+                             "the dense Granite 4.0-H models (num_local_experts 0) are")
+        get("num_hidden_layers")
+        hidden, n_heads = int(get("hidden_size")), int(get("num_attention_heads"))
+        m_heads, expand = int(get("mamba_n_heads", 128)), int(get("mamba_expand", 2))
+        d_head = cfg.get("mamba_d_head", "auto")
+        d_head = expand * hidden // m_heads if d_head in (None, "auto") else int(d_head)
+        bias = bool(cfg.get("attention_bias", False))
+        return Architecture(
+            family=self.name,
+            pattern=self._pattern(cfg),
+            vocab_size=int(get("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(get(self.v.ffn_key)),
+            num_attention_heads=n_heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            head_dim=int(cfg.get("head_dim") or hidden // n_heads),  # `getattr(config, "head_dim", h // heads)`
+            mamba_num_heads=m_heads,
+            mamba_head_dim=d_head,
+            n_groups=int(get("mamba_n_groups", 1)),
+            ssm_state_size=int(get("mamba_d_state", 256)),
+            conv_kernel=int(get("mamba_d_conv", 4)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            use_conv_bias=bool(cfg.get("mamba_conv_bias", True)),
+            use_bias=bool(cfg.get("mamba_proj_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)) and self.name == "bamba",
+            max_position_embeddings=int(cfg.get("max_position_embeddings") or 262144),
+            mamba_ssm_cache_dtype="float32" if cfg.get("mamba_ssm_cache_dtype") is None
+            else str(cfg["mamba_ssm_cache_dtype"]),
+            qkv_bias=bias,
+            o_bias=bias,
+            raw=dict(cfg),
+        )
+
+    def write(self, arch) -> dict:
+        cfg = dict(arch.raw)
+        cfg.update({
+            "hidden_size": arch.hidden_size, self.v.ffn_key: arch.intermediate_size,
+            "num_attention_heads": arch.num_attention_heads, "num_key_value_heads": arch.num_key_value_heads,
+            "mamba_n_heads": arch.mamba_num_heads, "mamba_d_head": arch.mamba_head_dim,
+            "mamba_expand": arch.mamba_intermediate // arch.hidden_size, "vocab_size": arch.vocab_size,
+            "num_hidden_layers": arch.num_layers,
+        })  # fmt: skip
+        if "head_dim" in cfg or arch.hidden_size // arch.num_attention_heads != arch.head_dim:
+            cfg["head_dim"] = arch.head_dim
+        if self.name == "bamba":
+            cfg["attn_layer_indices"] = arch.layers_of(ATTENTION)
+            cfg.pop("layers_block_type", None)
+            cfg.pop("layer_types", None)
+            return cfg
+        return set_pattern({**cfg, "layer_types": cfg.get("layer_types") or ["mamba"]}, arch.pattern)
+
+    def validate(self, arch, need) -> None:
+        need(set(arch.pattern) <= {MAMBA, ATTENTION}, f"{self.name} layers are Mamba-2 or attention")
+        need(arch.intermediate_size > 0, f"`{self.v.ffn_key}` must be positive")
+        if MAMBA in arch.pattern:
+            need(arch.mamba_num_heads > 0 and arch.mamba_head_dim > 0, "mamba heads and head dim must be positive")
+            need(arch.mamba_num_heads % arch.n_groups == 0,
+                 f"mamba_n_heads ({arch.mamba_num_heads}) is not a multiple of mamba_n_groups ({arch.n_groups})")
+
+    def target_problem(self, arch, target) -> tuple[str, str] | None:
+        width = target.mamba_intermediate
+        if MAMBA in target.pattern and width % target.hidden_size:
+            flag = "--hidden-size" if target.hidden_size != arch.hidden_size else "--mamba-heads"
+            return flag, (f"{self.name} derives the Mamba width as an integer mamba_expand × hidden_size: "
+                          f"{target.mamba_num_heads} heads × {target.mamba_head_dim} = {width} is not a multiple "
+                          f"of hidden size {target.hidden_size}")
+        return None
+
+    def components(self, char: str) -> frozenset[str]:
+        return frozenset({MAMBA_C if char == MAMBA else ATTENTION_C, FFN_C})
+
+    # ------------------------------------------------------------------ parameters
+    def _attention_params(self, a) -> int:
+        h, q, kv = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+        return h * (q + 2 * kv) + q * h + ((q + 2 * kv + h) if a.qkv_bias else 0)
+
+    def _mlp_params(self, a) -> int:
+        h, f = a.hidden_size, a.intermediate_size
+        return 3 * h * f + ((2 * f + h) if a.mlp_bias else 0)
+
+    def layer_params(self, arch, char: str) -> int:
+        mixer = mamba2_params(arch) if char == MAMBA else self._attention_params(arch)
+        return 2 * arch.hidden_size + mixer + self._mlp_params(arch)
+
+    def params(self, arch) -> dict[str, int]:
+        h, n = arch.hidden_size, arch.num_layers
+        n_m = arch.count(MAMBA)
+        out = {
+            "embedding": arch.vocab_size * h,
+            "lm_head": 0 if arch.tie_word_embeddings else arch.vocab_size * h,
+            "mamba": n_m * mamba2_params(arch) if n_m else 0,
+            "attention": (n - n_m) * self._attention_params(arch),
+            "mlp": n * self._mlp_params(arch),
+            "norm": h * (2 * n + 1),
+        }
+        out["total"] = sum(out[c] for c in COMPONENTS)
+        return out
+
+    # ------------------------------------------------------------------ tensors
+    def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:
+        a = arch
+        h, ffn = one(HIDDEN, a.hidden_size), one(FFN, a.intermediate_size)
+        p = f"layers.{i}."
+        specs = [TensorSpec(p + "input_layernorm.weight", i, (h,)),
+                 TensorSpec(p + self.v.post_norm + ".weight", i, (h,))]
+        if char == MAMBA:
+            specs += mamba2_specs(a, p + "mamba.", i)
+        else:
+            s = p + "self_attn."
+            q, kv = one(Q, a.num_attention_heads * a.head_dim), one(KV, a.num_key_value_heads * a.head_dim)
+            specs += [TensorSpec(s + "q_proj.weight", i, (q, h)), TensorSpec(s + "k_proj.weight", i, (kv, h)),
+                      TensorSpec(s + "v_proj.weight", i, (kv, h)), TensorSpec(s + "o_proj.weight", i, (h, q))]
+            if a.qkv_bias:
+                specs += [TensorSpec(s + "q_proj.bias", i, (q,)), TensorSpec(s + "k_proj.bias", i, (kv,)),
+                          TensorSpec(s + "v_proj.bias", i, (kv,)), TensorSpec(s + "o_proj.bias", i, (h,))]
+        m = p + self.v.mlp + "."
+        if self.v.fused_gate_up:  # `input_linear` rows: [gate (F) | up (F)] (`chunk(2, dim=-1)`)
+            f = a.intermediate_size
+            specs += [TensorSpec(m + "input_linear.weight", i, (((FFN, f), (FFN, f)), h)),
+                      TensorSpec(m + "output_linear.weight", i, (h, ffn))]
+        else:
+            specs += [TensorSpec(m + "gate_proj.weight", i, (ffn, h)), TensorSpec(m + "up_proj.weight", i, (ffn, h)),
+                      TensorSpec(m + "down_proj.weight", i, (h, ffn))]
+            if a.mlp_bias:
+                specs += [TensorSpec(m + "gate_proj.bias", i, (ffn,)), TensorSpec(m + "up_proj.bias", i, (ffn,)),
+                          TensorSpec(m + "down_proj.bias", i, (h,))]
+        return specs
+
+    def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
+        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
+        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
+        for i, c in enumerate(arch.pattern):
+            specs += self.layer_specs(arch, i, c, layout)
+        specs.append(TensorSpec(self.v.final_norm + ".weight", None, (h,)))
+        if not arch.tie_word_embeddings:
+            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
+        return specs
+
+    # ------------------------------------------------------------------ running blocks
+    def hook_points(self, arch, char: str) -> list[HookPoint]:
+        mixer = HookPoint("mamba", "mamba.in_proj") if char == MAMBA else HookPoint("attention", "self_attn.o_proj")
+        down = "output_linear" if self.v.fused_gate_up else "down_proj"
+        return [HookPoint("hidden", "input_layernorm"), HookPoint("hidden", self.v.post_norm, tag="post"), mixer,
+                HookPoint("ffn", f"{self.v.mlp}.{down}")]
+
+    def prepare_blocks(self, model, config, h) -> dict:
+        import torch
+        from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+
+        pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+        kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "cache": None, "position_ids": pos}
+        masks = {"full_attention": create_causal_mask(**kw), "linear_attention": create_recurrent_attention_mask(**kw)}
+        rope = model.model.rotary_emb
+        return {"masks": masks, "position_ids": pos, "rope": rope(h, pos) if rope is not None else None}
+
+    def call_block(self, blk, i: int, h, kw: dict):
+        out = blk(h, attention_mask=kw["masks"][blk.block_type], position_embeddings=kw["rope"])
+        return out[0] if isinstance(out, tuple) else out  # Bamba returns (hidden, attention weights)
+
+    def embedding_scale(self, config) -> float:
+        return float(getattr(config, "embedding_multiplier", 1.0) or 1.0)
+
+    def logits_divisor(self, config) -> float:
+        return float(getattr(config, "logits_scaling", 1.0) or 1.0)
+
+    def fix_meta_model(self, model, config, device) -> None:
+        import torch
+
+        rope = model.model.rotary_emb
+        if rope is not None:
+            with torch.device("cpu"):
+                model.model.rotary_emb = type(rope)(config=config).to(device)

@@ -1,0 +1,231 @@
+"""Nemotron-H (`nemotron_h`): Nemotron-H, Nemotron Nano 2, Nemotron 3 Nano (MoE).
+
+Each block is `x + mixer(norm(x))` with one mixer per block, as in `hybrid_override_pattern`:
+Mamba-2 (`M`, layout in `mamba2.py`), MLP (`-`, ungated: up/down), attention (`*`) or MoE (`E`).
+Tensor layouts (transformers' `nemotron_h`):
+    q_proj.weight    [nq · d]  x hidden        o_proj.weight  hidden x [nq · d]
+    k_proj/v_proj    [nkv · d] x hidden
+    up_proj.weight   [ffn] x hidden            down_proj.weight  hidden x [ffn]
+
+transformers' `NemotronHForCausalLM` declares no tied weights: `lm_head` is its own tensor even
+when the config says `tie_word_embeddings` (checked against the built model in the tests).
+"""
+
+from __future__ import annotations
+
+from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
+from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
+from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+
+COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
+
+
+class NemotronH(Family):
+    name = "nemotron_h"
+    model_types = ("nemotron_h",)
+    modules = ModuleNames(embedding="embeddings", final_norm="norm_f")
+    _components = {MAMBA: frozenset({MAMBA_C}), MLP: frozenset({FFN_C}), ATTENTION: frozenset({ATTENTION_C}),
+                   MOE: frozenset({MOE_C})}
+
+    # ------------------------------------------------------------------ config <-> architecture
+    def read(self, cfg: dict):
+        from minitron.models.architecture import Architecture, config_getter
+
+        pattern = pattern_from_config(cfg)
+        get = config_getter(cfg)
+        n_heads = int(get("num_attention_heads", 1 if ATTENTION not in pattern else None))
+        moe = MOE in pattern
+        return Architecture(
+            family=self.name,
+            pattern=pattern,
+            vocab_size=int(get("vocab_size")),
+            hidden_size=int(get("hidden_size")),
+            intermediate_size=int(get("intermediate_size", 0 if MLP not in pattern else None)),
+            num_attention_heads=n_heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            # transformers' NemotronHConfig defaults `head_dim` to 128 (not hidden ÷ heads) and ignores the
+            # `attention_head_dim` of NVIDIA's remote-code configs.
+            head_dim=int(cfg.get("head_dim") or 128),
+            mamba_num_heads=int(get("mamba_num_heads", 0 if MAMBA not in pattern else None)),
+            mamba_head_dim=int(get("mamba_head_dim", 0 if MAMBA not in pattern else None)),
+            n_groups=int(get("n_groups", 1, "mamba_n_groups")),
+            ssm_state_size=int(get("ssm_state_size", 128)),
+            conv_kernel=int(get("conv_kernel", 4, "mamba_d_conv")),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            use_conv_bias=bool(cfg.get("use_conv_bias", cfg.get("mamba_conv_bias", True))),
+            use_bias=bool(cfg.get("use_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
+            mamba_ssm_cache_dtype=str(cfg.get("mamba_ssm_cache_dtype") or "float32"),
+            n_routed_experts=int(cfg.get("n_routed_experts") or 0) if moe else 0,
+            moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0) if moe else 0,
+            moe_shared_expert_intermediate_size=int(cfg.get("moe_shared_expert_intermediate_size") or 0) if moe else 0,
+            n_shared_experts=int(cfg.get("n_shared_experts") or 0) if moe else 0,
+            moe_latent_size=cfg.get("moe_latent_size") if moe else None,
+            raw=dict(cfg),
+        )
+
+    def write(self, arch) -> dict:
+        cfg = dict(arch.raw)
+        cfg.update(
+            hidden_size=arch.hidden_size,
+            intermediate_size=arch.intermediate_size,
+            num_attention_heads=arch.num_attention_heads,
+            num_key_value_heads=arch.num_key_value_heads,
+            # NVIDIA's remote code writes `attention_head_dim`, which transformers ignores: write `head_dim`.
+            head_dim=arch.head_dim,
+            mamba_num_heads=arch.mamba_num_heads,
+            mamba_head_dim=arch.mamba_head_dim,
+            n_groups=arch.n_groups,
+            vocab_size=arch.vocab_size,
+        )
+        cfg.pop("mamba_n_groups", None)
+        # `expand` is informational in nemotron_h; keep it consistent with the Mamba width.
+        if "expand" in cfg and arch.hidden_size and arch.mamba_num_heads:
+            ratio = arch.mamba_num_heads * arch.mamba_head_dim / arch.hidden_size
+            if float(ratio).is_integer():
+                cfg["expand"] = int(ratio)
+        return set_pattern(cfg, arch.pattern)
+
+    def validate(self, arch, need) -> None:
+        if MAMBA in arch.pattern:
+            need(arch.mamba_num_heads > 0 and arch.mamba_head_dim > 0, "mamba heads and head dim must be positive")
+            need(arch.mamba_num_heads % arch.n_groups == 0,
+                 f"mamba_num_heads ({arch.mamba_num_heads}) is not a multiple of n_groups ({arch.n_groups})")
+        if MLP in arch.pattern:
+            need(arch.intermediate_size > 0, "intermediate_size must be positive")
+
+    def components(self, char: str) -> frozenset[str]:
+        return self._components[char]
+
+    # ------------------------------------------------------------------ parameters
+    def layer_params(self, arch, char: str) -> int:
+        """Parameters of one block of this type, its pre-norm included."""
+        a, h = arch, arch.hidden_size
+        norm = h
+        if char == MAMBA:
+            return norm + mamba2_params(a)
+        if char == ATTENTION:
+            q, kv = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+            return norm + h * (q + 2 * kv) + q * h
+        if char == MLP:
+            return norm + _mlp_params(a, a.intermediate_size)
+        if char == MOE:
+            inner = a.moe_latent_size or h
+            experts = a.n_routed_experts * 2 * inner * a.moe_intermediate_size
+            router = a.n_routed_experts * h
+            shared = _mlp_params(a, a.moe_shared_expert_intermediate_size)
+            lat = a.moe_latent_size
+            latent = 2 * h * lat + ((lat + h) if a.mlp_bias else 0) if lat else 0
+            return norm + experts + router + shared + latent
+        raise ValueError(char)
+
+    def params(self, arch) -> dict[str, int]:
+        h = arch.hidden_size
+        out = {c: 0 for c in COMPONENTS}
+        out["embedding"] = arch.vocab_size * h
+        out["lm_head"] = arch.vocab_size * h  # never tied (see the module docstring)
+        out["norm"] = h * (arch.num_layers + 1)  # block pre-norms + final norm_f
+        names = {MAMBA: "mamba", ATTENTION: "attention", MLP: "mlp", MOE: "moe"}
+        for c in arch.pattern:
+            out[names[c]] += self.layer_params(arch, c) - h
+        out["total"] = sum(out[c] for c in COMPONENTS)
+        return out
+
+    # ------------------------------------------------------------------ tensors
+    def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:
+        """`layout="checkpoint"` names MoE experts as stored on disk (`experts.{j}.up_proj.weight`);
+        `layout="module"` as transformers' module holds them (`experts.up_proj`, fused [E, ...])."""
+        a = arch
+        h = one(HIDDEN, a.hidden_size)
+        p = f"layers.{i}."
+        specs = [TensorSpec(p + "norm.weight", i, (h,))]
+        m = p + "mixer."
+        if char == MAMBA:
+            specs += mamba2_specs(a, m, i)
+        elif char == ATTENTION:
+            q = one(Q, a.num_attention_heads * a.head_dim)
+            kv = one(KV, a.num_key_value_heads * a.head_dim)
+            specs += [
+                TensorSpec(m + "q_proj.weight", i, (q, h)),
+                TensorSpec(m + "k_proj.weight", i, (kv, h)),
+                TensorSpec(m + "v_proj.weight", i, (kv, h)),
+                TensorSpec(m + "o_proj.weight", i, (h, q)),
+            ]
+        elif char == MLP:
+            specs += _mlp_specs(m, i, h, one(FFN, a.intermediate_size), a.mlp_bias)
+        elif char == MOE:
+            specs += _moe_specs(a, m, i, h, layout)
+        else:  # pragma: no cover - layer_char() rejects anything else
+            raise ValueError(char)
+        return specs
+
+    def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
+        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
+        specs = [TensorSpec("embeddings.weight", None, (vocab, h))]
+        for i, c in enumerate(arch.pattern):
+            specs += self.layer_specs(arch, i, c, layout)
+        specs.append(TensorSpec("norm_f.weight", None, (h,)))
+        specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
+        return specs
+
+    # ------------------------------------------------------------------ running blocks
+    def hook_points(self, arch, char: str) -> list[HookPoint]:
+        own = {MLP: [HookPoint("ffn", "mixer.down_proj")], ATTENTION: [HookPoint("attention", "mixer.o_proj")],
+               MAMBA: [HookPoint("mamba", "mixer.in_proj")], MOE: []}[char]
+        return [HookPoint("hidden", "norm"), *own]
+
+    def prepare_blocks(self, model, config, h) -> dict:
+        import torch
+        from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+
+        pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+        kw = {"config": config, "inputs_embeds": h, "attention_mask": None, "cache": None, "position_ids": pos}
+        masks = {"full_attention": create_causal_mask(**kw), "linear_attention": create_recurrent_attention_mask(**kw)}
+        return {"masks": masks, "position_ids": pos}
+
+    def call_block(self, blk, i: int, h, kw: dict):
+        return blk(h, attention_mask=kw["masks"].get(blk.block_type), position_ids=kw["position_ids"])
+
+
+def _mlp_params(a, ffn: int) -> int:
+    return 2 * a.hidden_size * ffn + ((ffn + a.hidden_size) if a.mlp_bias else 0)
+
+
+def _mlp_specs(m: str, i: int, h, ffn, bias: bool) -> list[TensorSpec]:
+    specs = [TensorSpec(m + "up_proj.weight", i, (ffn, h)), TensorSpec(m + "down_proj.weight", i, (h, ffn))]
+    if bias:
+        specs += [TensorSpec(m + "up_proj.bias", i, (ffn,)), TensorSpec(m + "down_proj.bias", i, (h,))]
+    return specs
+
+
+def _moe_specs(a, m: str, i: int, h, layout: str) -> list[TensorSpec]:
+    n_exp, f = a.n_routed_experts, a.moe_intermediate_size
+    inner = fixed(a.moe_latent_size) if a.moe_latent_size else h
+    if layout == "module":
+        specs = [
+            TensorSpec(m + "experts.up_proj", i, (fixed(n_exp), fixed(f), inner)),
+            TensorSpec(m + "experts.down_proj", i, (fixed(n_exp), inner, fixed(f))),
+        ]
+    else:
+        specs = []
+        for j in range(n_exp):
+            specs += [
+                TensorSpec(m + f"experts.{j}.up_proj.weight", i, (fixed(f), inner)),
+                TensorSpec(m + f"experts.{j}.down_proj.weight", i, (inner, fixed(f))),
+            ]
+    specs += [
+        TensorSpec(m + "gate.weight", i, (fixed(n_exp), h)),
+        TensorSpec(m + "gate.e_score_correction_bias", i, (fixed(n_exp),)),
+    ]
+    specs += _mlp_specs(m + "shared_experts.", i, h, fixed(a.moe_shared_expert_intermediate_size), a.mlp_bias)
+    if a.moe_latent_size:
+        lat = fixed(a.moe_latent_size)
+        specs += [TensorSpec(m + "fc1_latent_proj.weight", i, (lat, h)),
+                  TensorSpec(m + "fc2_latent_proj.weight", i, (h, lat))]
+        if a.mlp_bias:
+            specs += [TensorSpec(m + "fc1_latent_proj.bias", i, (lat,)),
+                      TensorSpec(m + "fc2_latent_proj.bias", i, (h,))]
+    return specs
+
