@@ -21,6 +21,8 @@ BAD = {
     "distill": ["distill", "--teacher", "/no/t", "--student", "/no/s", "--data", "/no/d.txt", "--out", "{tmp}/d",
                 "--steps", "1"],
     "eval": ["eval", "/no/such/model"],
+    "teacher-logits": ["teacher-logits", "/no/such/model", "--data", "/no/d.txt", "--out", "{tmp}/c"],
+    "run": ["run", "/no/such/recipe.yaml"],
     "demo": ["demo", "--steps", "0", "--out", "{tmp}/demo"],
 }
 

@@ -1,0 +1,55 @@
+"""`minitron run`: a recipe is validated whole before any stage runs; each bad key is one line naming it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from minitron.cli.main import app
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("model: demo-teacher\nout: o\nscroe: {}\n", "scroe"),
+     ("model: demo-teacher\nout: o\nscore: {samplez: 4, data: [x.txt]}\n", "score.samplez"),
+     ("model: demo-teacher\nout: o\nscore: {samples: many}\n", "score.samples"),
+     ("model: demo-teacher\nout: o\nscore: {out: elsewhere}\n", "score.out"),
+     ("model: demo-teacher\nout: o\nscore: {data: [missing.txt], samples: 4}\n", "score.data"),
+     ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, target-params: 9B, gpu: a10g}\n",
+      "prune.target-params"),
+     ("model: demo-teacher\nout: o\ndistill: {steps: 3}\n", "distill"),
+     ("out: o\nscore: {}\n", "model")],
+)
+def test_bad_recipes_name_the_key_and_run_nothing(tmp_path, text, key):
+    r = runner.invoke(app, ["run", str(_recipe(tmp_path, text))])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_demo_recipe_checks_and_shows_each_stage_as_a_command():
+    r = runner.invoke(app, ["run", "demo", "--check", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert list(doc["stages"]) == ["score", "prune", "distill", "eval"]
+    assert doc["stages"]["prune"][:3] == ["minitron", "prune", "demo-teacher"]
+    assert "--scores" in doc["stages"]["prune"] and "--student" in doc["stages"]["distill"]
+
+
+def test_a_prune_dry_run_recipe_on_the_paper_config(tmp_path):
+    text = ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, hidden-size: 4480, ffn-size: 15680,\n"
+            "  mamba-heads: 128, drop-layers: '7,8,17,18,48,52'}\n")
+    r = runner.invoke(app, ["run", str(_recipe(tmp_path, text)), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stages"]["prune"]["doc"]["params_after"] == 8_888_227_328
