@@ -53,3 +53,20 @@ def text_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("data") / "calib.txt"
     p.write_text(SAMPLE_TEXT * 40)
     return p
+
+
+@pytest.fixture(scope="session")
+def random_scores_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """Seeded random scores of the right shapes for the tiny model (a valid `--scores` directory)."""
+    import torch
+
+    from minitron.importance.scores import Scores, expected_shapes
+    from minitron.io import model_fingerprint
+    from minitron.models.architecture import Architecture
+
+    arch = Architecture.from_path(tiny_model_dir)
+    g = torch.Generator().manual_seed(1)
+    path = tmp_path_factory.mktemp("random-scores")
+    Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()},
+           fingerprint=model_fingerprint(tiny_model_dir)).save(path)  # fmt: skip
+    return path

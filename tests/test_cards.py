@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from distill_helpers import base_args, make_pruned_student
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
-from minitron.importance.scores import Scores, expected_shapes
-from minitron.io import model_fingerprint
-from minitron.models.architecture import Architecture
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def scores_dir(tiny_model_dir, tmp_path_factory):
-    arch = Architecture.from_path(tiny_model_dir)
-    g = torch.Generator().manual_seed(2)
-    path = tmp_path_factory.mktemp("scores")
-    Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()},
-           fingerprint=model_fingerprint(tiny_model_dir)).save(path)  # fmt: skip
-    return path
+def scores_dir(random_scores_dir):
+    return random_scores_dir
 
 
 def _card(path):

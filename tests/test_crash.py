@@ -12,10 +12,6 @@ import pytest
 import torch
 from distill_helpers import base_args, make_pruned_student, subprocess_env, weights
 
-from minitron.importance.scores import Scores, expected_shapes
-from minitron.io import model_fingerprint
-from minitron.models.architecture import Architecture
-
 
 def _run(args, fault=None):
     env = subprocess_env()
@@ -30,13 +26,8 @@ def _leftovers(parent, name):
 
 
 @pytest.fixture(scope="module")
-def scores_dir(tiny_model_dir, tmp_path_factory):
-    arch = Architecture.from_path(tiny_model_dir)
-    g = torch.Generator().manual_seed(3)
-    path = tmp_path_factory.mktemp("scores")
-    Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()},
-           fingerprint=model_fingerprint(tiny_model_dir)).save(path)  # fmt: skip
-    return path
+def scores_dir(random_scores_dir):
+    return random_scores_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,19 @@ import sys
 import time
 
 import pytest
-import torch
 from distill_helpers import base_args, make_pruned_student, subprocess_env
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
-from minitron.importance.scores import Scores, expected_shapes
-from minitron.io import check_output_dir, model_fingerprint, release_outputs
-from minitron.models.architecture import Architecture
+from minitron.io import check_output_dir, release_outputs
 
 runner = CliRunner()
 MODE = 0o666 & ~(lambda m: (os.umask(m), m)[1])(os.umask(0))
 
 
 @pytest.fixture(scope="module")
-def scores_dir(tiny_model_dir, tmp_path_factory):
-    arch = Architecture.from_path(tiny_model_dir)
-    g = torch.Generator().manual_seed(1)
-    path = tmp_path_factory.mktemp("scores")
-    Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()},
-           fingerprint=model_fingerprint(tiny_model_dir)).save(path)  # fmt: skip
-    return path
+def scores_dir(random_scores_dir):
+    return random_scores_dir
 
 
 @pytest.fixture(scope="module")
