@@ -112,6 +112,7 @@ class Family:
 
 
 def submodule(root, path: str):
-    for part in path.split("."):
+    """`root.a.b` for path `a.b` (`root` itself for an empty path)."""
+    for part in filter(None, path.split(".")):
         root = getattr(root, part)
     return root

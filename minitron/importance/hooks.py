@@ -45,8 +45,7 @@ class WidthCollector:
     def attach(self, model) -> WidthCollector:
         a = self.arch
         layers = model.model.layers
-        positions = {kind: {i: k for k, i in enumerate(a.layers_with(c))}
-                     for kind, c in (("ffn", "ffn"), ("attention", "attention"), ("mamba", "mamba"))}
+        positions = {c: {i: k for k, i in enumerate(a.layers_with(c))} for c in ("ffn", "attention", "mamba")}
         nq = a.num_attention_heads
         for i, c in enumerate(a.pattern):
             blk = layers[i]
@@ -63,7 +62,7 @@ class WidthCollector:
                                          lambda t, nq=nq: width.head_values(t, nq))
                     self._handles.append(mod.register_forward_pre_hook(hook))
                 elif point.kind == "mamba":
-                    mixer = submodule(blk, point.path.rpartition(".")[0]) if "." in point.path else blk
+                    mixer = submodule(blk, point.path.rpartition(".")[0])  # the module holding in_proj
                     self._handles.append(mod.register_forward_hook(self._mamba_hook(positions["mamba"][i], mixer)))
         return self
 
