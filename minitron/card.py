@@ -151,3 +151,38 @@ def for_distilled(teacher_spec, out: Path, teacher_ckpt, student_ckpt, summary: 
         memory=(m0.total_bytes, m1.total_bytes, describe_memory(m1.to_dict())), command=command_line(),
         figures=figures, tags=("distilled",),
     )  # fmt: skip
+
+
+def for_run(recipe, summary: dict) -> str:
+    """`README.md` at the root of a `minitron run` tree: what ran, where the model is, what was measured.
+
+    Its metadata names the run's final model (`distilled/`, else `pruned/`): publish that directory
+    (it has its own card); this page is the record of the whole run."""
+    from huggingface_hub import ModelCardData
+
+    base = base_model_id(recipe.model)
+    data = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
+                         tags=["minitron", "pruned", *(["distilled"] if "distill" in summary["stages"] else [])])
+    data.base_model_relation = "pruned"
+    lines = ["---", data.to_yaml(), "---", "", f"# minitron run: {Path(recipe.path).stem}", "",
+             f"`{base}` through {' → '.join(summary['stages'])} with the recipe `{recipe.path}` "
+             "(copied in `run.json` with each stage's exact command).", "", "| stage | directory | seconds |",
+             "|---|---|---:|"]  # fmt: skip
+    dirs = {"score": "scores", "prune": "pruned", "distill": "distilled", "eval": "eval"}
+    for stage, e in summary["stages"].items():
+        dry = stage == "prune" and "--dry-run" in e.get("argv", [])
+        lines.append(f"| {stage} | {'(dry run)' if dry else dirs[stage] + '/'} | {e.get('seconds', 0):.0f} |")
+    ev = (summary["stages"].get("eval") or {}).get("doc")
+    if ev:
+        lines += ["", "## Measured (minitron eval)", "", "| model | parameters | loss | perplexity | KL to teacher |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        def num(v, digits):
+            return "—" if v is None else f"{v:.{digits}f}"
+
+        for row in ev["models"]:
+            lines.append(f"| {Path(row['path']).name} | {row['params']:,} | {num(row.get('loss'), 4)} | "
+                         f"{num(row.get('perplexity'), 2)} | {num(row.get('kl'), 4)} |")  # fmt: skip
+    if summary.get("model"):
+        lines += ["", "## The result", "", f"`{summary['model']}` (a Hugging Face model directory with its own card).",
+                  "", f"Publish it: `{summary['publish']}`"]  # fmt: skip
+    return "\n".join(lines) + "\n"

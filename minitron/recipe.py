@@ -13,7 +13,8 @@ Every key of a stage is the long flag of that stage's command without `--` (`seq
 command itself. A list gives a repeatable flag, `true` a switch (`false` leaves it off). The run
 fills in what links the stages: score's `MODEL` and `--out`, prune's `--scores`, distill's
 `--teacher`/`--student`, eval's models and `--teacher`; a recipe that sets one of those is refused.
-Paths are relative to the recipe file; `{assets}` is the package's bundled assets directory. Stages
+Input paths are relative to the recipe file, `out` to the working directory (`minitron run demo`
+writes ./minitron-demo); `{assets}` is the package's bundled assets directory. Stages
 may be left out (a recipe of `prune` alone, with `dry-run: true`, checks a target on a bare config).
 """
 
@@ -105,9 +106,7 @@ def load(path: str | Path, *, out: Path | None = None) -> Recipe:
     local = base / model
     if not Path(model).is_absolute() and local.exists():
         model = str(local)
-    out_dir = out if out is not None else Path(_expand(doc["out"]))
-    if out is None and not out_dir.is_absolute():
-        out_dir = base / out_dir
+    out_dir = out if out is not None else Path(_expand(doc["out"]))  # relative to where `run` runs
     rev = None if doc.get("revision") is None else str(doc["revision"])
     return Recipe(path=path, base=base, model=model, revision=rev, out=out_dir, stages=stages)
 

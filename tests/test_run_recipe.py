@@ -30,7 +30,8 @@ def _recipe(tmp_path, text):
      ("model: demo-teacher\nout: o\ndistill: {steps: 3}\n", "distill"),
      ("out: o\nscore: {}\n", "model")],
 )
-def test_bad_recipes_name_the_key_and_run_nothing(tmp_path, text, key):
+def test_bad_recipes_name_the_key_and_run_nothing(tmp_path, monkeypatch, text, key):
+    monkeypatch.chdir(tmp_path)  # `out` is relative to the working directory
     r = runner.invoke(app, ["run", str(_recipe(tmp_path, text))])
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
@@ -53,3 +54,32 @@ def test_a_prune_dry_run_recipe_on_the_paper_config(tmp_path):
     r = runner.invoke(app, ["run", str(_recipe(tmp_path, text)), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["stages"]["prune"]["doc"]["params_after"] == 8_888_227_328
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["--until", "distill"], "--until"), (["--check", "--dry-run"], "--dry-run")],
+)
+def test_bad_run_options_are_one_line(tmp_path, monkeypatch, args, flag):
+    monkeypatch.chdir(tmp_path)
+    text = "model: demo-teacher\nout: o\nprune: {dry-run: true, hidden-size: 128}\n"
+    r = runner.invoke(app, ["run", str(_recipe(tmp_path, text)), *args])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_infeasible_distillation_budget_stops_the_recipe_before_any_stage(tmp_path, monkeypatch):
+    """The distill memory plan is checked on the shape prune's dry run picks: exit 3 before score runs."""
+    from minitron.cli.demo_cmd import demo_paths
+
+    monkeypatch.chdir(tmp_path)
+    _, train, _ = demo_paths()
+    text = (f"model: demo-teacher\nout: o\nscore: {{data: [{train}], samples: 4}}\n"
+            "prune: {hidden-size: 128}\n"
+            f"distill: {{data: [{train}], steps: 2, memory-budget: 1MiB}}\n")
+    r = runner.invoke(app, ["run", str(_recipe(tmp_path, text))])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith("error: distill.memory-budget") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

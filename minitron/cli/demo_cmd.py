@@ -1,7 +1,10 @@
 """`minitron demo`: the whole Minitron pipeline on the bundled teacher, offline, in a few minutes.
 
-Workflow code on purpose: each stage is one library call (the same one its own command makes),
-written out in order, with its options chosen for a small model on a CPU.
+The demo is the bundled recipe `minitron/assets/recipes/demo.yaml` (also `examples/demo.yaml`) run
+by `minitron run`'s engine: score -> prune under a memory budget -> distill -> eval, each stage its
+own command with the recipe's options. The demo adds what a first look needs: the budget as a
+fraction of the teacher's memory (`--budget-fraction`, which sets the recipe's `prune.memory-budget`),
+the steps (`distill.steps`), and one table of teacher, pruned and distilled model.
 """
 
 from __future__ import annotations
@@ -13,26 +16,20 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import (
-    JsonOpt,
-    OverwriteOpt,
-    command,
-    emit_json,
-    fmt_bytes,
-    fmt_params,
-    info,
-    stdout,
-)
-from minitron.cli.progress import PRUNE_UNITS, Progress
+from minitron.cli.common import JsonOpt, OverwriteOpt, command, emit_json, fmt_bytes, fmt_params, info, stdout
 from minitron.errors import InputError, MinitronError
 
 RUNS_WITHOUT_ARGS = True  # the README's first command is plain `minitron demo`
 
-SEQ_LEN = 256  # tokens per block in every stage
-CONTEXT = 1024  # context length of the memory model that sets the budget
-SCORE_SAMPLES = 16
-EVAL_SAMPLES = 16
-TASK_ITEMS = 60
+RECIPE = "demo"  # the bundled recipe the demo runs
+CONTEXT = 1024  # context length of the memory model that sets the budget (the recipe's prune.context-length)
+HEADINGS = {
+    "score": "score: activation importance of every width unit and KL when each layer is skipped (16 x 256 tokens)",
+    "prune": "prune: search shapes under the budget, rank the largest by KL to the teacher, prune the best",
+    "distill": "distill: forward KL to the teacher's logits (8 x 256 tokens a step)",
+    "eval": "eval: loss, perplexity and KL on 16 held-out blocks, a 60-item cloze task from the held-out text, "
+            "memory, decode speed",
+}
 
 
 def demo_paths() -> tuple[Path, Path, Path]:
@@ -70,7 +67,9 @@ def command(
 
       minitron demo --budget-fraction 0.4 --json
     """
-    from minitron.io import check_output_dir
+    from minitron.cli.run_cmd import execute, load_state, stage_argv, validate
+    from minitron.io import check_output_dir, write_provenance
+    from minitron.recipe import check_links, load
 
     if steps < 1:
         raise InputError(f"must be >= 1, got {steps}", flag="--steps")
@@ -80,35 +79,50 @@ def command(
     for p in (teacher / "config.json", train, heldout):
         if not p.is_file():
             raise MinitronError(f"the bundled demo asset {p} is missing (a broken install?)")
-    check_output_dir(out, overwrite=overwrite or made_by_demo(out), inputs=[teacher])
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
     t0 = time.perf_counter()
-    seconds: dict[str, float] = {}
+    arch_doc, budget_bytes = _inspect(teacher, budget_fraction)
+    r = load(RECIPE, out=out)
+    r.stages["prune"]["memory-budget"] = f"{budget_bytes}B"
+    r.stages["distill"].update({"steps": steps, "warmup-steps": max(1, steps // 10)})
+    check_links(r)
+    plan = {stage: stage_argv(r, stage) for stage in r.stages}
+    earlier = _earlier_demo(out)
+    check_output_dir(out, overwrite=overwrite or earlier is not None, inputs=[teacher])
+    validate(r, plan)
+    if earlier == "finished" or (earlier == "interrupted" and _changed(load_state(out), plan)):
+        shutil.rmtree(out)  # an earlier demo: run afresh (an interrupted one with these options resumes)
+    elif out.exists() and earlier is None:
+        shutil.rmtree(out)  # --overwrite
+    seconds = {"inspect": round(time.perf_counter() - t0, 1)}
 
-    def stage(name: str, fn, *args):
-        t = time.perf_counter()
-        result = fn(*args)
-        seconds[name] = round(time.perf_counter() - t, 1)
-        return result
+    def announce(i, n, stage):
+        info(f"[{i + 1}/{n + 1}] {HEADINGS[stage]}")
 
-    arch_doc, budget = stage("inspect", _inspect, teacher, budget_fraction)
-    stage("score", _score, teacher, train, out / "scores")
-    prune_doc = stage("prune", _prune, teacher, out / "scores", heldout, budget, out / "pruned")
-    distill_doc = stage("distill", _distill, teacher, out / "pruned", train, heldout, steps, out / "distilled")
-    eval_doc = stage("eval", _eval, teacher, out / "pruned", out / "distilled", heldout, out / "task")
-    doc = _result(eval_doc, prune_doc, distill_doc, arch_doc, budget, seconds, time.perf_counter() - t0, out)
-
-    from minitron.io import write_provenance
-
-    write_provenance(out, "demo", {"out": str(out), "steps": steps, "budget_fraction": budget_fraction},
+    run = execute(r, plan, announce=announce)
+    docs = {s: e["doc"] for s, e in run["stages"].items()}
+    seconds.update({s: e["seconds"] for s, e in run["stages"].items()})
+    doc = _result(docs, arch_doc, budget_bytes, seconds, time.perf_counter() - t0, out)
+    write_provenance(out, "demo", {"out": str(out), "steps": steps, "budget_fraction": budget_fraction,
+                                   "recipe": str(r.path)},
                      inputs={"teacher": str(teacher), "train": str(train), "heldout": str(heldout)}, result=doc)
     if json_out:
         emit_json(doc)
     else:
-        _render(doc, eval_doc)
+        _render(doc, docs["eval"], run)
+
+
+def _earlier_demo(out: Path) -> str | None:
+    """`finished` when an earlier `minitron demo` wrote `out`, `interrupted` when one started it, else None."""
+    if made_by_demo(out):
+        return "finished"
+    from minitron.cli.run_cmd import load_state
+
+    recipe = load_state(out).get("recipe") or ""
+    return "interrupted" if Path(recipe).name == f"{RECIPE}.yaml" and Path(recipe).parent.name == "recipes" else None
+
+
+def _changed(state: dict, plan: dict) -> bool:
+    return any(e.get("argv") != plan.get(s) for s, e in state.get("stages", {}).items())
 
 
 def made_by_demo(out: Path) -> bool:
@@ -122,83 +136,15 @@ def made_by_demo(out: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def _inspect(teacher: Path, fraction: float):
-    from minitron.memory import Budget
+def _inspect(teacher: Path, fraction: float) -> tuple[dict, int]:
     from minitron.models.describe import describe
 
     doc = describe(teacher, context_length=CONTEXT, dtype="bf16")
     total = doc["memory"]["total_bytes"]
-    budget = Budget(gpu=None, usable_bytes=int(total * fraction), headroom=0.0, reserve_bytes=0)
+    budget = int(total * fraction)
     info(f"[1/5] inspect: {teacher.name}, {doc['pattern']}, {fmt_params(doc['params']['total'])} parameters, "
-         f"{fmt_bytes(total)} at {CONTEXT:,} tokens (bf16); budget {fmt_bytes(budget.budget_bytes)}")
+         f"{fmt_bytes(total)} at {CONTEXT:,} tokens (bf16); budget {fmt_bytes(budget)}")
     return doc, budget
-
-
-def _score(teacher: Path, train: Path, dest: Path) -> dict:
-    from minitron.cli.score_cmd import write_outputs
-    from minitron.importance.run import ScoreOptions, prepare, run
-
-    info(f"[2/5] score: activation importance of every width unit and KL when each layer is skipped "
-         f"({SCORE_SAMPLES} x {SEQ_LEN} tokens)")
-    p = prepare(teacher, [str(train)], ScoreOptions(samples=SCORE_SAMPLES, seq_len=SEQ_LEN, batch_size=8,
-                                                    device="cpu", dtype="fp32", streaming=False))
-    with Progress(unit="layer passes") as bar:
-        result = run(p, progress=lambda done, total: bar.update("score", done, total))
-    return write_outputs(dest, p, result, overwrite=False)
-
-
-def _prune(teacher: Path, scores: Path, heldout: Path, budget, dest: Path) -> dict:
-    from minitron.prune.run import PruneOptions, prune
-
-    info("[3/5] prune: search shapes under the budget, rank the largest by KL to the teacher, prune the best")
-    opts = PruneOptions(
-        model=teacher, out=dest, scores=scores, budget=budget, context_length=CONTEXT, dtype="bf16",
-        search=["hidden_size=128:256:32", "ffn_size=256:512:64", "mamba_heads=8:16:4"],
-        data=[heldout], seq_len=SEQ_LEN, proxy_samples=4, shortlist=4, top_k=4, device="cpu",
-        keep_layer_types="attention=1",  # a hybrid stays a hybrid (and transformers' cache needs one)
-    )
-    with Progress(units=PRUNE_UNITS) as bar:
-        doc = prune(opts, progress=bar.update, log=lambda m: None)
-    plan = doc["plan"]
-    info(f"      kept {fmt_params(doc['params_after'])} of {fmt_params(doc['params_before'])} parameters: "
-         f"{_shape(plan)}")
-    return doc
-
-
-def _distill(teacher: Path, student: Path, train: Path, heldout: Path, steps: int, dest: Path) -> dict:
-    from minitron.distill.run import DistillOptions, run_distill
-    from minitron.distill.trainer import TrainConfig
-
-    info(f"[4/5] distill: {steps} steps of forward KL to the teacher's logits (8 x {SEQ_LEN} tokens a step)")
-    cfg = TrainConfig(steps=steps, micro_batch_size=8, lr=2e-3, warmup_steps=max(1, steps // 10),
-                      schedule="cosine", seed=0)
-    opts = DistillOptions(teacher=teacher, student=student, data=[train], out=dest, train=cfg, seq_len=SEQ_LEN,
-                          eval_data=[heldout], eval_samples=8, save_every=0, device="cpu", dtype="fp32")
-    with Progress(unit="steps") as bar:
-
-        def on_event(kind, payload):
-            if kind == "step":
-                bar.update("distill", payload["step"], steps, f"kl {payload['loss']:.4f}")
-
-        return run_distill(opts, on_event=on_event)
-
-
-def _eval(teacher: Path, pruned: Path, distilled: Path, heldout: Path, task_dir: Path) -> dict:
-    from minitron.evaluate.compare import EvalOptions, evaluate_models
-    from minitron.evaluate.local_task import TASK_NAME, build_local_task
-    from minitron.evaluate.throughput import ThroughputSettings
-
-    info(f"[5/5] eval: loss, perplexity and KL on {EVAL_SAMPLES} held-out blocks, a {TASK_ITEMS}-item cloze task "
-         f"from the held-out text, memory, decode speed")
-    build_local_task(heldout, task_dir, n=TASK_ITEMS)
-    opts = EvalOptions(models=[teacher, pruned, distilled], data=[heldout], seq_len=SEQ_LEN, samples=EVAL_SAMPLES,
-                       batch_size=8, teacher=teacher, tasks=TASK_NAME, include_path=[task_dir], throughput=True,
-                       throughput_settings=ThroughputSettings(prompt_len=64, gen_len=32, runs=3, warmup=1),
-                       context_length=CONTEXT, memory_dtype="bf16", device="cpu", dtype="fp32")
-    from minitron.cli.eval_cmd import _Reporter
-
-    with Progress(unit="blocks") as bar:
-        return evaluate_models(opts, _Reporter(bar, messages=False))
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -208,9 +154,10 @@ def _shape(plan: dict) -> str:
             f"{plan['kv_heads']}kv")
 
 
-def _result(eval_doc, prune_doc, distill_doc, arch_doc, budget, seconds, total, out: Path) -> dict:
+def _result(docs: dict, arch_doc, budget_bytes: int, seconds, total, out: Path) -> dict:
     from minitron.evaluate.local_task import TASK_NAME
 
+    eval_doc, prune_doc, distill_doc = docs["eval"], docs["prune"], docs["distill"]
     models = []
     for role, row in zip(("teacher", "pruned", "distilled"), eval_doc["models"], strict=True):
         task = (row.get("tasks") or {}).get(TASK_NAME, {})
@@ -232,7 +179,7 @@ def _result(eval_doc, prune_doc, distill_doc, arch_doc, budget, seconds, total, 
         "seconds": round(total, 1),
         "stage_seconds": seconds,
         "out": str(out),
-        "budget_bytes": budget.budget_bytes,
+        "budget_bytes": budget_bytes,
         "memory_context_length": CONTEXT,
         "teacher_pattern": arch_doc["pattern"],
         "plan": prune_doc.get("plan"),
@@ -241,7 +188,7 @@ def _result(eval_doc, prune_doc, distill_doc, arch_doc, budget, seconds, total, 
     }
 
 
-def _render(doc: dict, eval_doc: dict) -> None:
+def _render(doc: dict, eval_doc: dict, run: dict) -> None:
     from minitron.evaluate.table import render
 
     out = stdout()
@@ -251,3 +198,5 @@ def _render(doc: dict, eval_doc: dict) -> None:
               f"({', '.join(f'{k} {v:.0f} s' for k, v in doc['stage_seconds'].items())})")
     for m in doc["models"]:
         out.print(f"  {m['name']:<10} {m['path']}")
+    if run.get("publish"):
+        out.print(f"publish the result: {run['publish']}", markup=False)

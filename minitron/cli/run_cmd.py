@@ -33,6 +33,10 @@ def command(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML), or the name of a bundled recipe (demo).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output tree (default: the recipe's `out`).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the whole recipe, print the stages' commands, run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, then run what needs no weights: prune --dry-run on the model's config and "
+                                          "distill --dry-run (the memory plan) on the shape it picks. Data files that do not exist yet are listed, not refused.")] = False,
+    until: Annotated[str | None, typer.Option("--until", help="Run the stages up to this one (score, prune, distill) and stop; "
+                                              "a later `minitron run` goes on from there.")] = None,
     json_out: JsonOpt = False,
 ):
     """Run a recipe: score → prune → distill → eval with the options of one YAML file.
@@ -46,16 +50,30 @@ def command(
 
       minitron run examples/demo.yaml
 
-      minitron run examples/nemotron-nano-12b-to-9b-a10g.yaml --check
+      minitron run examples/nemotron-nano-12b-to-9b-a10g.yaml --dry-run
+
+      minitron run examples/llama-3.1-8b-to-4b-width.yaml --check
 
       minitron run my-recipe.yaml --out runs/try2 --json
     """
+    if check and dry_run:
+        raise InputError("--check and --dry-run are two ways of not running; give one", flag="--dry-run")
     r = load(recipe, out=out)
     check_links(r)
+    if until is not None and until not in r.stages:
+        raise InputError(f"{until!r} is not a stage of this recipe ({', '.join(r.stages)})", flag="--until")
     plan = {stage: stage_argv(r, stage) for stage in r.stages}
-    validate(r, plan)
+    checked = validate(r, plan, require_inputs=not dry_run)
+    if dry_run:
+        doc = {"recipe": str(r.path), "out": str(r.out), "dry_run": True, **checked}
+        if json_out:
+            emit_json(doc)
+        else:
+            render_dry_run(doc)
+        return
     if check:
-        doc = {"recipe": str(r.path), "out": str(r.out), "stages": {s: ["minitron", s, *a] for s, a in plan.items()}}
+        doc = {"recipe": str(r.path), "out": str(r.out),
+               "stages": {s: ["minitron", s, *_without(a, {"--json": 0})] for s, a in plan.items()}}
         if json_out:
             emit_json(doc)
         else:
@@ -63,7 +81,7 @@ def command(
                 stdout().print(" ".join(argv), markup=False)
             info("recipe checked: nothing run")
         return
-    doc = execute(r, plan)
+    doc = execute(r, plan, until=until)
     if json_out:
         emit_json(doc)
     else:
@@ -146,9 +164,16 @@ def _restage(stage: str, err: MinitronError) -> MinitronError:
     return new
 
 
-def validate(r: Recipe, plan: dict) -> None:
+def validate(r: Recipe, plan: dict, *, require_inputs: bool = True) -> dict:
+    """Check every stage's options with its own parser, the files they name, prune's target (a dry run
+    on the config) and, when distill has a budget, its memory plan on the shape the dry run picks.
+
+    Returns what the checks computed: `{"missing": [...], "stages": {stage: {...}}}`; with
+    `require_inputs=False` a file that does not exist is listed in `missing` instead of refused.
+    """
     from typer._click.exceptions import UsageError
 
+    missing, stages = [], {}
     for stage, argv in plan.items():
         try:
             _cmd(stage).make_context(stage, list(argv))
@@ -159,23 +184,63 @@ def validate(r: Recipe, plan: dict) -> None:
             param = _params(stage)[f"--{key}"][0]
             if _is_path(param):
                 for x in v if isinstance(v, list) else [v]:
-                    if not Path(_value(r, param, x)).exists():
+                    path = _value(r, param, x).split(":")[0] if key in ("data", "eval-data") else _value(r, param, x)
+                    if Path(path).exists() or Path(_value(r, param, x)).exists():
+                        continue
+                    if require_inputs:
                         raise InputError(f"no such file or directory: {x}", flag=f"{stage}.{key}")
+                    missing.append({"key": f"{stage}.{key}", "path": path})
+    for stage in plan:
+        if stage in ("score", "eval"):
+            stages[stage] = {"skipped": f"{stage} reads the model's weights and its data"}
     if "prune" in plan:  # the target, the shape and the search space against the model's config
-        drop = {"--out", "--scores", "--data", "--iterative", "--candidate-distill-steps"}
-        argv, skip = [], False
-        for a in plan["prune"]:
-            if skip:
-                skip = False
-            elif a in drop:
-                skip = a not in ("--iterative",)
-            else:
-                argv.append(a)
-        try:
-            invoke("prune", [*argv, "--dry-run"])
-        except MinitronError as e:
-            if e.flag not in ("--scores", "--data"):  # those come from the stages before
-                raise _restage("prune", e) from None
+        # --scores and --data come from the stages before; so does a layer choice that needs the scores
+        prune_doc = invoke_checked("prune", [*_without(plan["prune"], DRY_DROP), "--dry-run"],
+                                   ignore=("--scores", "--data"), needs_scores="score" in plan)
+        config = prune_doc.pop("config", None) if prune_doc else None
+        stages["prune"] = {"doc": prune_doc}
+        if "distill" in plan and config is not None:
+            stages["distill"] = {"doc": _distill_plan(plan["distill"], config)}
+    return {"missing": missing, "stages": {s: stages[s] for s in plan if s in stages}}
+
+
+DRY_DROP = {"--out": 1, "--scores": 1, "--data": 1, "--iterative": 0, "--candidate-distill-steps": 1, "--overwrite": 0}
+
+
+def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
+    """`argv` less the options in `drop` (option -> how many values follow it)."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+        elif a in drop:
+            skip = drop[a]
+        else:
+            out.append(a)
+    return out
+
+
+def invoke_checked(stage: str, argv: list[str], ignore=(), needs_scores: bool = False) -> dict | None:
+    """`invoke`, with a stage's error named by its recipe key. None (not checked) for errors of the
+    `ignore` flags, and with `needs_scores` for those that only say the layer scores are missing."""
+    try:
+        return invoke(stage, argv)
+    except MinitronError as e:
+        if e.flag in ignore or (needs_scores and "scores of --scores" in e.message):
+            return None
+        raise _restage(stage, e) from None
+
+
+def _distill_plan(argv: list[str], config: dict) -> dict | None:
+    """distill --dry-run with the student the prune dry run describes (its config.json in a temporary
+    directory): the memory plan, and exit 3 now, not after pruning, when a budget cannot be met."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="minitron-student-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        args, i = list(argv), argv.index("--student")
+        args[i + 1] = tmp
+        return invoke_checked("distill", [*args, "--dry-run"])
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -200,24 +265,61 @@ def _load_state(path: Path) -> dict:
         return {"stages": {}}
 
 
-def execute(r: Recipe, plan: dict) -> dict:
+def load_state(out: Path) -> dict:
+    """`<out>/run.json` of an earlier run (`{"recipe", "stages": {stage: {"argv", "seconds", "doc"}}}`)."""
+    return _load_state(out / RUN_FILE)
+
+
+def adopted(r: Recipe, stage: str, argv: list[str]) -> dict | None:
+    """A stage run by hand with exactly the command `run --check` prints (say distill under torchrun):
+    its output directory's `minitron.json` records that command line; the run takes the result."""
+    try:
+        prov = json.loads((stage_dir(r, stage) / "minitron.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ran = prov.get("argv") or []
+    if prov.get("command") != stage or stage not in ran:
+        return None
+    ran = ran[ran.index(stage) + 1:]
+    if _without(ran, {"--json": 0}) != _without(argv, {"--json": 0}):
+        return None
+    return {"argv": argv, "seconds": 0.0, "doc": prov.get("result") or {}, "adopted": True}
+
+
+def execute(r: Recipe, plan: dict, *, announce=None, until: str | None = None) -> dict:
+    """Run the stages in order into `r.out`, skipping those an earlier run finished with the same
+    options (or that were run by hand with the stage's exact command), up to `until` if given.
+    `announce(i, n, stage)` prints the heading of a stage about to run (default `[i/n] stage`)."""
     from minitron.io import atomic_write_text, check_output_dir, write_provenance
 
     check_output_dir(r.out, overwrite=True)  # validated and locked for the whole run
     r.out.mkdir(parents=True, exist_ok=True)
     run_file = r.out / RUN_FILE
     run_state = _load_state(run_file)
+    run_state["recipe"] = str(r.path)
     t0, result = time.perf_counter(), {}
-    for i, (stage, argv) in enumerate(plan.items(), 1):
+    stages = list(plan.items())
+    if until is not None:
+        stages = stages[: list(plan).index(until) + 1]
+    for i, (stage, argv) in enumerate(stages, 1):
         done = run_state["stages"].get(stage)
         if done is not None and done["argv"] == argv and (stage_dir(r, stage) / "minitron.json").is_file():
             info(f"[{i}/{len(plan)}] {stage}: done in an earlier run, kept ({stage_dir(r, stage)})")
             result[stage] = {**done, "skipped": True}
             continue
+        if done is None and (done := adopted(r, stage, argv)) is not None:
+            info(f"[{i}/{len(plan)}] {stage}: run by hand with this recipe's command, taken ({stage_dir(r, stage)})")
+            run_state["stages"][stage] = done
+            atomic_write_text(run_file, json.dumps(run_state, indent=2) + "\n")
+            result[stage] = {**done, "skipped": True}
+            continue
         if done is not None and done["argv"] != argv:
             raise InputError(f"the recipe's {stage} options changed since that stage ran in {r.out}; run into "
                              "another --out (or delete it)", flag=stage)  # fmt: skip
-        info(f"[{i}/{len(plan)}] {stage}")
+        if announce is not None:
+            announce(i, len(plan), stage)
+        else:
+            info(f"[{i}/{len(plan)}] {stage}")
         t = time.perf_counter()
         try:
             doc = invoke(stage, argv)
@@ -230,8 +332,13 @@ def execute(r: Recipe, plan: dict) -> dict:
         if stage == "eval":
             _cards_get_figures(doc)
         result[stage] = {**entry, "skipped": False}
+    final = next((stage_dir(r, s) for s in ("distill", "prune") if s in result and "--dry-run" not in plan[s]), None)
     summary = {"recipe": str(r.path), "out": str(r.out), "seconds": round(time.perf_counter() - t0, 1),
-               "stages": result}  # fmt: skip
+               "stages": result, "until": until, "model": str(final) if final else None,
+               "publish": publish_line(final) if final else None}  # fmt: skip
+    from minitron import card
+
+    card.write(r.out, card.for_run(r, summary))
     write_provenance(r.out, "run", {"recipe": str(r.path), "out": str(r.out)}, inputs={"model": r.model},
                      result={s: {k: v for k, v in e.items() if k != "doc"} for s, e in result.items()})  # fmt: skip
     return summary
@@ -248,6 +355,43 @@ def _cards_get_figures(eval_doc: dict) -> None:
         card.add_figures(row["path"], figures, heading="Evaluation (minitron eval)")
 
 
+def publish_line(model_dir: Path) -> str:
+    """The command that publishes a result (`hf`, huggingface_hub's CLI: login, large folders, resumable)."""
+    import shlex
+
+    return f"hf upload <your-org>/{model_dir.resolve().parent.name}-{model_dir.name} {shlex.quote(str(model_dir))}"
+
+
+def render_dry_run(doc: dict) -> None:
+    from minitron.fmt import fmt_bytes
+
+    out = stdout()
+    for stage, e in doc["stages"].items():
+        d = e.get("doc")
+        if d is None:
+            out.print(f"  {stage:<8} {e.get('skipped', 'not checked (needs an earlier stage)')}", markup=False)
+        elif stage == "prune":
+            shape = ", ".join(f"{k} {v}" for k, v in d["plan"].items() if k in SHAPE_KEYS and v)
+            fit = ""
+            if d.get("budget"):
+                b = d["budget"]
+                fit = f"; {fmt_bytes(d['memory']['total_bytes'])} of a {fmt_bytes(b['budget_bytes'])} budget"
+            listed = f" ({len(d['candidates'])} candidates listed)" if d.get("candidates") else ""
+            out.print(f"  prune    {d['params_before']:,} -> {d['params_after']:,} parameters: {shape}{fit}{listed}",
+                      markup=False)  # fmt: skip
+        elif stage == "distill":
+            a = d["asked"]
+            verdict = "" if d.get("fits") is None else (" - fits the budget" if d["fits"] else " - does NOT fit")
+            out.print(f"  distill  {fmt_bytes(a['total'])} per device on {a['devices']} device(s)"
+                      f"{' with FSDP2' if a['fsdp'] else ''}{verdict}", markup=False)  # fmt: skip
+    for m in doc["missing"]:
+        out.print(f"  needed for the real run: {m['key']} {m['path']} (does not exist yet)", markup=False)
+    info("dry run: nothing written")
+
+
+SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "attention_heads", "kv_heads")
+
+
 def render(doc: dict) -> None:
     out = stdout()
     ev = (doc["stages"].get("eval") or {}).get("doc")
@@ -259,3 +403,5 @@ def render(doc: dict) -> None:
         how = "kept from an earlier run" if e["skipped"] else f"{e['seconds']:.0f} s"
         out.print(f"  {stage:<8} {how}")
     out.print(f"run finished in {doc['seconds']:.0f} s: {doc['out']}")
+    if doc.get("publish"):
+        out.print(f"publish the result: {doc['publish']}", markup=False)

@@ -200,6 +200,7 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     if cands is not None:
         doc["candidates"] = cands
     if o.dry_run:
+        doc["config"] = target.to_config()  # the config.json the pruned model would have
         return doc
     doc["out"] = str(o.out)
     _write(o, ckpt, plan, doc, progress)
