@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     res = {"trained": trained, "params": sum(p.numel() for p in teacher.parameters()), "teacher": ev(teacher_dir)}
     scores = score_model(teacher_dir, [str(train_txt)], ScoreOptions(
         samples=args.score_samples, seq_len=SEQ_LEN, batch_size=8, device="cpu", dtype="fp32", streaming=False)).scores
+    (work / "minitron").mkdir(parents=True, exist_ok=True)
     scores.save(work / "minitron")
     rankings = {"minitron": work / "minitron"}
     arch = Architecture.from_path(teacher_dir)

@@ -112,6 +112,25 @@ def tiny_hybrid_config(model_type: str = "bamba", **overrides) -> dict:
     return cfg
 
 
+# Falcon-H1: a Mamba width (mamba_d_ssm 96) that is not expand × hidden, the optional gated norm on over
+# 2 groups, an explicit head_dim, and µP multipliers that are not 1 (lm_head's a power of 2: see the family).
+FALCON_H1_TINY = {
+    **_DENSE_BASE, "architectures": ["FalconH1ForCausalLM"], "model_type": "falcon_h1", "num_hidden_layers": 3,
+    "mamba_d_ssm": 96, "mamba_n_heads": 8, "mamba_d_head": 12, "mamba_n_groups": 2, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "mamba_chunk_size": 16, "mamba_expand": 2, "mamba_rms_norm": True,
+    "mamba_norm_before_gate": False, "mamba_conv_bias": True, "mamba_proj_bias": False, "projectors_bias": False,
+    "attention_bias": False, "mlp_bias": False, "embedding_multiplier": 2.0, "lm_head_multiplier": 0.25,
+    "key_multiplier": 0.5, "attention_in_multiplier": 1.5, "attention_out_multiplier": 0.75,
+    "ssm_in_multiplier": 1.25, "ssm_out_multiplier": 0.5, "ssm_multipliers": [0.5, 0.25, 0.75, 1.5, 0.5],
+    "mlp_multipliers": [0.8, 0.6],
+}  # fmt: skip
+
+
+def tiny_falcon_h1_config(**overrides) -> dict:
+    """A 3-layer random Falcon-H1 (attention ∥ Mamba-2 in each layer), hidden 64."""
+    return {**FALCON_H1_TINY, **overrides}
+
+
 def tiny_dense_config(model_type: str = "llama", **overrides) -> dict:
     """A 4-layer random dense model of one family (llama, mistral, qwen2, qwen3), hidden size 64."""
     cfg = {**_DENSE_BASE, "model_type": model_type, **DENSE_TINY[model_type]}
