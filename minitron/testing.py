@@ -103,10 +103,14 @@ HYBRID_TINY = {
         "residual_multiplier": 0.5, "attention_multiplier": 0.1, "logits_scaling": 4.0,
     },
 }
+# Granite 4.0-H with routed experts (tiny / small): 4 experts of width 32, top-2, beside the shared MLP.
+HYBRID_TINY["granitemoehybrid_moe"] = {**HYBRID_TINY["granitemoehybrid"], "model_type": "granitemoehybrid",
+                                       "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32}
 
 
 def tiny_hybrid_config(model_type: str = "bamba", **overrides) -> dict:
-    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid): `M*MM`, hidden 64, 2 Mamba groups."""
+    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid, granitemoehybrid_moe with routed experts):
+    `M*MM`, hidden 64, 2 Mamba groups."""
     cfg = {**_HYBRID_BASE, "model_type": model_type, **HYBRID_TINY[model_type]}
     cfg.update(overrides)
     return cfg

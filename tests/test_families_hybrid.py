@@ -1,4 +1,4 @@
-"""Mamba-2 hybrids (bamba, granitemoehybrid) on tiny random models: accounting, every axis's cut,
+"""Mamba-2 hybrids (bamba, granitemoehybrid with and without routed experts) on tiny random models: accounting, every axis's cut,
 streaming == in memory, stock loading, the memory model against transformers' cache, scoring,
 and the cuts their configs cannot express refused with the reason."""
 
@@ -108,6 +108,8 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
                 lin.weight.zero_()
                 if lin.bias is not None:
                     lin.bias.zero_()
+            if getattr(layer, "block_sparse_moe", None) is not None:  # Granite's routed experts write too
+                layer.block_sparse_moe.experts.down_proj.zero_()
 
     pruned = prune_model(model, plan)
     assert Architecture.from_config(pruned.config.to_dict()).pattern == "".join(
@@ -207,3 +209,16 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
 
     zeroed, _, _ = score_tensors(InMemorySource(_zeroed(model, edit)), arch, toks, **kw)
     assert zeroed["mamba_heads"][1, 5] == 0 and (zeroed["mamba_heads"][1] > 0).sum() == 7
+
+
+def test_granite_routed_experts_follow_hidden_and_keep_their_width(tiny):
+    """--ffn-size cuts the shared MLP only; experts keep their number and width, and lose hidden channels."""
+    _, model, arch, scores = tiny
+    if not arch.n_routed_experts:
+        pytest.skip("no routed experts")
+    plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64), scores, [1])
+    cfg = plan.target().to_config()
+    assert (cfg["num_local_experts"], cfg["intermediate_size"], cfg["shared_intermediate_size"]) == (4, 32, 64)
+    moe = prune_model(model, plan).model.layers[0].block_sparse_moe
+    assert moe.experts.gate_up_proj.shape == (4, 64, 32) and moe.router.weight.shape == (4, 32)
+    assert set(arch.impl.unsupported_axes(arch)) >= {"experts", "moe_ffn"}

@@ -107,6 +107,11 @@ class Family:
         """What the causal-LM head divides its logits by (Granite's `logits_scaling`)."""
         return 1.0
 
+    def checkpoint_tensor(self, canonical: str) -> str:
+        """The name a module tensor (canonical, module layout) is stored under, where transformers renames
+        it on load (Granite's MoE tensors); the streaming source reads blocks through it."""
+        return canonical
+
     def fix_meta_model(self, model, config, device) -> None:
         """Rebuild non-persistent buffers of a model built on the meta device (rotary tables)."""
 

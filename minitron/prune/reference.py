@@ -155,6 +155,11 @@ def _hybrid(model, new, plan: PrunePlan):
         else:
             _attention(s.self_attn, d.self_attn, a, plan, i, hid)
         _gated_mlp(getattr(s, mlp), getattr(d, mlp), torch.tensor(plan.ffn[i]), hid, fused=granite)
+        if getattr(s, "block_sparse_moe", None) is not None:  # Granite's routed experts: hidden only
+            sm, dm = s.block_sparse_moe, d.block_sparse_moe
+            _put(dm.router.weight, sm.router.weight[:, hid])
+            _put(dm.experts.gate_up_proj, sm.experts.gate_up_proj[:, :, hid])
+            _put(dm.experts.down_proj, sm.experts.down_proj[:, hid])
 
 
 def _falcon_h1(model, new, plan: PrunePlan):
