@@ -135,6 +135,25 @@ def tiny_falcon_h1_config(**overrides) -> dict:
     return {**FALCON_H1_TINY, **overrides}
 
 
+# Zamba2: Mamba layers and hybrid layers calling 2 shared blocks (hybrid g uses block g % 2), LoRA adapters,
+# rotary; tied embeddings (transformers ties the shared blocks only then, as in the released models).
+ZAMBA2_TINY = {
+    "architectures": ["Zamba2ForCausalLM"], "model_type": "zamba2", "vocab_size": 384, "hidden_size": 64,
+    "intermediate_size": 96, "num_hidden_layers": 6,
+    "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"], "num_attention_heads": 4,
+    "num_key_value_heads": 4, "n_mamba_heads": 8, "mamba_expand": 2, "mamba_ngroups": 2, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "chunk_size": 16, "num_mem_blocks": 2, "use_shared_attention_adapter": True,
+    "adapter_rank": 8, "use_mem_rope": True, "add_bias_linear": False, "tie_word_embeddings": True,
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "initializer_range": 0.02, "pad_token_id": 0,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+}  # fmt: skip
+
+
+def tiny_zamba2_config(**overrides) -> dict:
+    """A 6-layer random Zamba2 (`M*M*M*`: 3 hybrid layers over 2 shared blocks), hidden 64."""
+    return {**ZAMBA2_TINY, **overrides}
+
+
 def tiny_dense_config(model_type: str = "llama", **overrides) -> dict:
     """A 4-layer random dense model of one family (llama, mistral, qwen2, qwen3), hidden size 64."""
     cfg = {**_DENSE_BASE, "model_type": model_type, **DENSE_TINY[model_type]}

@@ -254,7 +254,7 @@ class MambaHybridFamily(Family):
         out = blk(h, attention_mask=kw["masks"][blk.block_type], position_embeddings=kw["rope"])
         return out[0] if isinstance(out, tuple) else out  # Bamba returns (hidden, attention weights)
 
-    def checkpoint_tensor(self, canonical: str) -> str:
+    def checkpoint_tensor(self, arch, canonical: str) -> str:
         """The stored name of a module tensor (Granite's MoE tensors are renamed on load)."""
         for stored, module in _MOE_NAMES.items():
             if canonical.endswith(".block_sparse_moe." + module):
