@@ -5,13 +5,21 @@ cache, scoring, and the reference config's exact count."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
+from family_helpers import (
+    IDS,
+    cache_bytes,
+    engine_logits,
+    logits,
+    random_scores,
+    scores,
+    scores_streamed_equal_in_memory,
+    zeroed,
+)
 
-from minitron.importance.scores import Scores, expected_shapes
 from minitron.memory import estimate
 from minitron.models.architecture import Architecture
 from minitron.models.checkpoint import load_model, open_checkpoint
@@ -23,28 +31,12 @@ from minitron.prune.select import Shape, make_plan
 from minitron.prune.stream import prune_checkpoint
 from minitron.testing import build_model, make_tiny_model_dir, tiny_falcon_h1_config
 
-IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
-
-
-def logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = make_tiny_model_dir(tmp_path_factory.mktemp("falcon_h1") / "model", tiny_falcon_h1_config())
     arch = Architecture.from_path(path)
-    g = torch.Generator().manual_seed(1)
-    scores = Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()})
-    return path, load_model(path), arch, scores
-
-
-def _zeroed(model, edit):
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        edit(m)
-    return m
+    return path, load_model(path), arch, random_scores(arch)
 
 
 def test_reference_config_count_is_exact():
@@ -80,22 +72,22 @@ def test_keep_all_is_bit_identical(tiny):
 
 
 def test_ffn_equals_zeroed_down_columns(tiny):
-    _, model, arch, scores = tiny
-    plan = make_plan(arch, Shape(ffn_size=40), scores)
+    _, model, arch, unit_scores = tiny
+    plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
 
     def edit(m):
         for i, kept in plan.ffn.items():
             m.model.layers[i].feed_forward.down_proj.weight[:, sorted(set(range(96)) - set(kept))] = 0
 
     pruned = prune_model(model, plan)
-    torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(logits(pruned), logits(model), atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2)])
 def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
-    _, model, arch, scores = tiny
-    plan = make_plan(arch, shape, scores)
+    _, model, arch, unit_scores = tiny
+    plan = make_plan(arch, shape, unit_scores)
     d = arch.head_dim
 
     def edit(m):
@@ -103,7 +95,7 @@ def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
             for h in set(range(arch.num_attention_heads)) - set(kept):
                 m.model.layers[i].self_attn.o_proj.weight[:, h * d:(h + 1) * d] = 0
 
-    torch.testing.assert_close(logits(prune_model(model, plan)), logits(_zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(prune_model(model, plan)), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
 
 
 def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
@@ -112,9 +104,7 @@ def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
     cfg = tiny_falcon_h1_config(mamba_rms_norm=False)
     model, arch = build_model(cfg), Architecture.from_config(cfg)
     assert "layers.0.mamba.norm.weight" not in model_specs(arch)
-    g = torch.Generator().manual_seed(3)
-    scores = Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()})
-    plan = make_plan(arch, Shape(mamba_heads=4), scores)
+    plan = make_plan(arch, Shape(mamba_heads=4), random_scores(arch, 3))
     p = arch.mamba_head_dim
 
     def edit(m):
@@ -124,13 +114,13 @@ def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
 
     pruned = prune_model(model, plan)
     assert pruned.config.mamba_d_ssm == 48 and sum(x.numel() for x in pruned.parameters()) == plan.target().total_params
-    torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dropped", [[1], [0, 2]])
 def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
-    _, model, arch, scores = tiny
-    plan = make_plan(arch, Shape(), scores, dropped)
+    _, model, arch, unit_scores = tiny
+    plan = make_plan(arch, Shape(), unit_scores, dropped)
 
     def edit(m):
         for i in dropped:
@@ -140,7 +130,7 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
 
     pruned = prune_model(model, plan)
     assert pruned.config.num_hidden_layers == 3 - len(dropped)
-    torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [
@@ -151,8 +141,8 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
 ])
 def test_hidden_and_mamba_cuts_equal_plain_reference(tiny, shape):
     """The gated norm and every RMSNorm read all their channels: the reference is the module-by-module copy."""
-    _, model, arch, scores = tiny
-    plan = make_plan(arch, shape, scores, [2] if shape.ffn_size else [])
+    _, model, arch, unit_scores = tiny
+    plan = make_plan(arch, shape, unit_scores, [2] if shape.ffn_size else [])
     pruned, ref = prune_model(model, plan), reference_prune(model, plan)
     a, b = pruned.state_dict(), ref.state_dict()
     assert a.keys() == b.keys()
@@ -167,8 +157,8 @@ def test_hidden_and_mamba_cuts_equal_plain_reference(tiny, shape):
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    path, model, arch, scores = tiny
-    plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64, mamba_heads=4, attention_heads=4), scores, [1])
+    path, model, arch, unit_scores = tiny
+    plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64, mamba_heads=4, attention_heads=4), unit_scores, [1])
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
     cfg = plan.target().to_config()
     assert (cfg["mamba_d_ssm"], cfg["mamba_n_heads"], cfg["head_dim"], cfg["num_hidden_layers"]) == (48, 4, 12, 2)
@@ -192,45 +182,19 @@ def test_estimate_equals_transformers_cache(tiny):
     batch, ctx = 3, 17
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv = state = 0
-    for layer in out.past_key_values.layers:
-        kv += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
-        for d in (layer.conv_states, layer.recurrent_states):
-            state += sum(t.numel() * t.element_size() for t in d.values())
+    kv, state = cache_bytes(out.past_key_values)
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32")
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0 and state > 0
 
 
 def test_the_engines_block_by_block_pass_equals_the_model(tiny):
-    from minitron.importance.engine import InMemorySource, _call_block, block_kwargs
-
     _, model, _, _ = tiny
-    src = InMemorySource(model)
-    with torch.no_grad():
-        with src.embedding() as emb:
-            h = emb(IDS) * src.family.embedding_scale(src.config)
-        kw = block_kwargs(src, h)
-        for j in range(src.num_layers):
-            with src.block(j) as blk:
-                h = _call_block(src, blk, j, h, kw)
-        with src.head() as (norm, head):
-            out = head(norm(h)) / src.family.logits_divisor(src.config)
-    assert torch.equal(out, logits(model))
+    assert torch.equal(engine_logits(model), logits(model))
 
 
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
-    from minitron.importance.aggregate import Aggregation
-    from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
-    from minitron.streaming import StreamingSource
-
     path, model, arch, _ = tiny
-    toks = torch.randint(3, 384, (4, 16), generator=torch.Generator().manual_seed(2))
-    kw = {"agg": Aggregation(), "batch_size": 2, "layer_metric": "kl"}
-    mem, _, _ = score_tensors(InMemorySource(model), arch, toks, **kw)
-    streamed, _, _ = score_tensors(StreamingSource(path), arch, toks, **kw)
-    for k in mem:
-        torch.testing.assert_close(mem[k], streamed[k], rtol=1e-5, atol=1e-6)
+    mem = scores_streamed_equal_in_memory(path, model, arch)
     assert mem["mamba_heads"].shape == (3, 8) and mem["attention_heads"].shape == (3, 8) and mem["ffn"].shape == (3, 96)
 
     def edit(m):  # Mamba head 5 of layer 1 (its x-slice rows of in_proj); FFN neuron 7 of layer 2
@@ -238,6 +202,6 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
         m.model.layers[1].mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
         m.model.layers[2].feed_forward.up_proj.weight[7] = 0
 
-    zeroed, _, _ = score_tensors(InMemorySource(_zeroed(model, edit)), arch, toks, **kw)
-    assert zeroed["mamba_heads"][1, 5] == 0 and (zeroed["mamba_heads"][1] > 0).sum() == 7
-    assert zeroed["ffn"][2, 7] == 0 and (zeroed["ffn"][2] > 0).sum() == 95
+    z = scores(zeroed(model, edit), arch)
+    assert z["mamba_heads"][1, 5] == 0 and (z["mamba_heads"][1] > 0).sum() == 7
+    assert z["ffn"][2, 7] == 0 and (z["ffn"][2] > 0).sum() == 95

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from family_helpers import cache_bytes
 
 from minitron.errors import InputError
 from minitron.importance.scores import Scores, expected_shapes
@@ -165,25 +166,12 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     assert loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
 
 
-def _cache_bytes(cache) -> tuple[int, int]:
-    kv = state = 0
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if torch.is_tensor(t):
-                kv += t.numel() * t.element_size()
-        for name in ("conv_states", "recurrent_states"):
-            for t in (getattr(layer, name, None) or {}).values():
-                state += t.numel() * t.element_size()
-    return kv, state
-
-
 def test_estimate_equals_transformers_cache(tiny):
     _, model, arch, _ = tiny
     batch, ctx = 3, 17
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = _cache_bytes(out.past_key_values)
+    kv, state = cache_bytes(out.past_key_values)
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32")
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state)
 

@@ -4,11 +4,19 @@ like every family; what is tied through the shared block is refused with the rea
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
+from family_helpers import (
+    IDS,
+    cache_bytes,
+    engine_logits,
+    logits,
+    scores,
+    scores_streamed_equal_in_memory,
+    zeroed,
+)
 
 from minitron.errors import InputError
 from minitron.memory import estimate
@@ -20,13 +28,6 @@ from minitron.prune.plan import PrunePlan
 from minitron.prune.select import SHAPE_FLAGS, Shape, check_drop, drop_sequence, make_plan, validate_shape
 from minitron.prune.stream import prune_checkpoint
 from minitron.testing import build_model, make_tiny_model_dir, tiny_zamba2_config
-
-IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
-
-
-def logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,7 @@ def test_dropped_mamba_layers_equal_zeroed_residual_writes(tiny, dropped):
     pruned = prune_model(model, plan)
     assert pruned.config.layers_block_type == [t for i, t in enumerate(model.config.layers_block_type) if i not in dropped]
     assert pruned.config.hybrid_layer_ids == plan.target().layers_of("*")
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        edit(zeroed)
-    torch.testing.assert_close(logits(pruned), logits(zeroed), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in pruned.parameters()) == plan.target().total_params
 
 
@@ -140,56 +138,25 @@ def test_estimate_equals_transformers_cache(tiny):
     batch, ctx = 3, 17
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv = state = 0
-    for layer in out.past_key_values.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            kv += t.numel() * t.element_size() if torch.is_tensor(t) else 0
-        for d in (layer.conv_states, layer.recurrent_states):
-            state += sum(t.numel() * t.element_size() for t in d.values())
+    kv, state = cache_bytes(out.past_key_values)
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32")
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0
 
 
 def test_the_engines_block_by_block_pass_equals_the_model(tiny):
     """Each block is called with the embeddings the shared block concatenates to its input."""
-    from minitron.importance.engine import InMemorySource, _call_block, block_kwargs
-
     _, model, _ = tiny
-    src = InMemorySource(model)
-    with torch.no_grad():
-        with src.embedding() as emb:
-            h = emb(IDS)
-        kw = block_kwargs(src, h)
-        for j in range(src.num_layers):
-            with src.block(j) as blk:
-                h = _call_block(src, blk, j, h, kw)
-        with src.head() as (norm, head):
-            out = head(norm(h))
-    assert torch.equal(out, logits(model))
+    assert torch.equal(engine_logits(model), logits(model))
 
 
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
-    from minitron.importance.aggregate import Aggregation
-    from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
-    from minitron.streaming import StreamingSource
-
     path, model, arch = tiny
-    toks = torch.randint(3, 384, (4, 16), generator=torch.Generator().manual_seed(2))
-    kw = {"agg": Aggregation(), "batch_size": 2, "layer_metric": "kl"}
-    mem, _, _ = score_tensors(InMemorySource(model), arch, toks, **kw)
-    streamed, _, _ = score_tensors(StreamingSource(path), arch, toks, **kw)  # reads layer 5's block from layer 1
-    for k in mem:
-        torch.testing.assert_close(mem[k], streamed[k], rtol=1e-5, atol=1e-6)
+    mem = scores_streamed_equal_in_memory(path, model, arch)  # streamed: layer 5 reads its block from layer 1
     assert mem["mamba_heads"].shape == (6, 8) and mem["ffn"].shape == (3, 96) and (mem["ffn"] > 0).all()
 
     def edit(m):  # Mamba head 5 of hybrid layer 3 (the 4th Mamba mixer): its x-slice rows of in_proj
         p, inner = arch.mamba_head_dim, arch.mamba_intermediate
         m.model.layers[3].mamba_decoder.mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
 
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        edit(zeroed)
-    z, _, _ = score_tensors(InMemorySource(zeroed), arch, toks, **kw)
+    z = scores(zeroed(model, edit), arch)
     assert z["mamba_heads"][3, 5] == 0 and (z["mamba_heads"][3] > 0).sum() == 7

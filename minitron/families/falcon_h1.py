@@ -31,9 +31,15 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
-from minitron.families.parts import attention_params, attention_specs, gated_mlp_params, gated_mlp_specs
+from minitron.families.parts import (
+    attention_params,
+    attention_specs,
+    gated_mlp_params,
+    gated_mlp_specs,
+    stacked_model_specs,
+)
 from minitron.models.layers import ATTENTION
-from minitron.models.tensors import HIDDEN, TensorSpec, fixed, one
+from minitron.models.tensors import HIDDEN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")
 
@@ -139,14 +145,7 @@ class FalconH1(Family):
         ]
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
-        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
-        for i, c in enumerate(arch.pattern):
-            specs += self.layer_specs(arch, i, c, layout)
-        specs.append(TensorSpec("final_layernorm.weight", None, (h,)))
-        if not arch.tie_word_embeddings:
-            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
-        return specs
+        return stacked_model_specs(self, arch, layout, "final_layernorm")
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:

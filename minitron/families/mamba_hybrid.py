@@ -41,7 +41,13 @@ from dataclasses import dataclass
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
-from minitron.families.parts import attention_params, attention_specs, gated_mlp_params, gated_mlp_specs
+from minitron.families.parts import (
+    attention_params,
+    attention_specs,
+    gated_mlp_params,
+    gated_mlp_specs,
+    stacked_model_specs,
+)
 from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import FFN, HIDDEN, TensorSpec, fixed, one
 
@@ -224,14 +230,7 @@ class MambaHybridFamily(Family):
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
-        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
-        for i, c in enumerate(arch.pattern):
-            specs += self.layer_specs(arch, i, c, layout)
-        specs.append(TensorSpec(self.v.final_norm + ".weight", None, (h,)))
-        if not arch.tie_word_embeddings:
-            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
-        return specs
+        return stacked_model_specs(self, arch, layout, self.v.final_norm)
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:

@@ -11,7 +11,19 @@ gated MLP (gate, up, down). The dense families keep their own copy (q/k norms, p
 
 from __future__ import annotations
 
-from minitron.models.tensors import FFN, KV, Q, TensorSpec, one
+from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+
+
+def stacked_model_specs(family, arch, layout: str, final_norm: str) -> list[TensorSpec]:
+    """`embed_tokens`, every layer's tensors (`family.layer_specs`), the final norm, and `lm_head` unless tied."""
+    vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
+    specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
+    for i, c in enumerate(arch.pattern):
+        specs += family.layer_specs(arch, i, c, layout)
+    specs.append(TensorSpec(final_norm + ".weight", None, (h,)))
+    if not arch.tie_word_embeddings:
+        specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
+    return specs
 
 
 def attention_specs(a, s: str, i: int, h_in, h_out, *, bias: bool = False, o_bias: bool = False) -> list[TensorSpec]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.families.parts import stacked_model_specs
 from minitron.models.layers import ATTENTION, MAMBA
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
@@ -216,14 +217,7 @@ class Zamba2(Family):
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
-        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
-        for i, c in enumerate(arch.pattern):
-            specs += self.layer_specs(arch, i, c, layout)
-        specs.append(TensorSpec("final_layernorm.weight", None, (h,)))
-        if not arch.tie_word_embeddings:
-            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
-        return specs
+        return stacked_model_specs(self, arch, layout, "final_layernorm")
 
     def checkpoint_tensor(self, arch, canonical: str) -> str:
         """`layers.11.shared_transformer.X` -> `layers.5.shared_transformer.X` (where the tie is stored)."""
