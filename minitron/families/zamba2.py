@@ -69,6 +69,8 @@ class Zamba2(Family):
                 + ["hybrid"] + ["mamba"] * 2
         if not isinstance(types, list) or any(t not in _TYPES for t in types):
             raise InputError("config.json: `layers_block_type` must list 'mamba' / 'hybrid' layers")
+        if len(types) != n:
+            raise InputError(f"config.json: `layers_block_type` lists {len(types)} layers, num_hidden_layers is {n}")
         hidden, heads = int(get("hidden_size", 2560)), int(get("num_attention_heads", 32))
         m_heads, expand = int(get("n_mamba_heads", 8)), int(get("mamba_expand", 2))
         return Architecture(
@@ -92,7 +94,7 @@ class Zamba2(Family):
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
             mamba_ssm_cache_dtype=str(cfg.get("mamba_ssm_cache_dtype") or "float32"),
             raw=dict(cfg),
-        ) if len(types) == n else _mismatch(len(types), n)
+        )
 
     def write(self, arch) -> dict:
         cfg = dict(arch.raw)
@@ -259,8 +261,3 @@ class Zamba2(Family):
             with torch.device("cpu"):
                 model.model.rotary_emb = type(rope)(config).to(device)
 
-
-def _mismatch(n_types: int, n_layers: int):
-    from minitron.errors import InputError
-
-    raise InputError(f"config.json: `layers_block_type` lists {n_types} layers, num_hidden_layers is {n_layers}")
