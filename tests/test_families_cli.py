@@ -161,7 +161,8 @@ def test_pipeline_end_to_end_on_a_tiny_family(family, tiny_llama, tmp_path, text
     if family == "llama":
         teacher = tiny_llama
     else:
-        cfg = tiny_hybrid_config(family) if family in HYBRID_TINY else configs[family]()
+        # Granite with routed experts: the experts follow the hidden cut and depth beside the shared MLP.
+        cfg = tiny_hybrid_config(f"{family}_moe") if family in HYBRID_TINY else configs[family]()
         teacher = make_tiny_model_dir(tmp_path / family, cfg)
     arch = Architecture.from_path(teacher)
     total = arch.total_params
