@@ -1,6 +1,6 @@
 """A plain, module-by-module reference of applying a `PrunePlan`, for tests of the fast path.
 
-One function per family layout (Nemotron-H; the dense Llama-like families; Bamba and Granite 4.0-H;
+One function per family layout (Nemotron-H; the dense Llama-like families; Bamba, Granite 4.0-H and
 Falcon-H1),
 sharing the per-module pieces (attention, Mamba-2, gated MLP).
 
@@ -30,7 +30,7 @@ def reference_prune(model, plan: PrunePlan):
     new = AutoModelForCausalLM.from_config(hf_config(plan.target().to_config()),
                                            dtype=next(model.parameters()).dtype)
     with torch.no_grad():
-        {"nemotron_h": _nemotron_h, "bamba": _hybrid, "granitemoehybrid": _hybrid, "falcon_h1": _falcon_h1}.get(
+        {"nemotron_h": _nemotron_h, "bamba": _hybrid, "granitemoehybrid": _hybrid, "falcon_h1": _hybrid}.get(
             plan.source.family, _dense)(model, new, plan)
     return new.eval()
 
@@ -139,8 +139,11 @@ def _dense(model, new, plan: PrunePlan):
 
 
 def _hybrid(model, new, plan: PrunePlan):
-    """Bamba / Granite 4.0-H: a Mamba-2 or attention mixer plus a gated MLP in every layer."""
+    """Bamba / Granite 4.0-H: a Mamba-2 or attention mixer plus a gated MLP in every layer (Granite: routed
+    experts beside it). Falcon-H1: both mixers side by side, then the MLP, in every layer."""
     import torch
+
+    from minitron.families.base import ATTENTION_C, MAMBA_C
 
     a, hid = plan.source, torch.tensor(plan.hidden)
     granite = a.family == "granitemoehybrid"
@@ -150,9 +153,10 @@ def _hybrid(model, new, plan: PrunePlan):
         s, d = model.model.layers[i], new.model.layers[j]
         _put(d.input_layernorm.weight, s.input_layernorm.weight[hid])
         _put(getattr(d, post).weight, getattr(s, post).weight[hid])
-        if a.pattern[i] == MAMBA:
+        holds = a.impl.components(a.pattern[i])
+        if MAMBA_C in holds:
             _mamba(s.mamba, d.mamba, a, plan, i, hid)
-        else:
+        if ATTENTION_C in holds:
             _attention(s.self_attn, d.self_attn, a, plan, i, hid)
         _gated_mlp(getattr(s, mlp), getattr(d, mlp), torch.tensor(plan.ffn[i]), hid, fused=granite)
         if getattr(s, "block_sparse_moe", None) is not None:  # Granite's routed experts: hidden only
@@ -160,21 +164,6 @@ def _hybrid(model, new, plan: PrunePlan):
             _put(dm.router.weight, sm.router.weight[:, hid])
             _put(dm.experts.gate_up_proj, sm.experts.gate_up_proj[:, :, hid])
             _put(dm.experts.down_proj, sm.experts.down_proj[:, hid])
-
-
-def _falcon_h1(model, new, plan: PrunePlan):
-    """Falcon-H1: Mamba-2 and attention side by side, then a gated MLP, in every layer."""
-    import torch
-
-    a, hid = plan.source, torch.tensor(plan.hidden)
-    _embeddings(model, new, a, hid, "embed_tokens", "final_layernorm")
-    for j, i in enumerate(plan.kept_layers()):
-        s, d = model.model.layers[i], new.model.layers[j]
-        _put(d.input_layernorm.weight, s.input_layernorm.weight[hid])
-        _put(d.pre_ff_layernorm.weight, s.pre_ff_layernorm.weight[hid])
-        _mamba(s.mamba, d.mamba, a, plan, i, hid)
-        _attention(s.self_attn, d.self_attn, a, plan, i, hid)
-        _gated_mlp(s.feed_forward, d.feed_forward, torch.tensor(plan.ffn[i]), hid)
 
 
 def _nemotron_h(model, new, plan: PrunePlan):
