@@ -100,7 +100,7 @@ class StreamingSource:
                     entry = self._entry(f"{base}.{e}.{proj}.weight")
                     wanted[entry.file].append((local, entry.key, e))
             else:
-                entry = self._entry(canon)
+                entry = self._entry(self.family.checkpoint_tensor(self.ckpt.arch, canon))
                 wanted[entry.file].append((local, entry.key, None))
         out: dict = {}
         parts: dict[str, dict[int, object]] = defaultdict(dict)

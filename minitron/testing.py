@@ -103,13 +103,55 @@ HYBRID_TINY = {
         "residual_multiplier": 0.5, "attention_multiplier": 0.1, "logits_scaling": 4.0,
     },
 }
+# Granite 4.0-H with routed experts (tiny / small): 4 experts of width 32, top-2, beside the shared MLP.
+HYBRID_TINY["granitemoehybrid_moe"] = {**HYBRID_TINY["granitemoehybrid"], "model_type": "granitemoehybrid",
+                                       "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 32}
 
 
 def tiny_hybrid_config(model_type: str = "bamba", **overrides) -> dict:
-    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid): `M*MM`, hidden 64, 2 Mamba groups."""
+    """A 4-layer random Mamba-2 hybrid (bamba, granitemoehybrid, granitemoehybrid_moe with routed experts):
+    `M*MM`, hidden 64, 2 Mamba groups."""
     cfg = {**_HYBRID_BASE, "model_type": model_type, **HYBRID_TINY[model_type]}
     cfg.update(overrides)
     return cfg
+
+
+# Falcon-H1: a Mamba width (mamba_d_ssm 96) that is not expand × hidden, the optional gated norm on over
+# 2 groups, an explicit head_dim, and µP multipliers that are not 1 (lm_head's a power of 2: see the family).
+FALCON_H1_TINY = {
+    **_DENSE_BASE, "architectures": ["FalconH1ForCausalLM"], "model_type": "falcon_h1", "num_hidden_layers": 3,
+    "mamba_d_ssm": 96, "mamba_n_heads": 8, "mamba_d_head": 12, "mamba_n_groups": 2, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "mamba_chunk_size": 16, "mamba_expand": 2, "mamba_rms_norm": True,
+    "mamba_norm_before_gate": False, "mamba_conv_bias": True, "mamba_proj_bias": False, "projectors_bias": False,
+    "attention_bias": False, "mlp_bias": False, "embedding_multiplier": 2.0, "lm_head_multiplier": 0.25,
+    "key_multiplier": 0.5, "attention_in_multiplier": 1.5, "attention_out_multiplier": 0.75,
+    "ssm_in_multiplier": 1.25, "ssm_out_multiplier": 0.5, "ssm_multipliers": [0.5, 0.25, 0.75, 1.5, 0.5],
+    "mlp_multipliers": [0.8, 0.6],
+}  # fmt: skip
+
+
+def tiny_falcon_h1_config(**overrides) -> dict:
+    """A 3-layer random Falcon-H1 (attention ∥ Mamba-2 in each layer), hidden 64."""
+    return {**FALCON_H1_TINY, **overrides}
+
+
+# Zamba2: Mamba layers and hybrid layers calling 2 shared blocks (hybrid g uses block g % 2), LoRA adapters,
+# rotary; tied embeddings (transformers ties the shared blocks only then, as in the released models).
+ZAMBA2_TINY = {
+    "architectures": ["Zamba2ForCausalLM"], "model_type": "zamba2", "vocab_size": 384, "hidden_size": 64,
+    "intermediate_size": 96, "num_hidden_layers": 6,
+    "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"], "num_attention_heads": 4,
+    "num_key_value_heads": 4, "n_mamba_heads": 8, "mamba_expand": 2, "mamba_ngroups": 2, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "chunk_size": 16, "num_mem_blocks": 2, "use_shared_attention_adapter": True,
+    "adapter_rank": 8, "use_mem_rope": True, "add_bias_linear": False, "tie_word_embeddings": True,
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "initializer_range": 0.02, "pad_token_id": 0,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+}  # fmt: skip
+
+
+def tiny_zamba2_config(**overrides) -> dict:
+    """A 6-layer random Zamba2 (`M*M*M*`: 3 hybrid layers over 2 shared blocks), hidden 64."""
+    return {**ZAMBA2_TINY, **overrides}
 
 
 def tiny_dense_config(model_type: str = "llama", **overrides) -> dict:

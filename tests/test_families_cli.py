@@ -31,6 +31,8 @@ REFERENCE_PARAMS = {
     "nemotron-nano-9b-v2": 8_888_227_328,
     "bamba-9b": 9_780_235_392,
     "granite-4.0-h-micro": 3_191_396_096,
+    "falcon-h1-0.5b-base": 521_411_104,
+    "zamba2-1.2b": 1_215_064_704,
 }
 
 
@@ -85,6 +87,30 @@ def test_hybrid_references_dry_run():
     assert doc["n_feasible"] > 0 and doc["plan"]["mamba_heads"] * 64 % doc["plan"]["hidden_size"] == 0
 
 
+def test_falcon_and_zamba2_references_dry_run():
+    """Falcon-H1: every axis, its Mamba width free of the hidden size. Zamba2: depth of Mamba layers only;
+    a cut through the shared block is refused with its reason (one line, exit 2)."""
+    doc = _json(["prune", REFERENCE / "falcon-h1-0.5b-base", "--hidden-size", 768, "--ffn-size", 1536,
+                 "--mamba-heads", 16, "--dry-run"])
+    assert doc["family"] == "falcon_h1" and doc["plan"]["mamba_heads"] == 16 and doc["params_after"] < 521_411_104
+    doc = _json(["prune", REFERENCE / "falcon-h1-0.5b-base", "--target-params", "400M", "--dry-run"])
+    assert doc["params_after"] <= 400_000_000 and doc["n_feasible"] > 0
+    doc = _json(["prune", REFERENCE / "zamba2-1.2b", "--drop-layers", "0,1,2", "--dry-run"])
+    assert doc["family"] == "zamba2" and doc["plan"]["num_layers"] == 35
+    doc = _json(["prune", REFERENCE / "zamba2-1.2b", "--target-params", "1.1B", "--drop-order", ",".join(
+        map(str, range(38))), "--dry-run"])  # the search skips the hybrid layers and keeps every width
+    assert doc["params_after"] <= 1_100_000_000 and doc["plan"]["hidden_size"] == 2048
+    assert not set(doc["plan"]["dropped_layers"]) & {5, 11, 17, 23, 29, 35}
+    for args, flag, reason in ((["--hidden-size", 1536], "--hidden-size", "shared block reads [hidden | embeddings]"),
+                               (["--ffn-size", 4096], "--ffn-size", "serves every hybrid layer"),
+                               (["--drop-layers", "5"], "--drop-layers", "hybrid layers cannot be dropped"),
+                               (["--target-params", "1B", "--search", "hidden_size=1024:2048:512"], "--search",
+                                "hidden_size cannot be cut")):
+        r = runner.invoke(app, ["prune", str(REFERENCE / "zamba2-1.2b"), *args, "--dry-run"])
+        assert r.exit_code == 2 and flag in r.stderr and reason in r.stderr, r.output
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_parameter_and_memory_targets_on_a_dense_reference():
     doc = _json(["prune", REFERENCE / "llama-3.1-8b", "--target-params", "4.6B", "--dry-run"])
     assert doc["params_after"] <= 4_600_000_000 and doc["n_feasible"] > 0
@@ -97,12 +123,13 @@ def test_parameter_and_memory_targets_on_a_dense_reference():
 
 def test_unsupported_family_names_the_supported_ones(tmp_path):
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "falcon_h1", "hidden_size": 8}))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "jamba", "hidden_size": 8}))
     for args in (["inspect", tmp_path / "m"], ["prune", tmp_path / "m", "--hidden-size", 4, "--out", tmp_path / "o"]):
         r = runner.invoke(app, list(map(str, args)))
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-        supported = ("nemotron_h", "llama", "mistral", "qwen2", "qwen3", "bamba", "granitemoehybrid")
-        assert "'falcon_h1'" in r.stderr and all(f in r.stderr for f in supported)
+        supported = ("nemotron_h", "llama", "mistral", "qwen2", "qwen3", "bamba", "granitemoehybrid", "falcon_h1",
+                     "zamba2")
+        assert "'jamba'" in r.stderr and all(f in r.stderr for f in supported)
     assert not (tmp_path / "o").exists()
 
 
@@ -119,29 +146,37 @@ def test_a_cut_the_family_cannot_take_names_the_reason(tiny_llama, tmp_path, arg
     assert list(tmp_path.iterdir()) == []
 
 
-# One dense and one hybrid family (the others share every code path and are covered piece by piece in
-# test_families_dense.py / test_families_hybrid.py; all six pass here, ~45 s each on 2 busy CPU cores).
-@pytest.mark.parametrize("family", ["llama", "granitemoehybrid"])
+# One dense family, Granite, Falcon-H1 and Zamba2 (the others share every code path and are covered piece by
+# piece in test_families_dense.py / test_families_hybrid.py; all pass here, ~45 s each on 2 busy CPU cores).
+@pytest.mark.parametrize("family", ["llama", "granitemoehybrid", "falcon_h1", "zamba2"])
 def test_pipeline_end_to_end_on_a_tiny_family(family, tiny_llama, tmp_path, text_file):
     """score -> prune (searched to a parameter target) -> distill -> eval; every output loads with stock
     transformers and records the family."""
     from transformers import AutoModelForCausalLM
 
     from minitron.models.architecture import Architecture
-    from minitron.testing import HYBRID_TINY, tiny_hybrid_config
+    from minitron.testing import HYBRID_TINY, tiny_falcon_h1_config, tiny_hybrid_config, tiny_zamba2_config
 
+    configs = {"falcon_h1": tiny_falcon_h1_config, "zamba2": tiny_zamba2_config}
     if family == "llama":
         teacher = tiny_llama
     else:
-        cfg = tiny_hybrid_config(family) if family in HYBRID_TINY else tiny_dense_config(family)
+        # Granite with routed experts: the experts follow the hidden cut and depth beside the shared MLP.
+        cfg = tiny_hybrid_config(f"{family}_moe") if family in HYBRID_TINY else configs[family]()
         teacher = make_tiny_model_dir(tmp_path / family, cfg)
-    total = Architecture.from_path(teacher).total_params
+    arch = Architecture.from_path(teacher)
+    total = arch.total_params
     scores, pruned, distilled = tmp_path / "scores", tmp_path / "pruned", tmp_path / "distilled"
     doc = _json(["score", teacher, "--data", text_file, "--samples", 8, "--seq-len", 32, "--out", scores])
-    assert doc["tensors"]["ffn"] == [4, 96]
-    doc = _json(["prune", teacher, "--scores", scores, "--target-params", int(0.8 * total), "--search", "num_layers=3:4",
-                 "--search", "hidden_size=32:64:16", "--search", "ffn_size=64:96:32", "--out", pruned])
-    assert doc["params_after"] <= 0.8 * total and doc["family"] == family
+    assert doc["tensors"]["ffn"] == [len(arch.ffn_layers()), 96]
+    n = arch.num_layers
+    if family == "zamba2":  # depth only: 3 of the Mamba layers (the hybrid layers stay)
+        space, target = ["--search", f"num_layers={n - 3}:{n}"], total - 3 * arch.layer_params("M")
+    else:
+        space, target = ["--search", f"num_layers={n - 1}:{n}", "--search", "hidden_size=32:64:16",
+                         "--search", "ffn_size=64:96:32"], int(0.8 * total)
+    doc = _json(["prune", teacher, "--scores", scores, "--target-params", target, *space, "--out", pruned])
+    assert doc["params_after"] <= target and doc["family"] == family
     model, info = AutoModelForCausalLM.from_pretrained(pruned, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert sum(p.numel() for p in model.parameters()) == doc["params_after"]

@@ -216,21 +216,12 @@ def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
 ], ids=lambda c: c["model_type"] + ("-window" if c.get("sliding_window") else ""))
 def test_the_engines_block_by_block_pass_equals_the_model(cfg):
     """What scoring runs (embedding, each block called on its own by the family, head) is the model's forward."""
-    from minitron.importance.engine import InMemorySource, _call_block, block_kwargs
+    from family_helpers import engine_logits
+
     from minitron.testing import build_model
 
     model = build_model(cfg)
-    src = InMemorySource(model)
-    with torch.no_grad():
-        with src.embedding() as emb:
-            h = emb(IDS) * src.family.embedding_scale(src.config)
-        kw = block_kwargs(src, h)
-        for j in range(src.num_layers):
-            with src.block(j) as blk:
-                h = _call_block(src, blk, j, h, kw)
-        with src.head() as (norm, head):
-            out = head(norm(h)) / src.family.logits_divisor(src.config)
-    assert torch.equal(out, logits(model))
+    assert torch.equal(engine_logits(model, IDS), logits(model))
 
 
 @pytest.mark.parametrize("cfg", [

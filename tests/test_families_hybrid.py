@@ -1,4 +1,4 @@
-"""Mamba-2 hybrids (bamba, granitemoehybrid) on tiny random models: accounting, every axis's cut,
+"""Mamba-2 hybrids (bamba, granitemoehybrid with and without routed experts) on tiny random models: accounting, every axis's cut,
 streaming == in memory, stock loading, the memory model against transformers' cache, scoring,
 and the cuts their configs cannot express refused with the reason."""
 
@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from family_helpers import cache_bytes
 
 from minitron.errors import InputError
 from minitron.importance.scores import Scores, expected_shapes
@@ -108,6 +109,8 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
                 lin.weight.zero_()
                 if lin.bias is not None:
                     lin.bias.zero_()
+            if getattr(layer, "block_sparse_moe", None) is not None:  # Granite's routed experts write too
+                layer.block_sparse_moe.experts.down_proj.zero_()
 
     pruned = prune_model(model, plan)
     assert Architecture.from_config(pruned.config.to_dict()).pattern == "".join(
@@ -163,25 +166,12 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     assert loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
 
 
-def _cache_bytes(cache) -> tuple[int, int]:
-    kv = state = 0
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if torch.is_tensor(t):
-                kv += t.numel() * t.element_size()
-        for name in ("conv_states", "recurrent_states"):
-            for t in (getattr(layer, name, None) or {}).values():
-                state += t.numel() * t.element_size()
-    return kv, state
-
-
 def test_estimate_equals_transformers_cache(tiny):
     _, model, arch, _ = tiny
     batch, ctx = 3, 17
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = _cache_bytes(out.past_key_values)
+    kv, state = cache_bytes(out.past_key_values)
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32")
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state)
 
@@ -207,3 +197,16 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
 
     zeroed, _, _ = score_tensors(InMemorySource(_zeroed(model, edit)), arch, toks, **kw)
     assert zeroed["mamba_heads"][1, 5] == 0 and (zeroed["mamba_heads"][1] > 0).sum() == 7
+
+
+def test_granite_routed_experts_follow_hidden_and_keep_their_width(tiny):
+    """--ffn-size cuts the shared MLP only; experts keep their number and width, and lose hidden channels."""
+    _, model, arch, scores = tiny
+    if not arch.n_routed_experts:
+        pytest.skip("no routed experts")
+    plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64), scores, [1])
+    cfg = plan.target().to_config()
+    assert (cfg["num_local_experts"], cfg["intermediate_size"], cfg["shared_intermediate_size"]) == (4, 32, 64)
+    moe = prune_model(model, plan).model.layers[0].block_sparse_moe
+    assert moe.experts.gate_up_proj.shape == (4, 64, 32) and moe.router.weight.shape == (4, 32)
+    assert set(arch.impl.unsupported_axes(arch)) >= {"experts", "moe_ffn"}

@@ -80,6 +80,10 @@ class Family:
         """Shape keys (`hidden_size`, `ffn_size`, ...) this family cannot cut soundly -> the reason."""
         return {}
 
+    def fixed_layer_types(self, arch) -> dict[str, str]:
+        """Pattern characters of layers that can never be dropped -> the reason (Zamba2's hybrid layers)."""
+        return {}
+
     def target_problem(self, arch, target) -> tuple[str, str] | None:
         """(flag, reason) when the pruned architecture `target` of `arch` cannot be written soundly."""
         return None
@@ -106,6 +110,12 @@ class Family:
     def logits_divisor(self, config) -> float:
         """What the causal-LM head divides its logits by (Granite's `logits_scaling`)."""
         return 1.0
+
+    def checkpoint_tensor(self, arch, canonical: str) -> str:
+        """The name a module tensor (canonical, module layout) is stored under, where transformers renames
+        it on load (Granite's MoE tensors) or stores a tied tensor once (Zamba2's shared block); the
+        streaming source reads blocks through it."""
+        return canonical
 
     def fix_meta_model(self, model, config, device) -> None:
         """Rebuild non-persistent buffers of a model built on the meta device (rotary tables)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, ModuleNames
+from minitron.families.parts import stacked_model_specs
 from minitron.models.layers import ATTENTION
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
@@ -211,14 +212,7 @@ class DenseFamily(Family):
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
-        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
-        for i, c in enumerate(arch.pattern):
-            specs += self.layer_specs(arch, i, c, layout)
-        specs.append(TensorSpec("norm.weight", None, (h,)))
-        if not arch.tie_word_embeddings:
-            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
-        return specs
+        return stacked_model_specs(self, arch, layout, "norm")
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:

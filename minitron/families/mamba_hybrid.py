@@ -20,20 +20,43 @@ so every layer holds an FFN (components `mamba`/`attention` plus `ffn`). The Mam
 Both configs derive the Mamba width as `int(mamba_expand × hidden_size)` and validate
 `mamba_n_heads × mamba_d_head == mamba_expand × hidden_size` with an *integer* `mamba_expand`: a cut
 is sound only if the kept Mamba width is a whole multiple of the kept hidden size (refused otherwise,
-with the reason). Granite's routed experts (`num_local_experts > 0`) are not supported yet.
+with the reason).
+
+Granite with routed experts (`num_local_experts > 0`: Granite 4.0-H tiny / small) adds to every layer,
+beside the shared MLP and on the same normed input, `block_sparse_moe`:
+
+    checkpoint                                  module (transformers' renaming on load)
+    block_sparse_moe.input_linear.weight        experts.gate_up_proj   [E, gate (Fe) | up (Fe), hidden]
+    block_sparse_moe.output_linear.weight       experts.down_proj      [E, hidden, Fe]
+    block_sparse_moe.router.layer.weight        router.weight          [E, hidden]
+
+(Fe: the config's `intermediate_size`; the shared MLP's width is `shared_intermediate_size`). The
+experts follow the hidden cut and depth; the expert axes themselves (how many experts, their width)
+are not cut here and are refused with the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minitron.errors import InputError
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.families.parts import (
+    attention_params,
+    attention_specs,
+    gated_mlp_params,
+    gated_mlp_specs,
+    stacked_model_specs,
+)
 from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
-from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+from minitron.models.tensors import FFN, HIDDEN, TensorSpec, fixed, one
 
-COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")
+COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
+# Expert axes (issue 13 names them for nemotron_h); a Granite model with routed experts refuses them.
+EXPERT_AXES = ("experts", "moe_ffn", "moe_ffn_size", "expert_ffn_size", "shared_expert_ffn", "experts_per_token")
+# Granite's MoE tensors: checkpoint name -> module name (transformers' `granitemoe` weight renaming).
+_MOE_NAMES = {"input_linear.weight": "experts.gate_up_proj", "output_linear.weight": "experts.down_proj",
+              "router.layer.weight": "router.weight"}
 
 
 @dataclass(frozen=True)
@@ -72,9 +95,7 @@ class MambaHybridFamily(Family):
         from minitron.models.architecture import Architecture, config_getter
 
         get = config_getter(cfg)
-        if self.name == "granitemoehybrid" and int(cfg.get("num_local_experts") or 0) > 0:
-            raise InputError("granitemoehybrid with routed experts (num_local_experts > 0) is not supported yet; "
-                             "the dense Granite 4.0-H models (num_local_experts 0) are")
+        experts = int(cfg.get("num_local_experts") or 0) if self.name == "granitemoehybrid" else 0
         get("num_hidden_layers")
         hidden, n_heads = int(get("hidden_size")), int(get("num_attention_heads"))
         m_heads, expand = int(get("mamba_n_heads", 128)), int(get("mamba_expand", 2))
@@ -104,6 +125,8 @@ class MambaHybridFamily(Family):
             else str(cfg["mamba_ssm_cache_dtype"]),
             qkv_bias=bias,
             o_bias=bias,
+            n_routed_experts=experts,
+            moe_intermediate_size=int(get("intermediate_size")) if experts else 0,
             raw=dict(cfg),
         )
 
@@ -133,6 +156,13 @@ class MambaHybridFamily(Family):
             need(arch.mamba_num_heads % arch.n_groups == 0,
                  f"mamba_n_heads ({arch.mamba_num_heads}) is not a multiple of mamba_n_groups ({arch.n_groups})")
 
+    def unsupported_axes(self, arch) -> dict[str, str]:
+        if not arch.n_routed_experts:
+            return {}
+        why = (f"{self.name} routed experts are not cut yet (they follow --hidden-size and depth; "
+               "expert axes exist for nemotron_h only)")
+        return dict.fromkeys(EXPERT_AXES, why)
+
     def target_problem(self, arch, target) -> tuple[str, str] | None:
         width = target.mamba_intermediate
         if MAMBA in target.pattern and width % target.hidden_size:
@@ -147,16 +177,15 @@ class MambaHybridFamily(Family):
 
     # ------------------------------------------------------------------ parameters
     def _attention_params(self, a) -> int:
-        h, q, kv = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
-        return h * (q + 2 * kv) + q * h + ((q + 2 * kv + h) if a.qkv_bias else 0)
+        return attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
 
-    def _mlp_params(self, a) -> int:
-        h, f = a.hidden_size, a.intermediate_size
-        return 3 * h * f + ((2 * f + h) if a.mlp_bias else 0)
+    def _moe_params(self, a) -> int:
+        """Routed experts (gate_up [2Fe, h] and down [h, Fe] each) and the router of one layer."""
+        return a.n_routed_experts * (3 * a.moe_intermediate_size * a.hidden_size + a.hidden_size)
 
     def layer_params(self, arch, char: str) -> int:
         mixer = mamba2_params(arch) if char == MAMBA else self._attention_params(arch)
-        return 2 * arch.hidden_size + mixer + self._mlp_params(arch)
+        return 2 * arch.hidden_size + mixer + gated_mlp_params(arch, bias=arch.mlp_bias) + self._moe_params(arch)
 
     def params(self, arch) -> dict[str, int]:
         h, n = arch.hidden_size, arch.num_layers
@@ -166,7 +195,8 @@ class MambaHybridFamily(Family):
             "lm_head": 0 if arch.tie_word_embeddings else arch.vocab_size * h,
             "mamba": n_m * mamba2_params(arch) if n_m else 0,
             "attention": (n - n_m) * self._attention_params(arch),
-            "mlp": n * self._mlp_params(arch),
+            "mlp": n * gated_mlp_params(arch, bias=arch.mlp_bias),
+            "moe": n * self._moe_params(arch),
             "norm": h * (2 * n + 1),
         }
         out["total"] = sum(out[c] for c in COMPONENTS)
@@ -182,35 +212,25 @@ class MambaHybridFamily(Family):
         if char == MAMBA:
             specs += mamba2_specs(a, p + "mamba.", i)
         else:
-            s = p + "self_attn."
-            q, kv = one(Q, a.num_attention_heads * a.head_dim), one(KV, a.num_key_value_heads * a.head_dim)
-            specs += [TensorSpec(s + "q_proj.weight", i, (q, h)), TensorSpec(s + "k_proj.weight", i, (kv, h)),
-                      TensorSpec(s + "v_proj.weight", i, (kv, h)), TensorSpec(s + "o_proj.weight", i, (h, q))]
-            if a.qkv_bias:
-                specs += [TensorSpec(s + "q_proj.bias", i, (q,)), TensorSpec(s + "k_proj.bias", i, (kv,)),
-                          TensorSpec(s + "v_proj.bias", i, (kv,)), TensorSpec(s + "o_proj.bias", i, (h,))]
+            specs += attention_specs(a, p + "self_attn.", i, h, h, bias=a.qkv_bias, o_bias=a.o_bias)
         m = p + self.v.mlp + "."
         if self.v.fused_gate_up:  # `input_linear` rows: [gate (F) | up (F)] (`chunk(2, dim=-1)`)
             f = a.intermediate_size
             specs += [TensorSpec(m + "input_linear.weight", i, (((FFN, f), (FFN, f)), h)),
                       TensorSpec(m + "output_linear.weight", i, (h, ffn))]
         else:
-            specs += [TensorSpec(m + "gate_proj.weight", i, (ffn, h)), TensorSpec(m + "up_proj.weight", i, (ffn, h)),
-                      TensorSpec(m + "down_proj.weight", i, (h, ffn))]
-            if a.mlp_bias:
-                specs += [TensorSpec(m + "gate_proj.bias", i, (ffn,)), TensorSpec(m + "up_proj.bias", i, (ffn,)),
-                          TensorSpec(m + "down_proj.bias", i, (h,))]
+            specs += gated_mlp_specs(a, m, i, h, bias=a.mlp_bias)
+        if a.n_routed_experts:  # experts and router: only their hidden dimension is cut
+            e, fe = fixed(a.n_routed_experts), a.moe_intermediate_size
+            shapes = {"input_linear.weight": (e, fixed(2 * fe), h), "output_linear.weight": (e, h, fixed(fe)),
+                      "router.layer.weight": (e, h)}
+            for name, dims in shapes.items():
+                specs.append(TensorSpec(p + "block_sparse_moe." + (_MOE_NAMES[name] if layout == "module" else name),
+                                        i, dims))
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        vocab, h = fixed(arch.vocab_size), one(HIDDEN, arch.hidden_size)
-        specs = [TensorSpec("embed_tokens.weight", None, (vocab, h))]
-        for i, c in enumerate(arch.pattern):
-            specs += self.layer_specs(arch, i, c, layout)
-        specs.append(TensorSpec(self.v.final_norm + ".weight", None, (h,)))
-        if not arch.tie_word_embeddings:
-            specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
-        return specs
+        return stacked_model_specs(self, arch, layout, self.v.final_norm)
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
@@ -232,6 +252,13 @@ class MambaHybridFamily(Family):
     def call_block(self, blk, i: int, h, kw: dict):
         out = blk(h, attention_mask=kw["masks"][blk.block_type], position_embeddings=kw["rope"])
         return out[0] if isinstance(out, tuple) else out  # Bamba returns (hidden, attention weights)
+
+    def checkpoint_tensor(self, arch, canonical: str) -> str:
+        """The stored name of a module tensor (Granite's MoE tensors are renamed on load)."""
+        for stored, module in _MOE_NAMES.items():
+            if canonical.endswith(".block_sparse_moe." + module):
+                return canonical[: -len(module)] + stored
+        return canonical
 
     def embedding_scale(self, config) -> float:
         return float(getattr(config, "embedding_multiplier", 1.0) or 1.0)

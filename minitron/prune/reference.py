@@ -1,6 +1,7 @@
 """A plain, module-by-module reference of applying a `PrunePlan`, for tests of the fast path.
 
-One function per family layout (Nemotron-H; the dense Llama-like families; Bamba and Granite 4.0-H),
+One function per family layout (Nemotron-H; the dense Llama-like families; Bamba, Granite 4.0-H and
+Falcon-H1),
 sharing the per-module pieces (attention, Mamba-2, gated MLP).
 
 It does not use `tensor_indices` or the segment tables: each module's kept slices are taken with
@@ -29,7 +30,7 @@ def reference_prune(model, plan: PrunePlan):
     new = AutoModelForCausalLM.from_config(hf_config(plan.target().to_config()),
                                            dtype=next(model.parameters()).dtype)
     with torch.no_grad():
-        {"nemotron_h": _nemotron_h, "bamba": _hybrid, "granitemoehybrid": _hybrid}.get(
+        {"nemotron_h": _nemotron_h, "bamba": _hybrid, "granitemoehybrid": _hybrid, "falcon_h1": _hybrid}.get(
             plan.source.family, _dense)(model, new, plan)
     return new.eval()
 
@@ -85,7 +86,14 @@ def _mamba(sm, dm, a, plan: PrunePlan, i: int, hid) -> None:
         _put(dm.conv1d.bias, torch.cat([inner(cb[:H * P]), cb[H * P:]]))
     for name in ("A_log", "D", "dt_bias"):
         _put(getattr(dm, name), getattr(sm, name)[heads])
-    _put(dm.norm.weight, inner(sm.norm.weight))
+    if hasattr(sm.norm, "weight"):  # Falcon-H1 without `mamba_rms_norm`: an Identity
+        _put(dm.norm.weight, inner(sm.norm.weight))
+    if sm.in_proj.bias is not None:
+        b = sm.in_proj.bias
+        z, x, bc, dt = b[:H * P], b[H * P:2 * H * P], b[2 * H * P:2 * H * P + 2 * GN], b[2 * H * P + 2 * GN:]
+        _put(dm.in_proj.bias, torch.cat([inner(z), inner(x), bc, dt[heads]]))
+    if sm.out_proj.bias is not None:
+        _put(dm.out_proj.bias, sm.out_proj.bias[hid])
     ow = sm.out_proj.weight  # [hidden, H*P]
     ow = ow.reshape(-1, H, P)[:, heads][:, :, dims].reshape(ow.shape[0], -1)
     _put(dm.out_proj.weight, ow[hid])
@@ -131,8 +139,11 @@ def _dense(model, new, plan: PrunePlan):
 
 
 def _hybrid(model, new, plan: PrunePlan):
-    """Bamba / Granite 4.0-H: a Mamba-2 or attention mixer plus a gated MLP in every layer."""
+    """Bamba / Granite 4.0-H: a Mamba-2 or attention mixer plus a gated MLP in every layer (Granite: routed
+    experts beside it). Falcon-H1: both mixers side by side, then the MLP, in every layer."""
     import torch
+
+    from minitron.families.base import ATTENTION_C, MAMBA_C
 
     a, hid = plan.source, torch.tensor(plan.hidden)
     granite = a.family == "granitemoehybrid"
@@ -142,11 +153,17 @@ def _hybrid(model, new, plan: PrunePlan):
         s, d = model.model.layers[i], new.model.layers[j]
         _put(d.input_layernorm.weight, s.input_layernorm.weight[hid])
         _put(getattr(d, post).weight, getattr(s, post).weight[hid])
-        if a.pattern[i] == MAMBA:
+        holds = a.impl.components(a.pattern[i])
+        if MAMBA_C in holds:
             _mamba(s.mamba, d.mamba, a, plan, i, hid)
-        else:
+        if ATTENTION_C in holds:
             _attention(s.self_attn, d.self_attn, a, plan, i, hid)
         _gated_mlp(getattr(s, mlp), getattr(d, mlp), torch.tensor(plan.ffn[i]), hid, fused=granite)
+        if getattr(s, "block_sparse_moe", None) is not None:  # Granite's routed experts: hidden only
+            sm, dm = s.block_sparse_moe, d.block_sparse_moe
+            _put(dm.router.weight, sm.router.weight[:, hid])
+            _put(dm.experts.gate_up_proj, sm.experts.gate_up_proj[:, :, hid])
+            _put(dm.experts.down_proj, sm.experts.down_proj[:, hid])
 
 
 def _nemotron_h(model, new, plan: PrunePlan):

@@ -96,7 +96,7 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     when a drop order exists; head dim, query and KV heads are kept unless searched explicitly."""
     a = arch
     L = a.num_layers
-    return {
+    space = {
         "num_layers": Range(L - int(L * DEPTH_CUT), L) if depth else Range(L, L),
         "hidden_size": _down(a.hidden_size, 64, WIDTH_CUT),
         "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if a.ffn_layers() else _fixed(a.intermediate_size),
@@ -106,6 +106,10 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
         "attention_heads": Range(a.num_attention_heads, a.num_attention_heads),
         "kv_heads": Range(a.num_key_value_heads, a.num_key_value_heads),
     }
+    for axis in a.impl.unsupported_axes(a):  # an axis the family cannot cut soundly stays whole
+        if axis in space:
+            space[axis] = _fixed(space[axis].hi)
+    return space
 
 
 def check_space(arch: Architecture, space: dict[str, Range]) -> None:
@@ -113,9 +117,12 @@ def check_space(arch: Architecture, space: dict[str, Range]) -> None:
     limits = {"num_layers": a.num_layers, "hidden_size": a.hidden_size, "ffn_size": a.intermediate_size,
               "mamba_heads": a.mamba_num_heads, "mamba_head_dim": a.mamba_head_dim,
               "attention_heads": a.num_attention_heads, "kv_heads": a.num_key_value_heads}  # fmt: skip
+    refused = a.impl.unsupported_axes(a)
     for axis, r in space.items():
         if r.hi > limits[axis]:
             raise InputError(f"{axis} max {r.hi} is larger than the model's {limits[axis]}", flag="--search")
+        if axis in refused and r.lo < limits[axis]:
+            raise InputError(f"{axis} cannot be cut: {refused[axis]}", flag="--search")
     bad = [v for v in space["mamba_heads"].values() if a.mamba_num_heads and v % a.n_groups]
     if bad:
         raise InputError(f"mamba_heads {bad[0]} is not a multiple of the model's {a.n_groups} groups "

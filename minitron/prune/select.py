@@ -210,12 +210,14 @@ def parse_keep_types(text: str | None) -> dict[str, int]:
 
 
 def drop_sequence(arch: Architecture, order, keep_min: dict[str, int]) -> list[int]:
-    """The layers of `order` that may go, in order, skipping those whose type would fall under its minimum."""
+    """The layers of `order` that may go, in order, skipping those whose type would fall under its minimum
+    or that the family can never drop."""
     left = {c: arch.count(c) for c in set(arch.pattern)}
+    fixed = arch.impl.fixed_layer_types(arch)
     out = []
     for i in order:
         c = arch.pattern[i]
-        if left[c] - 1 < keep_min.get(c, 0):
+        if c in fixed or left[c] - 1 < keep_min.get(c, 0):
             continue
         left[c] -= 1
         out.append(i)
@@ -225,6 +227,10 @@ def drop_sequence(arch: Architecture, order, keep_min: dict[str, int]) -> list[i
 def check_drop(arch: Architecture, dropped, keep_min: dict[str, int], flag: str) -> None:
     if len(set(dropped)) >= arch.num_layers:
         raise InputError("that would drop every layer", flag=flag)
+    fixed = arch.impl.fixed_layer_types(arch)
+    for i in dropped:
+        if arch.pattern[i] in fixed:
+            raise InputError(f"layer {i}: {fixed[arch.pattern[i]]}", flag=flag)
     for c, n in keep_min.items():
         left = sum(1 for i, x in enumerate(arch.pattern) if x == c and i not in set(dropped))
         if left < n:
