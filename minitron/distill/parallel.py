@@ -3,6 +3,7 @@
 Each block of `model.model.layers` becomes its own FSDP unit (its parameters are gathered just for
 its forward/backward), then the root (embedding, final norm, lm_head). Both the student and the
 frozen teacher are sharded, so a 12B teacher and a 9B student fit on devices that hold neither.
+A model on the meta device is sharded as it is (its shards are allocated and read by `sharded_load`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def fsdp_wrap(model, device: str):
 
     kind = torch.device(device).type
     mesh = init_device_mesh(kind, (dist.world_size(),))
-    if kind == "cuda":
+    if kind == "cuda" and not any(t.is_meta for t in model.parameters()):  # meta: `sharded_load` allocates
         model.to(device)
     for block in model.model.layers:
         fully_shard(block, mesh=mesh)
