@@ -33,6 +33,11 @@ def _everything(model) -> dict[str, torch.Tensor]:
     return dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
 
 
+def _tied_to_embedding(model) -> list[str]:
+    emb = model.get_input_embeddings().weight
+    return sorted(n for n, p in model.named_parameters(remove_duplicate=False) if p is emb)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_meta_load_equals_from_pretrained(family, tmp_path):
     from minitron.distill.sharded_load import load_sharded
@@ -47,9 +52,7 @@ def test_meta_load_equals_from_pretrained(family, tmp_path):
         for k in a:
             assert b[k].dtype == a[k].dtype and torch.equal(b[k], a[k]), (dtype, k)
         # tied weights are one tensor, as from_pretrained makes them
-        ties = lambda m: sorted(n for n, p in m.named_parameters(remove_duplicate=False)
-                                if p is m.get_input_embeddings().weight)  # fmt: skip
-        assert ties(got) == ties(ref)
+        assert _tied_to_embedding(got) == _tied_to_embedding(ref)
         assert not got.training
         if dtype == "fp32":  # saved, both keep the checkpoint's layout (key names, one tensor per expert)
             ref.save_pretrained(tmp_path / "ref")
