@@ -159,6 +159,15 @@ def prepare(opts: DistillOptions) -> Prepared:
 
     t_ckpt = _open_model_dir(opts.teacher, "--teacher")
     s_ckpt = _open_model_dir(opts.student, "--student")
+    if opts.fsdp and opts.fsdp_load == "sharded":  # every tensor has a source in the files (headers only)
+        from minitron.distill.sharded_load import check_loadable
+
+        models = [(opts.student, "--student")] + ([(opts.teacher, "--teacher")] if opts.teacher_logits is None else [])
+        for path, flag in models:
+            try:
+                check_loadable(path)
+            except MinitronError as e:
+                raise InputError(f"{e} (sharded FSDP loading; --fsdp-load full loads it whole)", flag=flag) from None
     if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
         from minitron.distill.plan_run import check_plan, memory_plan
 

@@ -176,6 +176,26 @@ def _record_conversions(model, keys) -> None:
     model._weight_conversions = [c for c in mapping if c.was_used()]
 
 
+def check_loadable(path: str | Path) -> None:
+    """Raise CheckpointError unless every tensor of the model has a source in the checkpoint at `path`
+    (config and headers only: the model is built on meta and nothing is read)."""
+    from minitron.models.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(path, require_weights=True, check=True)
+    resolve_sources(_state_shapes(build_empty(ckpt.path, None)), ckpt.tensors)
+
+
+def _non_persistent(model) -> set[str]:
+    return {f"{mn}.{b}" if mn else b for mn, m in model.named_modules() for b in m._non_persistent_buffers_set}
+
+
+def _state_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Shapes of what the checkpoint must hold: parameters (once each) and persistent buffers."""
+    skip = _non_persistent(model)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return shapes | {n: tuple(b.shape) for n, b in model.named_buffers() if n not in skip}
+
+
 def load_sharded(path: str | Path, *, dtype: str | None, device: str = "cpu", wrap=None):
     """The checkpoint at `path` as transformers' model, each rank holding only its shards.
 
@@ -190,11 +210,8 @@ def load_sharded(path: str | Path, *, dtype: str | None, device: str = "cpu", wr
     ckpt = open_checkpoint(path, require_weights=True, check=True)
     model = build_empty(ckpt.path, dtype)
     aliases = tied_aliases(model)
-    non_persistent = {f"{mn}.{b}" if mn else b for mn, m in model.named_modules() for b in m._non_persistent_buffers_set}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # small; computed by the modules
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    shapes |= {n: tuple(b.shape) for n, b in buffers.items() if n not in non_persistent}
-    sources = resolve_sources(shapes, ckpt.tensors)  # every name found, shapes checked, nothing read yet
+    sources = resolve_sources(_state_shapes(model), ckpt.tensors)  # every name found, shapes checked, nothing read
     _record_conversions(model, ckpt.tensors)
     if wrap is not None:
         wrap(model)
