@@ -2,12 +2,14 @@
 
   python benchmarks/bench_fsdp_load.py [--repeats 3] [--steps 2] [--work DIR]
 
-A random NemotronH teacher and student (fp32 safetensors, a few hundred MB each) are written once;
+A random NemotronH teacher and student (bf16 safetensors shards of 100 MB, as published checkpoints
+are; 106M + 83M parameters, 0.76 GB in the fp32 the CPU run computes in) are written once;
 then, for each loading path (`--fsdp-load sharded`, `--fsdp-load full`) and each repeat, interleaved,
 `torchrun --nproc-per-node 2` (gloo, CPU) runs this file's worker, which on every rank calls the
-library exactly as `minitron distill --fsdp` does and reports its peak RSS (`ru_maxrss`) twice:
-after the two models are loaded and sharded (`load`: loading alone), and in a separate launch after
-`--steps` training steps and the written result (`run`). Medians over the repeats, per rank; the
+library exactly as `minitron distill --fsdp` does and reports its peak RSS (`ru_maxrss`): after the
+two models are loaded and sharded (`load`: loading alone), and in a separate launch after `--steps`
+training steps and the written result (`run`); `baseline` is the same launch with the checks, the
+tokenizer and the data but no model (what `load` adds to it is the models' share). Medians over the repeats, per rank; the
 memory plan's CPU figure for 2 devices with FSDP2 (`memory_plan.plan`) beside them.
 """
 
@@ -27,19 +29,24 @@ SEQ_LEN, MICRO = 64, 1
 
 
 def _make(work: Path):
-    from minitron.testing import make_tiny_model_dir, tiny_config
+    """Teacher and student in bf16 shards, as published checkpoints are (the run computes in fp32 on CPU)."""
+    import torch
+
+    from minitron.testing import build_model, make_tiny_model_dir, tiny_config
 
     h = MODEL["hidden"]
     common = dict(vocab_size=MODEL["vocab"], hidden_size=h, intermediate_size=4 * h, num_attention_heads=8,
                   num_key_value_heads=2, head_dim=h // 8, mamba_num_heads=h // 16, mamba_head_dim=32, n_groups=2,
-                  ssm_state_size=32, chunk_size=64, max_position_embeddings=4096)  # fmt: skip
-    t = work / "teacher"
-    if not t.is_dir():
-        make_tiny_model_dir(t, cfg=tiny_config(hybrid_override_pattern=MODEL["teacher"], **common), max_shard_size="200MB")
-    s = work / "student"
-    if not s.is_dir():
-        make_tiny_model_dir(s, cfg=tiny_config(hybrid_override_pattern=MODEL["student"], **common), seed=1,
-                            max_shard_size="200MB")  # fmt: skip
+                  ssm_state_size=32, chunk_size=64, max_position_embeddings=4096, torch_dtype="bfloat16")  # fmt: skip
+    dirs = []
+    for name, seed in (("teacher", 0), ("student", 1)):
+        d = work / name
+        if not d.is_dir():
+            cfg = tiny_config(hybrid_override_pattern=MODEL[name], **common)
+            model = build_model(cfg, seed=seed).to(torch.bfloat16)
+            make_tiny_model_dir(d, cfg=cfg, model=model, max_shard_size="100MB")
+        dirs.append(d)
+    t, s = dirs
     data = work / "data.txt"
     words = "the quick brown fox jumps over the lazy dog while hybrid models mix mamba and attention layers"
     data.write_text((words + " ") * 400)
@@ -62,7 +69,9 @@ def worker(spec: dict) -> None:
                           seq_len=SEQ_LEN, eval_samples=1, save_every=0, device="cpu", fsdp=True,
                           fsdp_load=spec["load"])  # fmt: skip
     with dist.session("cpu"):
-        if spec["what"] == "load":
+        if spec["what"] == "baseline":  # everything but the models: Python, torch, transformers, data
+            prepare(opts)
+        elif spec["what"] == "load":
             load_models(prepare(opts))
         else:
             run_distill(opts)
@@ -101,8 +110,8 @@ def main() -> None:
     load_before = os.getloadavg()
     peaks: dict[tuple[str, str], list[list[int]]] = {}
     for i in range(args.repeats):
-        for what in ("load", "run"):
-            for load in ("sharded", "full"):
+        for what in ("baseline", "load", "run"):
+            for load in ("sharded", "full") if what != "baseline" else ("sharded",):
                 out = work / f"out-{what}-{load}-{i}"
                 spec = {"what": what, "load": load, "teacher": str(t), "student": str(s), "data": str(data),
                         "steps": args.steps, "out": str(out)}  # fmt: skip

@@ -10,8 +10,8 @@ so each of N ranks on a host held a full copy for a while. Here:
     3. `to_empty` allocates each rank's shards only; tied parameters are tied again (to_empty gives
        every module its own new tensor) and the buffers get their values back;
     4. for every parameter and persistent buffer, the rank reads rows [start, start + local rows) of
-       dim 0 from the safetensors file (`safe_open(...).get_slice`: only those bytes) and copies
-       them, cast to the parameter's dtype, into its local shard.
+       dim 0 from the safetensors file (a positioned read of exactly those bytes, not a memory map)
+       and copies them, cast to the parameter's dtype, into its local shard.
 
 Per-rank host memory is then about 1/N of the model, plus one slice being read. Rank r of N holds
 rows [r·c, min((r+1)·c, n)) of a parameter with n rows, c = ⌈n / N⌉ (FSDP2's `Shard(0)`, as
@@ -29,6 +29,7 @@ input embedding's tensor, as in `from_pretrained`.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,34 +75,58 @@ def resolve_sources(module_shapes: dict[str, tuple[int, ...]], entries: dict) ->
     return out
 
 
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
+
+
 class _Reader:
-    """Rows of dim 0 from safetensors files, reading only those bytes; one open handle per file."""
+    """Rows of dim 0 from safetensors files, by positioned reads of exactly those bytes.
+
+    Not through a memory map: pages of a mapped file count in the process's RSS once touched, so
+    reading every rank's rows through `safe_open` would leave each rank with its shards twice (its
+    copy and the mapped pages) until the file is closed.
+    """
 
     def __init__(self, directory: Path):
-        self.directory, self.handles = Path(directory), {}
+        self.directory, self.files, self.data_start = Path(directory), {}, {}
 
     def _open(self, file: str):
-        from safetensors import safe_open
+        if file not in self.files:
+            f = open(self.directory / file, "rb")  # noqa: SIM115 (closed in close())
+            (n,) = struct.unpack("<Q", f.read(8))
+            self.files[file], self.data_start[file] = f, 8 + n
+        return self.files[file]
 
-        if file not in self.handles:
-            self.handles[file] = safe_open(str(self.directory / file), framework="pt", device="cpu")
-        return self.handles[file]
+    def _read(self, e, first: int, count: int):
+        """Rows [first, first + count) of entry `e` (C-contiguous: a row is prod(shape[1:]) elements)."""
+        import torch
+
+        dtype = getattr(torch, _TORCH_DTYPES[e.dtype])
+        shape = (count, *e.shape[1:]) if e.shape else ()
+        out = torch.empty(shape, dtype=dtype)
+        row = e.nbytes // e.shape[0] if e.shape and e.shape[0] else e.nbytes
+        f = self._open(e.file)
+        buf = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
+        if buf is not None:
+            f.seek(self.data_start[e.file] + e.offsets[0] + first * row)
+            if f.readinto(memoryview(buf)) != buf.nbytes:
+                raise CheckpointError(f"{e.file}: truncated while reading {e.key}")
+        return out
 
     def rows(self, src: Source, start: int, stop: int):
         import torch
 
         if src.stacked:  # one file tensor per index of dim 0 (an expert)
-            parts = [self._open(e.file).get_tensor(e.key) for e in src.entries[start:stop]]
-            first = src.entries[0]
-            return torch.stack(parts) if parts else torch.empty((0, *first.shape))
+            parts = [self._read(e, 0, e.shape[0] if e.shape else 1) for e in src.entries[start:stop]]
+            return torch.stack(parts) if parts else torch.empty((0, *src.entries[0].shape))
         e = src.entries[0]
-        f = self._open(e.file)
-        if len(e.shape) == 0:
-            return f.get_tensor(e.key)
-        return f.get_slice(e.key)[start:stop]
+        return self._read(e, 0, 1) if not e.shape else self._read(e, start, stop - start)
 
     def close(self) -> None:
-        self.handles.clear()
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
 
 
 def _local_rows(t):
