@@ -207,7 +207,9 @@ def check_loadable(path: str | Path) -> None:
     from minitron.models.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(path, require_weights=True, check=True)
-    resolve_sources(_state_shapes(build_empty(ckpt.path, None)), ckpt.tensors)
+    model = build_empty(ckpt.path, None)
+    resolve_sources(_state_shapes(model), ckpt.tensors)
+    _record_conversions(model, ckpt.tensors)  # transformers' key conversions are found too
 
 
 def _non_persistent(model) -> set[str]:
