@@ -275,24 +275,24 @@ def _load_fsdp(p: Prepared):
     from minitron.distill.teacher import CachedTeacher
     from minitron.models.checkpoint import load_model
 
-    def load(path, dtype, prepare=None):
+    def load(path, dtype, prepare=None, frozen=False):
         if p.opts.fsdp_load == "full":  # the whole checkpoint on every rank's CPU, then sharded
             model = load_model(path, dtype=dtype, device="cpu")
             if prepare:
                 prepare(model)
-            return fsdp_wrap(model, p.device)
+            return fsdp_wrap(model, p.device, frozen=frozen)
 
         def wrap(model):
             if prepare:
                 prepare(model)
-            fsdp_wrap(model, p.device)
+            fsdp_wrap(model, p.device, frozen=frozen)
 
         return load_sharded(path, dtype=dtype, device=p.device, wrap=wrap)
 
     if p.cache is not None:  # cached teacher logits: no teacher model at all
         teacher = CachedTeacher(p.cache, p.eval_split)
     else:
-        teacher = load(p.opts.teacher, p.dtype)
+        teacher = load(p.opts.teacher, p.dtype, frozen=True)
     student = load(p.opts.student, "fp32", lambda m: _prepare_student(m, p.opts.gradient_checkpointing))
     return teacher, student
 
