@@ -164,3 +164,36 @@ def test_fsdp_load_is_checked(tiny_model_dir, text_file, tmp_path):
     r = run_cli(base_args(tiny_model_dir, tiny_model_dir, text_file, tmp_path / "o", "--steps", "1", "--fsdp-load", "half"))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --fsdp-load:"), r.stderr
     assert not (tmp_path / "o").exists()
+
+
+_ROOT_WORKER = """
+import sys, torch
+from torch.distributed.tensor import DTensor
+from minitron import distributed as dist
+from minitron.distill.parallel import fsdp_wrap
+from minitron.distill.sharded_load import load_sharded
+with dist.session("cpu"):
+    out = []
+    for frozen in (False, True):
+        m = load_sharded(sys.argv[1], dtype="fp32", wrap=lambda x: fsdp_wrap(x, "cpu", frozen=frozen))
+        with torch.no_grad():
+            m(input_ids=torch.randint(0, 300, (1, 16)))
+        out.append(isinstance(m.lm_head.weight, DTensor))
+    if dist.is_main():
+        print(out)
+"""
+
+
+@pytest.mark.parametrize("pair", ["qwen2"], indirect=True)
+def test_frozen_teacher_root_is_resharded_after_forward(pair, tmp_path):
+    """FSDP2 keeps a root unit gathered after forward (for the backward); the teacher has none."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_ROOT_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(pair[0])]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[False, True]"  # default: still gathered; frozen: sharded again
