@@ -3,7 +3,7 @@
   python benchmarks/bench_fsdp_load.py [--repeats 3] [--steps 2] [--work DIR]
 
 A random NemotronH teacher and student (bf16 safetensors shards of 100 MB, as published checkpoints
-are; 106M + 83M parameters, 0.76 GB in the fp32 the CPU run computes in) are written once;
+are; 111M + 87M parameters, 0.74 GiB in the fp32 the CPU run computes in) are written once;
 then, for each loading path (`--fsdp-load sharded`, `--fsdp-load full`) and each repeat, interleaved,
 `torchrun --nproc-per-node 2` (gloo, CPU) runs this file's worker, which on every rank calls the
 library exactly as `minitron distill --fsdp` does and reports its peak RSS (`ru_maxrss`): after the
