@@ -42,6 +42,7 @@ def command(
     dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32. Student master weights stay fp32.")] = "auto",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward (less memory).")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Shard student and teacher with FSDP2 (under torchrun).")] = False,
+    fsdp_load: Annotated[str, typer.Option("--fsdp-load", help="With --fsdp: sharded (each rank reads only its shards of the checkpoints) or full (every rank loads them whole on CPU first: the former path).")] = "sharded",
     chunk_size: Annotated[int | None, typer.Option("--chunk-size", help="Tokens per chunk of the loss (default: 16 MiB fp32 temporaries, 32 tokens at vocab 131072).")] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Text field of .jsonl/.parquet records.")] = "text",
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest output shard: 5GB, 500MiB, bytes.")] = "5GB",
@@ -89,7 +90,7 @@ def command(
         eval_data=list(eval_data or []), eval_samples=eval_samples, text_field=text_field, save_every=save_every,
         keep_last=keep_last, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
         overwrite=overwrite, restart=restart, max_shard_size=max_shard_size, teacher_logits=teacher_logits,
-        nproc=nproc, gpu=gpu, memory_budget=memory_budget, report_to=report_to,
+        nproc=nproc, gpu=gpu, memory_budget=memory_budget, report_to=report_to, fsdp_load=fsdp_load,
     )  # fmt: skip
     if dry_run:
         return _dry_run(opts, json_out)

@@ -6,7 +6,12 @@ Terms, in bytes per device (N devices; FSDP2 shards the first four by N, DDP rep
     student weights    student parameters x 4                            (fp32 master weights)
     gradients          student parameters x 4                            (+ one DDP bucket copy when N > 1)
     optimizer          student parameters x 8                            (AdamW: exp_avg, exp_avg_sq, fp32)
-    fsdp gathered      2 x the largest block's parameters, unsharded      (the block being computed + prefetch)
+    fsdp gathered      the units FSDP2 holds unsharded at once (only with N > 1), the larger of two phases:
+                       student step: its root unit (embedding, final norm, lm_head: gathered from the
+                       forward to the end of the backward) and the root's unsharded gradients, plus 2 blocks
+                       (the one computed + prefetch) and one block's unsharded gradients, all fp32;
+                       teacher forward: its root (resharded after each forward, `fsdp_wrap(frozen=True)`)
+                       + 2 blocks, in the compute dtype
     activations        what autograd saves in the student's forward at micro-batch x seq-len
     logits             student logits [b, L, V] fp32 + the teacher's [b, L, V] (compute dtype; they become
                        the loss gradient) or, cached, the gradient buffer [b, L, V] fp32 + the bins read
@@ -103,14 +108,17 @@ def plan(x: PlanInput) -> dict:
         logits = tokens * v * 4 * 2 + tokens * (x.top_k * 8 + (x.top_k + 1) * 4) + chunk
     else:
         logits = tokens * v * 4 + tokens * v * cb + chunk
-    largest = max(max(s.layer_params(c) for c in s.pattern),
-                  0 if x.cached_teacher else max(t.layer_params(c) for c in t.pattern))  # fmt: skip
+    s_block, t_block = max(s.layer_params(c) for c in s.pattern), max(t.layer_params(c) for c in t.pattern)
+    s_root = ps - sum(s.layer_params(c) for c in s.pattern)  # embedding, final norm, lm_head (tied: once)
+    t_root = pt - sum(t.layer_params(c) for c in t.pattern)
+    student_phase = (2 * s_root + 3 * s_block) * 4
+    teacher_phase = 0 if x.cached_teacher else (t_root + 2 * t_block) * cb
     terms = {
         "teacher_weights": 0 if x.cached_teacher else math.ceil(pt * cb / shard),
         "student_weights": math.ceil(ps * 4 / shard),
         "gradients": math.ceil(ps * 4 / shard) * (2 if (n > 1 and not x.fsdp) else 1),
         "optimizer": math.ceil(ps * 8 / shard),
-        "fsdp_gathered": 2 * largest * 4 if shard > 1 else 0,
+        "fsdp_gathered": max(student_phase, teacher_phase) if shard > 1 else 0,
         "activations": int(ckpt_act if x.gradient_checkpointing else full_act),
         "logits": int(logits),
         "runtime": CPU_RUNTIME if x.device == "cpu" else CUDA_RUNTIME,

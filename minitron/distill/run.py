@@ -49,6 +49,7 @@ class DistillOptions:
     gpu: str | None = None  # a budget per device: a GPU preset of minitron.memory ...
     memory_budget: str | None = None  # ... or a size; the run is refused (exit 3) when the plan does not fit
     report_to: str = "none"  # or "tensorboard" (events in <out>.partial/tensorboard, then <out>/tensorboard)
+    fsdp_load: str = "sharded"  # --fsdp: each rank reads only its shards; "full": every rank loads it all first
 
 
 # ---------------------------------------------------------------------- validation
@@ -153,9 +154,20 @@ def prepare(opts: DistillOptions) -> Prepared:
     if opts.fsdp and world < 2:
         raise InputError("needs torchrun with at least 2 processes (torchrun --nproc-per-node N -m minitron ...)",
                          flag="--fsdp")  # fmt: skip
+    if opts.fsdp_load not in FSDP_LOADS:
+        raise InputError(f"must be one of {', '.join(FSDP_LOADS)}, got {opts.fsdp_load!r}", flag="--fsdp-load")
 
     t_ckpt = _open_model_dir(opts.teacher, "--teacher")
     s_ckpt = _open_model_dir(opts.student, "--student")
+    if opts.fsdp and opts.fsdp_load == "sharded":  # every tensor has a source in the files (headers only)
+        from minitron.distill.sharded_load import check_loadable
+
+        models = [(opts.student, "--student")] + ([(opts.teacher, "--teacher")] if opts.teacher_logits is None else [])
+        for path, flag in models:
+            try:
+                check_loadable(path)
+            except MinitronError as e:
+                raise InputError(f"{e} (sharded FSDP loading; --fsdp-load full loads it whole)", flag=flag) from None
     if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
         from minitron.distill.plan_run import check_plan, memory_plan
 
@@ -222,10 +234,19 @@ def _cache_identity(cache) -> str:
 
 
 # ---------------------------------------------------------------------- models
+FSDP_LOADS = ("sharded", "full")
+
+
 def load_models(p: Prepared):
-    """Teacher in the compute dtype (frozen); student in fp32 master weights; wrapped for DDP/FSDP."""
+    """Teacher in the compute dtype (frozen); student in fp32 master weights; wrapped for DDP/FSDP.
+
+    Under `--fsdp` each model is built on the meta device, sharded, and each rank reads only its own
+    shards (`sharded_load`); `--fsdp-load full` keeps the former path (every rank loads the whole
+    checkpoint on CPU, then shards it), the reference the sharded path is tested against."""
     import torch
 
+    if p.opts.fsdp:
+        return _load_fsdp(p)
     from minitron.models.checkpoint import load_model
 
     if p.cache is not None:  # cached teacher logits: no teacher model at all
@@ -233,18 +254,46 @@ def load_models(p: Prepared):
 
         teacher = CachedTeacher(p.cache, p.eval_split)
     else:
-        teacher = load_model(p.opts.teacher, dtype=p.dtype, device="cpu" if p.opts.fsdp else p.device)
-    student = load_model(p.opts.student, dtype="fp32", device="cpu" if p.opts.fsdp else p.device)
-    if p.opts.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    student.config.use_cache = False
-    if p.opts.fsdp:
-        from minitron.distill.parallel import fsdp_wrap
-
-        return (teacher if p.cache is not None else fsdp_wrap(teacher, p.device)), fsdp_wrap(student, p.device)
+        teacher = load_model(p.opts.teacher, dtype=p.dtype, device=p.device)
+    student = load_model(p.opts.student, dtype="fp32", device=p.device)
+    _prepare_student(student, p.opts.gradient_checkpointing)
     if dist.world_size() > 1:
         ids = [torch.device(p.device).index] if p.device.startswith("cuda") else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    return teacher, student
+
+
+def _prepare_student(student, gradient_checkpointing: bool) -> None:
+    if gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.config.use_cache = False
+
+
+def _load_fsdp(p: Prepared):
+    from minitron.distill.parallel import fsdp_wrap
+    from minitron.distill.sharded_load import load_sharded
+    from minitron.distill.teacher import CachedTeacher
+    from minitron.models.checkpoint import load_model
+
+    def load(path, dtype, prepare=None, frozen=False):
+        if p.opts.fsdp_load == "full":  # the whole checkpoint on every rank's CPU, then sharded
+            model = load_model(path, dtype=dtype, device="cpu")
+            if prepare:
+                prepare(model)
+            return fsdp_wrap(model, p.device, frozen=frozen)
+
+        def wrap(model):
+            if prepare:
+                prepare(model)
+            fsdp_wrap(model, p.device, frozen=frozen)
+
+        return load_sharded(path, dtype=dtype, device=p.device, wrap=wrap)
+
+    if p.cache is not None:  # cached teacher logits: no teacher model at all
+        teacher = CachedTeacher(p.cache, p.eval_split)
+    else:
+        teacher = load(p.opts.teacher, p.dtype, frozen=True)
+    student = load(p.opts.student, "fp32", lambda m: _prepare_student(m, p.opts.gradient_checkpointing))
     return teacher, student
 
 
@@ -277,7 +326,7 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     resumed_from = None
     latest = p.run_dir.latest()
     if latest is not None:
-        trainer.load_state_dict(p.run_dir.load(latest[1]))
+        trainer.load_state_dict(_read_checkpoint(p, latest[1]))
         resumed_from = trainer.step
         if main:
             p.run_dir.truncate_metrics(trainer.step)
@@ -330,6 +379,18 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
     return summary
 
 
+def _read_checkpoint(p: Prepared, path: Path) -> dict:
+    """A checkpoint to resume from. Under FSDP rank 0 alone reads it (weights and optimiser state of
+    the whole model); the other ranks get its small entries and `{}` for the two big ones, which
+    `Trainer.load_state_dict` broadcasts from rank 0 shard by shard."""
+    if not p.opts.fsdp:
+        return p.run_dir.load(path)
+    big = ("student", "optimizer")
+    state = p.run_dir.load(path) if dist.is_main() else None
+    small = dist.broadcast_object({k: v for k, v in state.items() if k not in big} if state is not None else None)
+    return state if state is not None else {**small, "student": {}, "optimizer": {}}
+
+
 def _full_state_dict(trainer):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -346,8 +407,12 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
 
     opts = p.opts
     dtype = torch_dtype({"BF16": "bf16", "F16": "fp16"}.get(p.student_ckpt.dtype, "fp32"))
+    from minitron.distill.sharded_load import tied_aliases
+
     sd = state_dict if state_dict is not None else student.state_dict()
-    sd = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()}
+    tied = tied_aliases(student)  # e.g. a tied lm_head: stored once, as from_pretrained expects (copies below untie it)
+    sd = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()
+          if k not in tied}  # fmt: skip
     with atomic_output_dir(opts.out, overwrite=opts.overwrite) as tmp:
         student.config.use_cache = True
         student.save_pretrained(tmp, state_dict=sd, max_shard_size=opts.max_shard_size)

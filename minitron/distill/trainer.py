@@ -201,12 +201,19 @@ class Trainer:
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        """Under FSDP only rank 0 needs the full weights and optimiser state (the other ranks may pass
+        `{}` for both): they are broadcast tensor by tensor and each rank keeps its shards."""
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            set_state_dict(self.student, self.optimizer, model_state_dict=state["student"],
-                           optim_state_dict=state["optimizer"], options=opts)  # fmt: skip
+            # Two calls, not `set_state_dict`: that one skips the model on a rank whose model dict is empty.
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
+            set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=opts)
+            set_model_state_dict(self.student, state["student"], options=opts)
         else:
             unwrap(self.student).load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
