@@ -63,6 +63,10 @@ class NemotronH(Family):
             moe_shared_expert_intermediate_size=int(cfg.get("moe_shared_expert_intermediate_size") or 0) if moe else 0,
             n_shared_experts=int(cfg.get("n_shared_experts") or 0) if moe else 0,
             moe_latent_size=cfg.get("moe_latent_size") if moe else None,
+            # transformers' NemotronHConfig defaults: top-2, one routing group.
+            num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 2) if moe else 0,
+            n_group=int(cfg.get("n_group") or 1) if moe else 1,
+            topk_group=int(cfg.get("topk_group") or 1) if moe else 1,
             raw=dict(cfg),
         )
 
@@ -80,6 +84,13 @@ class NemotronH(Family):
             n_groups=arch.n_groups,
             vocab_size=arch.vocab_size,
         )
+        if arch.n_routed_experts:
+            cfg.update(
+                n_routed_experts=arch.n_routed_experts,
+                moe_intermediate_size=arch.moe_intermediate_size,
+                moe_shared_expert_intermediate_size=arch.moe_shared_expert_intermediate_size,
+                num_experts_per_tok=arch.num_experts_per_tok,
+            )
         cfg.pop("mamba_n_groups", None)
         # `expand` is informational in nemotron_h; keep it consistent with the Mamba width.
         if "expand" in cfg and arch.hidden_size and arch.mamba_num_heads:
@@ -95,6 +106,16 @@ class NemotronH(Family):
                  f"mamba_num_heads ({arch.mamba_num_heads}) is not a multiple of n_groups ({arch.n_groups})")
         if MLP in arch.pattern:
             need(arch.intermediate_size > 0, "intermediate_size must be positive")
+        if MOE in arch.pattern:
+            e, k, g = arch.n_routed_experts, arch.num_experts_per_tok, arch.n_group
+            need(e > 0 and arch.moe_intermediate_size > 0, "n_routed_experts and moe_intermediate_size must be positive")
+            need(e % g == 0, f"n_routed_experts ({e}) is not a multiple of n_group ({g})")
+            # The router scores each group by its top-2 experts (`topk(2)` in transformers' NemotronHTopkRouter).
+            need(e // g >= 2, f"n_routed_experts ({e}) leaves fewer than 2 experts in each of the {g} groups")
+            need(1 <= arch.topk_group <= g, f"topk_group ({arch.topk_group}) must be in 1..n_group ({g})")
+            need(1 <= k <= arch.topk_group * (e // g),
+                 f"num_experts_per_tok ({k}) must be in 1..{arch.topk_group * (e // g)} "
+                 f"(the experts of topk_group={arch.topk_group} of {g} groups of {e // g})")
 
     def components(self, char: str) -> frozenset[str]:
         return self._components[char]
@@ -112,14 +133,34 @@ class NemotronH(Family):
         if char == MLP:
             return norm + _mlp_params(a, a.intermediate_size)
         if char == MOE:
-            inner = a.moe_latent_size or h
-            experts = a.n_routed_experts * 2 * inner * a.moe_intermediate_size
+            experts = a.n_routed_experts * self.expert_params(a)
             router = a.n_routed_experts * h
             shared = _mlp_params(a, a.moe_shared_expert_intermediate_size)
             lat = a.moe_latent_size
             latent = 2 * h * lat + ((lat + h) if a.mlp_bias else 0) if lat else 0
             return norm + experts + router + shared + latent
         raise ValueError(char)
+
+    def expert_params(self, arch) -> int:
+        """Parameters of one routed expert (up and down projections, no bias)."""
+        return 2 * (arch.moe_latent_size or arch.hidden_size) * arch.moe_intermediate_size
+
+    def active_params(self, arch) -> dict[str, int]:
+        """`params()` with the routed experts each token skips taken out of `moe`: per MoE layer, all but
+        `num_experts_per_tok` of the `n_routed_experts` (the router, the shared expert and the latent
+        projections run for every token)."""
+        out = self.params(arch)
+        idle = arch.count(MOE) * (arch.n_routed_experts - arch.num_experts_per_tok) * self.expert_params(arch)
+        out["moe"] -= idle
+        out["total"] -= idle
+        return out
+
+    def moe_unit_counts(self, arch) -> dict[str, int]:
+        moe = MOE in arch.pattern
+        return {"experts": arch.n_routed_experts if moe else 0,
+                "moe_ffn": arch.moe_intermediate_size if moe else 0,
+                "shared_expert_ffn": arch.moe_shared_expert_intermediate_size if moe else 0,
+                "experts_per_token": arch.num_experts_per_tok if moe else 0}
 
     def params(self, arch) -> dict[str, int]:
         h = arch.hidden_size

@@ -189,6 +189,8 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     doc.update(
         params_before=arch.total_params,
         params_after=target.total_params,
+        active_params_before=arch.total_active_params,
+        active_params_after=target.total_active_params,
         memory=after.to_dict(),
         memory_before=before.to_dict(),
         plan=plan.summary(),
