@@ -16,7 +16,7 @@ from __future__ import annotations
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
-from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+from minitron.models.tensors import EXPERTS, FFN, HIDDEN, KV, MOE_FFN, Q, SHARED_FFN, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
 
@@ -242,25 +242,28 @@ def _mlp_specs(m: str, i: int, h, ffn, bias: bool) -> list[TensorSpec]:
 
 
 def _moe_specs(a, m: str, i: int, h, layout: str) -> list[TensorSpec]:
-    n_exp, f = a.n_routed_experts, a.moe_intermediate_size
+    """Routed experts ([E] x up [f, inner] / down [inner, f]), router rows and correction bias (one per
+    expert), the shared expert (its own neurons) and a latent MoE's projections (`inner` = latent, fixed)."""
+    n_exp, f = one(EXPERTS, a.n_routed_experts), one(MOE_FFN, a.moe_intermediate_size)
     inner = fixed(a.moe_latent_size) if a.moe_latent_size else h
-    if layout == "module":
+    if layout == "module":  # transformers' fused layout: [E, f, inner] and [E, inner, f]
         specs = [
-            TensorSpec(m + "experts.up_proj", i, (fixed(n_exp), fixed(f), inner)),
-            TensorSpec(m + "experts.down_proj", i, (fixed(n_exp), inner, fixed(f))),
+            TensorSpec(m + "experts.up_proj", i, (n_exp, f, inner), stacked=True),
+            TensorSpec(m + "experts.down_proj", i, (n_exp, inner, f), stacked=True),
         ]
     else:
         specs = []
-        for j in range(n_exp):
+        for j in range(a.n_routed_experts):
             specs += [
-                TensorSpec(m + f"experts.{j}.up_proj.weight", i, (fixed(f), inner)),
-                TensorSpec(m + f"experts.{j}.down_proj.weight", i, (inner, fixed(f))),
+                TensorSpec(m + f"experts.{j}.up_proj.weight", i, (f, inner), expert=j),
+                TensorSpec(m + f"experts.{j}.down_proj.weight", i, (inner, f), expert=j),
             ]
     specs += [
-        TensorSpec(m + "gate.weight", i, (fixed(n_exp), h)),
-        TensorSpec(m + "gate.e_score_correction_bias", i, (fixed(n_exp),)),
+        TensorSpec(m + "gate.weight", i, (n_exp, h)),
+        TensorSpec(m + "gate.e_score_correction_bias", i, (n_exp,)),
     ]
-    specs += _mlp_specs(m + "shared_experts.", i, h, fixed(a.moe_shared_expert_intermediate_size), a.mlp_bias)
+    specs += _mlp_specs(m + "shared_experts.", i, h, one(SHARED_FFN, a.moe_shared_expert_intermediate_size),
+                        a.mlp_bias)
     if a.moe_latent_size:
         lat = fixed(a.moe_latent_size)
         specs += [TensorSpec(m + "fc1_latent_proj.weight", i, (lat, h)),
