@@ -26,7 +26,9 @@ class HookPoint:
 
     `kind`: `hidden` (output of a norm that reads the residual stream: its channels), `ffn` (input
     of the MLP's down projection: its neurons), `attention` (input of o_proj: per query head),
-    `mamba` (output of in_proj: the x-slice). `path`: dotted attribute path inside the block.
+    `mamba` (output of in_proj: the x-slice), `experts` (a routed-experts module, called with the router's
+    top-k: routed experts and their neurons), `shared_ffn` (input of a shared expert's down projection).
+    `path`: dotted attribute path inside the block.
     """
 
     kind: str

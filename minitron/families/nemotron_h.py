@@ -214,7 +214,9 @@ class NemotronH(Family):
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         own = {MLP: [HookPoint("ffn", "mixer.down_proj")], ATTENTION: [HookPoint("attention", "mixer.o_proj")],
-               MAMBA: [HookPoint("mamba", "mixer.in_proj")], MOE: []}[char]
+               MAMBA: [HookPoint("mamba", "mixer.in_proj")],
+               MOE: [HookPoint("experts", "mixer.experts"), HookPoint("shared_ffn", "mixer.shared_experts.down_proj")],
+               }[char]
         return [HookPoint("hidden", "norm"), *own]
 
     def prepare_blocks(self, model, config, h) -> dict:
