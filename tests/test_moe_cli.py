@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-import torch
 from conftest import REF_9B, REFERENCE
 from test_moe_accounting import _meta_model, counted_active
 from typer.testing import CliRunner

@@ -4,7 +4,6 @@ known answers, streaming == in memory, and `score` -> `prune --scores` end to en
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

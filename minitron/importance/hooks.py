@@ -28,7 +28,6 @@ from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.models.architecture import Architecture
 
-
 _MOE_SUMS = ("routed", "gate_norm", "norm", "act")
 
 

@@ -8,7 +8,13 @@ Dropped experts of the checkpoint layout (one tensor per expert) are left out an
 
 from __future__ import annotations
 
-from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_expert, renumber_layer
+from minitron.models.tensors import (
+    canonical_name,
+    checkpoint_name,
+    model_specs,
+    renumber_expert,
+    renumber_layer,
+)
 from minitron.prune.plan import PrunePlan, stacked_indices, tensor_indices
 
 
