@@ -138,3 +138,20 @@ def test_group_limited_routing_is_checked(tmp_path):
     assert r.exit_code == 0, r.output
     r = invoke(tmp_path, "--experts", 8, "--experts-per-token", 5, "--dry-run")
     assert r.exit_code == 2 and "--experts-per-token" in r.stderr and "4 of 8 groups" in r.stderr
+
+
+@pytest.mark.parametrize("args,flag,match", [
+    (["--target-active-params", "4B"], "--target-active-params", "not below the model's 3,580,073,408"),
+    (["--target-active-params", "three"], "--target-active-params", "cannot read"),
+    (["--target-params", "22B", "--search", "experts=8:136:8"], "--search", "larger than the model's 128"),
+    (["--target-params", "22B", "--target-active-params", "4B"], "--target-active-params", "not below"),
+])
+def test_bad_search_input(args, flag, match):
+    r = invoke(REF_NANO3, *args, "--dry-run")
+    assert r.exit_code == 2, r.output
+    assert flag in r.stderr and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_expert_search_on_a_model_without_moe_layers():
+    r = invoke(REF_9B, "--target-params", "8B", "--search", "experts=8:16:8", "--dry-run")
+    assert r.exit_code == 2 and "--search" in r.stderr and "no MoE layer" in r.stderr
