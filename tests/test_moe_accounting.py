@@ -98,3 +98,14 @@ def test_inspect_json_and_table_report_active_parameters():
     r = CliRunner().invoke(app, ["inspect", str(REF_NANO3)])
     assert r.exit_code == 0
     assert "active per token" in r.stdout and f"{doc['active_params']['total']:,}" in r.stdout
+
+
+def test_memory_model_keeps_every_expert_resident():
+    from minitron.memory import estimate
+
+    arch = Architecture.from_path(REF_NANO3)
+    est = estimate(arch, context_length=8192, dtype="bf16")
+    assert est.weights_bytes == 2 * 31_577_937_344  # all 128 experts per layer, not the 6 a token uses
+    fewer = arch.with_(n_routed_experts=64)
+    assert est.weights_bytes - estimate(fewer, context_length=8192).weights_bytes == \
+        2 * 23 * 64 * 2 * 2688 * 1856
