@@ -108,4 +108,4 @@ def test_memory_model_keeps_every_expert_resident():
     assert est.weights_bytes == 2 * 31_577_937_344  # all 128 experts per layer, not the 6 a token uses
     fewer = arch.with_(n_routed_experts=64)
     assert est.weights_bytes - estimate(fewer, context_length=8192).weights_bytes == \
-        2 * 23 * 64 * 2 * 2688 * 1856
+        2 * 23 * 64 * (2 * 2688 * 1856 + 2688)  # bf16 x layers x experts gone x (up + down + router row)
