@@ -104,8 +104,8 @@ class WidthCollector:
         def hook(module, args, kwargs, _output):
             if not self.enabled:
                 return
-            x, idx, w = (list(args) + [kwargs.get(n) for n in ("hidden_states", "top_k_index", "top_k_weights")
-                                       ][len(args):])[:3]
+            names = ("hidden_states", "top_k_index", "top_k_weights")  # positional or by keyword
+            x, idx, w = (args[j] if j < len(args) else kwargs[n] for j, n in enumerate(names))
             sums = moe_maths.expert_sums(x, idx, w, module.up_proj, module.down_proj, module.act_fn)
             for name, t in sums.items():
                 self.stats.add(f"moe_{name}.{k}", t)
