@@ -158,9 +158,6 @@ def build_model(cfg: dict | None = None, seed: int = 0):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith(("mixer.D", "mixer.dt_bias", "mamba.D", "mamba.dt_bias")):
                 p.copy_(p + 0.1 * torch.randn(p.shape, generator=g))
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # a trained router's bias is not zero
-                b.copy_(0.05 * torch.randn(b.shape, generator=g))
     return model.eval()
 
 

@@ -19,21 +19,30 @@ from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.stream import prune_checkpoint
-from minitron.testing import build_model, tiny_config
+from minitron.testing import build_model, make_tiny_model_dir, tiny_config
 
 MOE = 4  # the MoE block of the tiny pattern M-M*EM-*M
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    """The tiny hybrid loaded, its architecture, and seeded random scores (MoE tensors included)."""
-    arch = Architecture.from_path(tiny_model_dir)
+def tiny(tmp_path_factory):
+    """The tiny hybrid with a trained-looking router (non-zero `e_score_correction_bias`, so that a wrong
+    cut of it would change the routing), written as a checkpoint; its architecture; seeded random scores."""
+    model = build_model()
+    with torch.no_grad():
+        bias = model.model.layers[MOE].mixer.gate.e_score_correction_bias
+        bias.copy_(0.05 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(7)))
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("moe") / "model", model=model)
+    model = load_model(path)
+    assert float(model.model.layers[MOE].mixer.gate.e_score_correction_bias.abs().min()) > 0
+    arch = Architecture.from_path(path)
     g = torch.Generator().manual_seed(3)
-    return load_model(tiny_model_dir), arch, Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()})
+    scores = Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()})
+    return model, arch, scores, path
 
 
 def test_keep_all_is_bit_identical_including_moe_tensors(tiny):
-    model, arch, _ = tiny
+    model, arch, _, _ = tiny
     pruned = prune_model(model, PrunePlan.keep_all(arch))
     a, b = model.state_dict(), pruned.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -42,7 +51,7 @@ def test_keep_all_is_bit_identical_including_moe_tensors(tiny):
 
 @pytest.mark.parametrize("n", [3, 2])
 def test_dropped_experts_equal_a_router_that_never_selects_them(tiny, n):
-    model, arch, scores = tiny
+    model, arch, scores, _ = tiny
     plan = make_plan(arch, Shape(experts=n), scores)
     assert plan.target().n_routed_experts == n
     pruned = prune_model(model, plan)
@@ -56,7 +65,7 @@ def test_dropped_experts_equal_a_router_that_never_selects_them(tiny, n):
 
 
 def test_expert_width_cut_equals_zeroed_down_proj_columns(tiny):
-    model, arch, scores = tiny
+    model, arch, scores, _ = tiny
     plan = make_plan(arch, Shape(moe_ffn_size=20), scores)
     kept = plan.moe_ffn[MOE]
     assert len({kept[e] for e in kept}) > 1  # each expert keeps its own neurons
@@ -72,7 +81,7 @@ def test_expert_width_cut_equals_zeroed_down_proj_columns(tiny):
 
 
 def test_shared_expert_cut_equals_zeroed_down_proj_columns(tiny):
-    model, arch, scores = tiny
+    model, arch, scores, _ = tiny
     plan = make_plan(arch, Shape(shared_expert_ffn_size=30), scores)
     pruned = prune_model(model, plan)
 
@@ -85,7 +94,7 @@ def test_shared_expert_cut_equals_zeroed_down_proj_columns(tiny):
 
 
 def test_experts_per_token_equals_the_original_router_with_that_top_k(tiny):
-    model, arch, scores = tiny
+    model, arch, scores, _ = tiny
     plan = make_plan(arch, Shape(experts_per_token=1), scores)
     assert plan.target().num_experts_per_tok == 1 and plan.target().to_config()["num_experts_per_tok"] == 1
     pruned = prune_model(model, plan)
@@ -127,11 +136,11 @@ def test_grouped_routing_keeps_the_same_count_in_each_group():
     torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-6, atol=1e-6)
 
 
-def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tiny_model_dir, tmp_path):
-    model, arch, scores = tiny
+def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
+    model, arch, scores, path = tiny
     shape = Shape(hidden_size=48, experts=3, moe_ffn_size=20, shared_expert_ffn_size=40, experts_per_token=1)
     plan = make_plan(arch, shape, scores, [1])
-    ckpt = open_checkpoint(tiny_model_dir)
+    ckpt = open_checkpoint(path)
     info = prune_checkpoint(ckpt, plan, tmp_path, max_shard_bytes=60_000)
     cfg = plan.target().to_config()
     assert (cfg["n_routed_experts"], cfg["moe_intermediate_size"], cfg["moe_shared_expert_intermediate_size"],
