@@ -1,4 +1,5 @@
-"""Benchmark: stream-prune the synthetic 12B checkpoint to the Nemotron Nano 2 9B shape.
+"""Benchmark: stream-prune the synthetic 12B checkpoint to the Nemotron Nano 2 9B shape
+(or, with `--moe`, a synthetic checkpoint with Nemotron 3 Nano's per-layer shapes to half its experts).
 
 Measures, each in a fresh subprocess (so peak RSS is that run's own), alternating so that the page
 cache favours neither:
@@ -14,6 +15,10 @@ which units are kept) and are written once beside the checkpoint.
 
     python benchmarks/make_synthetic_checkpoint.py nemotron-nano-12b-v2-base .bench/synthetic-12b
     python benchmarks/bench_prune.py --src .bench/synthetic-12b --runs 3
+
+    python benchmarks/make_synthetic_checkpoint.py nemotron-3-nano-30b-a3b .bench/synthetic-nano3 \
+        --set hybrid_override_pattern='"MEM*E"' --set num_hidden_layers=5
+    python benchmarks/bench_prune.py --moe --src .bench/synthetic-nano3 --runs 3
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import time
 from pathlib import Path
 
 PLAN = dict(hidden_size=4480, ffn_size=15680, mamba_heads=128, drop_layers="7,8,17,18,48,52")
+# Nemotron 3 Nano: half the routed experts, every expert and the shared expert narrower (streamed per expert).
+MOE_PLAN = dict(experts=64, moe_ffn_size=1536, shared_expert_ffn_size=3072)
 
 
 def _child_copy(src: Path, dst: Path) -> dict:
@@ -41,21 +48,25 @@ def _child_copy(src: Path, dst: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "bytes": n}
 
 
-def _child_prune(src: Path, dst: Path, scores: Path) -> dict:
+def _child_prune(src: Path, dst: Path, scores: Path, moe: bool = False) -> dict:
     from minitron.prune.run import PruneOptions, prune
     from minitron.prune.select import Shape
 
     t0 = time.perf_counter()
-    opts = PruneOptions(model=src, out=dst, scores=scores, drop_layers=PLAN["drop_layers"],
-                        shape=Shape(hidden_size=PLAN["hidden_size"], ffn_size=PLAN["ffn_size"],
-                                    mamba_heads=PLAN["mamba_heads"]))
+    if moe:
+        opts = PruneOptions(model=src, out=dst, scores=scores, shape=Shape(**MOE_PLAN))
+    else:
+        opts = PruneOptions(model=src, out=dst, scores=scores, drop_layers=PLAN["drop_layers"],
+                            shape=Shape(hidden_size=PLAN["hidden_size"], ffn_size=PLAN["ffn_size"],
+                                        mamba_heads=PLAN["mamba_heads"]))
     doc = prune(opts)
     seconds = time.perf_counter() - t0
-    # The result's headers agree with its config (names, shapes), and its config is the 9B's shape.
+    # The result's headers agree with its config (names, shapes), and (12B) its config is the 9B's shape.
     from minitron.models.checkpoint import open_checkpoint
 
     out = open_checkpoint(dst)
-    assert out.arch.total_params == doc["params_after"] == 8_888_227_328, doc["params_after"]
+    assert out.arch.total_params == doc["params_after"], doc["params_after"]
+    assert moe or doc["params_after"] == 8_888_227_328, doc["params_after"]
     return {"seconds": seconds, "bytes": doc["files"]["bytes"], "params_after": doc["params_after"]}
 
 
@@ -73,11 +84,11 @@ def _write_scores(src: Path, dst: Path) -> None:
            fingerprint=model_fingerprint(src)).save(dst)
 
 
-def _run_child(kind: str, src: Path, dst: Path, scores: Path) -> dict:
+def _run_child(kind: str, src: Path, dst: Path, scores: Path, moe: bool = False) -> dict:
     code = (
         "import json, resource, sys; sys.path.insert(0, 'benchmarks'); import bench_prune as b; from pathlib import Path; "
         f"r = b._child_{kind}(Path({str(src)!r}), Path({str(dst)!r})"
-        + (f", Path({str(scores)!r}))" if kind == "prune" else ")")
+        + (f", Path({str(scores)!r}), moe={moe!r})" if kind == "prune" else ")")
         + "; r['peak_rss_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; print(json.dumps(r))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -89,12 +100,13 @@ def main() -> int:
     ap.add_argument("--src", type=Path, default=Path(".bench/synthetic-12b"))
     ap.add_argument("--work", type=Path, default=Path(".bench"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--moe", action="store_true", help=f"prune a Nemotron 3 Nano-shaped checkpoint to {MOE_PLAN}")
     args = ap.parse_args()
 
     from minitron.models.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(args.src)
-    scores = args.work / "scores-synthetic-12b"
+    scores = args.work / f"scores-{args.src.name}"
     if not (scores / "scores.safetensors").is_file():
         _write_scores(args.src, scores)
     results = {"copy": [], "prune": []}
@@ -102,7 +114,7 @@ def main() -> int:
         for kind in ("copy", "prune"):
             dst = args.work / f"bench-{kind}"
             shutil.rmtree(dst, ignore_errors=True)
-            res = _run_child(kind, args.src, dst, scores)
+            res = _run_child(kind, args.src, dst, scores, moe=args.moe)
             shutil.rmtree(dst, ignore_errors=True)
             results[kind].append(res)
             print(f"run {r + 1} {kind}: {res['seconds']:.1f} s, peak RSS {res['peak_rss_bytes'] / 2**30:.2f} GiB",

@@ -10,6 +10,9 @@ activation scores. Definitions of the magnitude ranking, per axis (teacher weigh
     kv_heads        [n_attn, nkv]  L2 norm of the head's k_proj and v_proj rows together
     mamba_heads     [n_mamba, Hm]  L2 norm of the head's x rows of in_proj (the second H·P block)
     mamba_head_dim  [n_mamba, P]   L2 norm of x rows of channel p, over every head of the layer
+    experts         [n_moe, E]     L2 norm of the expert's up_proj and down_proj weights together
+    moe_ffn         [n_moe, E, f]  L2(expert up_proj row f) x L2(expert down_proj column f)
+    shared_expert_ffn [n_moe, fs]  as `ffn`, on the shared expert
     layers          [num_layers]   all ones (the width benchmark never drops a layer)
 
 Random: every tensor uniform in [0, 1) from one `torch.Generator` seeded with `seed`, drawn in
@@ -22,7 +25,7 @@ import torch
 
 from minitron.importance.scores import expected_shapes
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
+from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
 from minitron.models.tensors import canonical_name
 
 
@@ -52,7 +55,7 @@ def magnitude_scores(state_dict: dict, arch: Architecture) -> dict:
     for i in _layers_of(arch, MLP):
         up = sd[f"layers.{i}.mixer.up_proj.weight"]  # [F, H]
         down = sd[f"layers.{i}.mixer.down_proj.weight"]  # [H, F]
-        ffn.append(up.norm(dim=1) * down.norm(dim=0))
+        ffn.append(_neuron_magnitude(up, down))
     out["ffn"] = torch.stack(ffn) if ffn else torch.zeros(expected_shapes(arch)["ffn"])
 
     q_scores, kv_scores = [], []
@@ -75,8 +78,30 @@ def magnitude_scores(state_dict: dict, arch: Architecture) -> dict:
         dims.append(x.pow(2).sum(dim=(0, 2)).sqrt())
     out["mamba_heads"] = torch.stack(heads) if heads else torch.zeros(expected_shapes(arch)["mamba_heads"])
     out["mamba_head_dim"] = torch.stack(dims) if dims else torch.zeros(expected_shapes(arch)["mamba_head_dim"])
+    out.update(_moe_magnitude(sd, arch))
     out["layers"] = torch.ones(arch.num_layers)
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def _neuron_magnitude(up, down):
+    """[F, in] up and [out, F] down -> [F]: L2(up row) x L2(down column)."""
+    return up.norm(dim=1) * down.norm(dim=0)
+
+
+def _moe_magnitude(sd: dict, arch: Architecture) -> dict:
+    """The MoE tensors (none without MoE layers); checkpoints hold one up/down tensor per expert."""
+    layers = _layers_of(arch, MOE)
+    if not layers:
+        return {}
+    experts, neurons, shared = [], [], []
+    for i in layers:
+        m = f"layers.{i}.mixer."
+        ups = [sd[m + f"experts.{e}.up_proj.weight"] for e in range(arch.n_routed_experts)]
+        downs = [sd[m + f"experts.{e}.down_proj.weight"] for e in range(arch.n_routed_experts)]
+        experts.append(torch.stack([torch.cat([u.flatten(), d.flatten()]).norm() for u, d in zip(ups, downs, strict=True)]))
+        neurons.append(torch.stack([_neuron_magnitude(u, d) for u, d in zip(ups, downs, strict=True)]))
+        shared.append(_neuron_magnitude(sd[m + "shared_experts.up_proj.weight"], sd[m + "shared_experts.down_proj.weight"]))
+    return {"experts": torch.stack(experts), "moe_ffn": torch.stack(neurons), "shared_expert_ffn": torch.stack(shared)}
 
 
 def random_scores(arch: Architecture, seed: int = 0) -> dict:

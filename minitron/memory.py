@@ -1,6 +1,7 @@
 """GPU memory model: weights + KV cache + Mamba state at a context length, and GPU budgets.
 
-    weights      = parameters x bytes(dtype)
+    weights      = parameters x bytes(dtype)   (all of them: every routed expert of a MoE model is resident,
+                                               as serving engines hold them; *active* parameters are compute)
     kv_cache     = attention layers x 2 (K and V) x kv_heads x head_dim x context x batch x bytes(dtype)
                    (a sliding-window layer holds min(context, window - 1) tokens, as transformers' cache)
     mamba_state  = Mamba layers x batch x (heads x head_dim x state_size x bytes(state dtype)

@@ -4,10 +4,10 @@ streaming == in memory, stock loading, the memory model against transformers' ca
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
+from prune_helpers import load_streamed
 
 from minitron.importance.scores import Scores, expected_shapes
 from minitron.memory import estimate
@@ -143,24 +143,13 @@ def test_hidden_cut_equals_plain_reference(tiny, shape):
 
 
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path, model, arch, scores = tiny
     plan = make_plan(arch, Shape(hidden_size=48, ffn_size=64, attention_heads=4, kv_heads=2), scores, [2])
     info = prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)
     assert len(info["files"]) > 1
     cfg = plan.target().to_config()
     assert cfg["head_dim"] == 12 and cfg["hidden_size"] == 48 and cfg["num_hidden_layers"] == 3
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    open_checkpoint(tmp_path).check()
-    loaded, li = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.float32)
-    assert not li["missing_keys"] and not li["unexpected_keys"] and not li.get("mismatched_keys")
-    in_mem = prune_model(model, plan).state_dict()
-    got = loaded.state_dict()
-    assert got.keys() == in_mem.keys()
-    for k in got:
-        assert torch.equal(got[k], in_mem[k]), k
-    assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
+    loaded = load_streamed(tmp_path, model, plan)
     gen = loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False)
     assert gen.shape == (1, 9)
 

@@ -5,11 +5,11 @@ and the cuts their configs cannot express refused with the reason."""
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 from family_helpers import cache_bytes
+from prune_helpers import load_streamed
 
 from minitron.errors import InputError
 from minitron.importance.scores import Scores, expected_shapes
@@ -146,23 +146,12 @@ def test_a_mamba_width_the_config_cannot_express_is_refused(tiny):
 
 
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path, model, arch, scores = tiny
     plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64, mamba_heads=4, attention_heads=4), scores, [2])
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
     cfg = plan.target().to_config()
     assert cfg["mamba_expand"] == 2 and cfg["mamba_n_heads"] == 4 and cfg["head_dim"] == 12
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    open_checkpoint(tmp_path).check()
-    loaded, li = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.float32)
-    assert not li["missing_keys"] and not li["unexpected_keys"] and not li.get("mismatched_keys")
-    in_mem = prune_model(model, plan).state_dict()
-    got = loaded.state_dict()
-    assert got.keys() == in_mem.keys()
-    for k in got:
-        assert torch.equal(got[k], in_mem[k]), k
-    assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
+    loaded = load_streamed(tmp_path, model, plan)
     assert loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
 
 

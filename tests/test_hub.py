@@ -66,3 +66,19 @@ def test_a_missing_hub_id_names_the_id_and_offline_mode(hub_cache):
 def test_revision_on_a_local_path_is_refused(tiny_model_dir, hub_cache):
     r = _run(["inspect", tiny_model_dir, "--revision", "main"], hub_cache)
     assert r.returncode == 2 and "--revision" in r.stderr
+
+
+def test_distill_and_eval_take_hub_ids_offline(hub_cache, tiny_model_dir, text_file, tmp_path):
+    """distill's --teacher and eval's models resolve from the cache too (their weights: the snapshot's)."""
+    from distill_helpers import base_args, make_pruned_student
+
+    student = make_pruned_student(tiny_model_dir, tmp_path / "student")
+    args = base_args("local/tiny-hybrid", student, text_file, tmp_path / "distilled", "--steps", "2", "--json")
+    r = _run(args, hub_cache)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 2
+    r = _run(["eval", "local/tiny-hybrid", tmp_path / "distilled", "--teacher", "local/tiny-hybrid", "--data", text_file,
+              "--seq-len", "32", "--samples", "2", "--json"], hub_cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    models = json.loads(r.stdout)["models"]
+    assert models[0]["path"].endswith(COMMIT) and models[0]["kl"] == pytest.approx(0.0, abs=1e-6)

@@ -38,6 +38,10 @@ def test_magnitude_scores_follow_their_definitions(qs, tiny_model_dir):
     sd[f"layers.{attn}.mixer.v_proj.weight"][d : 2 * d] *= 100
     sd[f"layers.{mamba}.mixer.in_proj.weight"][inner + 4 * p : inner + 5 * p] *= 100
     sd[f"layers.{mamba}.mixer.in_proj.weight"][inner + 1 : 2 * inner : p] *= 100  # channel 1 of every head
+    moe = _layers(arch, "E")[0]
+    sd[f"layers.{moe}.mixer.experts.2.down_proj.weight"] *= 100  # expert 2 stands out
+    sd[f"layers.{moe}.mixer.experts.1.up_proj.weight"][6] = 0  # neuron 6 of expert 1 vanishes
+    sd[f"layers.{moe}.mixer.shared_experts.down_proj.weight"][:, 9] *= 100
 
     t = qs.magnitude_scores(sd, arch)
     Scores(tensors=t).validate(arch)
@@ -53,6 +57,8 @@ def test_magnitude_scores_follow_their_definitions(qs, tiny_model_dir):
     assert int(t["mamba_heads"][m].argmax()) == 4
     assert int(t["mamba_head_dim"][m].argmax()) == 1
     assert torch.equal(t["layers"], torch.ones(arch.num_layers))
+    assert int(t["experts"][0].argmax()) == 2 and float(t["moe_ffn"][0, 1, 6]) == 0.0
+    assert int(t["shared_expert_ffn"][0].argmax()) == 9
 
 
 def test_random_scores_are_seeded_and_prune_accepts_saved_scores(qs, tiny_model_dir, tmp_path):

@@ -25,8 +25,8 @@ def _recipe(tmp_path, text):
      ("model: demo-teacher\nout: o\nscore: {samples: many}\n", "score.samples"),
      ("model: demo-teacher\nout: o\nscore: {out: elsewhere}\n", "score.out"),
      ("model: demo-teacher\nout: o\nscore: {data: [missing.txt], samples: 4}\n", "score.data"),
-     ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, target-params: 9B, gpu: a10g}\n",
-      "prune.target-params"),
+     ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, target-params: 20B, gpu: a10g}\n",
+      "prune.target-params"),  # not below the 12B's 12.3B (a parameter target and a budget may combine)
      ("model: demo-teacher\nout: o\ndistill: {steps: 3}\n", "distill"),
      ("out: o\nscore: {}\n", "model")],
 )

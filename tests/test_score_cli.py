@@ -39,7 +39,8 @@ def test_outputs_follow_the_schema(scored, tiny_model_dir):
     with safe_open(str(out / "scores.safetensors"), "pt") as f:
         names = set(f.keys())
         assert f.metadata()["metric"] == "kl"
-    assert names == set(expected_shapes(arch)) | {"layers_mse", "layers_loss", "layers_cosine"}
+    assert names == set(expected_shapes(arch)) | {"layers_mse", "layers_loss", "layers_cosine",
+                                                  "experts_frequency", "experts_output_norm"}
     scores = Scores.load(out)
     scores.validate(arch)  # shapes, finite, non-negative
     for name, shape in expected_shapes(arch).items():

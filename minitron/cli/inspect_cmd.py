@@ -88,16 +88,24 @@ def render(doc: dict) -> None:
         f"attention {doc['num_attention_heads']}q/{doc['num_key_value_heads']}kv x {doc['head_dim']}  "
         f"{mamba}vocab {doc['vocab_size']}"
     )
+    if doc["n_routed_experts"] and doc["layers"]["moe"]:
+        out.print(f"moe         {doc['n_routed_experts']} routed experts x {doc['moe_intermediate_size']}, "
+                  f"top-{doc['num_experts_per_tok']}, shared expert {doc['moe_shared_expert_intermediate_size']}")
     t = Table(title="parameters", title_justify="left")
     t.add_column("component")
     t.add_column("params", justify="right")
     t.add_column("share", justify="right")
+    active = doc["active_params"]
+    moe = active["total"] != doc["params"]["total"]
+    if moe:
+        t.add_column("active per token", justify="right")
     total = doc["params"]["total"]
     for k, v in doc["params"].items():
         if k == "total" or not v:
             continue
-        t.add_row(k, fmt_int(v), f"{100 * v / total:.1f}%")
-    t.add_row("[bold]total[/bold]", f"[bold]{fmt_int(total)}[/bold]", f"({fmt_params(total)})")
+        t.add_row(k, fmt_int(v), f"{100 * v / total:.1f}%", *([fmt_int(active[k])] if moe else []))
+    t.add_row("[bold]total[/bold]", f"[bold]{fmt_int(total)}[/bold]", f"({fmt_params(total)})",
+              *([f"[bold]{fmt_int(active['total'])}[/bold] ({fmt_params(active['total'])})"] if moe else []))
     out.print(t)
     m = doc["memory"]
     t = Table(title=f"memory at {describe_memory(m)}", title_justify="left")

@@ -44,11 +44,16 @@ def command(
     mamba_head_dim: _int("--mamba-head-dim", "Exact target: channels per Mamba head.") = None,
     attention_heads: _int("--attention-heads", "Exact target: query heads per attention layer.") = None,
     kv_heads: _int("--kv-heads", "Exact target: KV heads (whole GQA groups) per attention layer.") = None,
+    experts: _int("--experts", "Exact target: routed experts kept per MoE layer (a multiple of n_group).") = None,
+    moe_ffn_size: _int("--moe-ffn-size", "Exact target: neurons kept in every routed expert.") = None,
+    shared_expert_ffn_size: _int("--shared-expert-ffn-size", "Exact target: neurons of the shared expert.") = None,
+    experts_per_token: _int("--experts-per-token", "Exact target: the router's top-k (changes the function).") = None,
     num_layers: _int("--num-layers", "Exact depth: drop the least important layers (layer scores).") = None,
     drop_layers: Annotated[str | None, typer.Option("--drop-layers", help="Exact depth: 0-based layers to drop, e.g. 7,8,17.")] = None,
     iterative: Annotated[bool, typer.Option("--iterative", help="With --num-layers: re-score layers after each removal (needs --data).")] = False,
     keep_layer_types: Annotated[str | None, typer.Option("--keep-layer-types", help="Minimum layers kept per type, e.g. attention=4,mamba=20.")] = None,
     target_params: Annotated[str | None, typer.Option("--target-params", help="Search under a parameter count: 9B, 8.9e9, 8888227328.")] = None,
+    target_active_params: Annotated[str | None, typer.Option("--target-active-params", help="Search under active parameters per token (MoE), e.g. 3B; combinable with the other targets.")] = None,
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Search under a memory budget, e.g. 19.66GiB.")] = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help=f"Search under a GPU's memory: {', '.join(GPU_PRESETS)}.")] = None,
     headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
@@ -79,7 +84,7 @@ def command(
     _batch_size: renamed("--batch-size", "--sequences", " (--batch-size is blocks per forward pass)") = None,
     _top_k: renamed("--top-k", "--candidates", " (--top-k is the teacher's top-k tokens in distill)") = None,
 ):
-    """Prune a Nemotron-H model to an exact shape, a parameter count or a GPU-memory budget.
+    """Prune a Nemotron-H model to an exact shape, a parameter count, an active-parameter count or a GPU-memory budget.
 
     Writing weights needs the scores of `minitron score`; --dry-run shows the plan or the candidate
     table (also on a bare config). With a budget, candidates of the --search space that fit are
@@ -95,6 +100,10 @@ def command(
       minitron prune MODEL --scores scores/ --gpu a10g --headroom 0.05 --reserve-gib 1.3 --context-length 131072 --search num_layers=52:56:2 --search hidden_size=4480:5120:128 --search ffn_size=13440:20480:64 --search mamba_heads=112:128:8 --data calib.txt --out pruned/
 
       minitron prune MODEL --scores scores/ --target-params 9B --candidates 0 --dry-run --json
+
+      minitron prune nemotron-3-nano-30b-a3b --experts 96 --moe-ffn-size 1536 --dry-run
+
+      minitron prune nemotron-3-nano-30b-a3b --target-params 22B --target-active-params 3B --dry-run
     """
     from minitron.memory import make_budget, parse_size
     from minitron.prune.run import PruneOptions, prune
@@ -103,9 +112,12 @@ def command(
 
     opts = PruneOptions(
         model=with_revision(model, revision), out=out, scores=scores,
-        shape=Shape(hidden_size, ffn_size, mamba_heads, mamba_head_dim, attention_heads, kv_heads),
+        shape=Shape(hidden_size, ffn_size, mamba_heads, mamba_head_dim, attention_heads, kv_heads, experts, moe_ffn_size,
+                    shared_expert_ffn_size, experts_per_token),
         num_layers=num_layers, drop_layers=drop_layers, iterative=iterative, keep_layer_types=keep_layer_types,
         target_params=parse_params(target_params) if target_params is not None else None,
+        target_active_params=parse_params(target_active_params, flag="--target-active-params")
+        if target_active_params is not None else None,
         budget=make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib),
         context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
         search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
@@ -128,14 +140,19 @@ def render(doc: dict) -> None:
     if "candidates" in doc:
         t = Table(title=f"candidates ({doc['n_feasible']} feasible of {doc['n_candidates']}, ranked by {doc['ranking']}; "
                         f"memory at {describe_memory(doc['memory'])})", title_justify="left")
-        cols = ["rank", "num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads",
-                "kv_heads", "params", "memory"]
+        cols = ["num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads"]
+        heads = ["#", "layers", "hidden", "ffn", "m.heads", "m.dim", "q", "kv"]
+        moe = bool(doc["plan"]["experts"])
+        if moe:  # a MoE model: its expert axes and the active parameters per token
+            cols += ["experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token"]
+            heads += ["experts", "e.ffn", "s.ffn", "top-k"]
         extra = [k for k in ("proxy_kl", "proxy_loss", "distill_kl", "distill_loss") if any(k in c for c in doc["candidates"])]
-        heads = ["#", "layers", "hidden", "ffn", "m.heads", "m.dim", "q", "kv", "params", "memory"]
+        heads += ["params", *(["active"] if moe else []), "memory"]
         for c in heads + [k.replace("_", " ") for k in extra]:
             t.add_column(c, justify="right", no_wrap=True)
         for c in doc["candidates"]:
-            row = [str(c["rank"]), *(str(c[k]) for k in cols[1:8]), fmt_params(c["params"]), fmt_bytes(c["memory_bytes"])]
+            row = [str(c["rank"]), *(str(c[k]) for k in cols), fmt_params(c["params"]),
+                   *([fmt_params(c["active_params"])] if moe else []), fmt_bytes(c["memory_bytes"])]
             row += [f"{c[k]:.4f}" if c.get(k) is not None else "—" for k in extra]
             t.add_row(*row)
         out.print(t)
@@ -144,10 +161,16 @@ def render(doc: dict) -> None:
         f"plan: {p['num_layers']} layers, hidden {p['hidden_size']}, ffn {p['ffn_size']}, "
         f"mamba {p['mamba_heads']} x {p['mamba_head_dim']}, attention {p['attention_heads']}q/{p['kv_heads']}kv"
     )
+    if p["experts"]:
+        out.print(f"moe: {p['experts']} routed experts x {p['moe_ffn_size']}, top-{p['experts_per_token']}, "
+                  f"shared expert {p['shared_expert_ffn_size']}")
     out.print(f"dropped layers: {p['dropped_layers'] or 'none'}")
     out.print(f"pattern: {p['pattern']}")
     out.print(f"parameters: {fmt_int(doc['params_before'])} -> [bold]{fmt_int(doc['params_after'])}[/bold] "
               f"({fmt_params(doc['params_after'])})")
+    if doc["active_params_before"] != doc["params_before"] or doc["active_params_after"] != doc["params_after"]:
+        out.print(f"active per token: {fmt_int(doc['active_params_before'])} -> "
+                  f"[bold]{fmt_int(doc['active_params_after'])}[/bold] ({fmt_params(doc['active_params_after'])})")
     mb, ma = doc["memory_before"], doc["memory"]
     out.print(f"memory at {describe_memory(ma)}: {fmt_bytes(mb['total_bytes'])} -> "
               f"[bold]{fmt_bytes(ma['total_bytes'])}[/bold]")

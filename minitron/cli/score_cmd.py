@@ -33,6 +33,10 @@ def command(
     layer_metric: Annotated[
         str, typer.Option("--layer-metric", help="Layer importance when a block is skipped: kl, mse, loss or cosine.")
     ] = "kl",
+    expert_metric: Annotated[
+        str, typer.Option("--expert-metric", help="Routed-expert importance (MoE): reap (router-weighted output "
+                          "norm), frequency or output_norm; the others are saved too.")
+    ] = "reap",
     aggregation: Annotated[
         str, typer.Option("--aggregation", help="Reduction over the sequence, then the batch: mean or l2 each.")
     ] = "mean,l2",
@@ -52,7 +56,8 @@ def command(
     """Score the importance of every prunable unit and every layer on calibration data.
 
     Width: hidden channels, FFN neurons, attention and KV heads, Mamba heads and head-dim channels
-    (Minitron activation importance; mean over the sequence, L2 over the batch by default).
+    (Minitron activation importance; mean over the sequence, L2 over the batch by default); in MoE
+    layers the routed experts (--expert-metric), each expert's neurons and the shared expert's.
     Layers: the change of the output when the block is skipped (--layer-metric), plus 1 - cos(in, out).
     Models larger than free memory are streamed block by block from their safetensors files.
     Under torchrun the samples are split across the processes.
@@ -77,7 +82,7 @@ def command(
     from minitron.io import check_output_dir
 
     opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,
-                        aggregation=aggregation, device=device, dtype=dtype, seed=seed, text_field=text_field,
+                        expert_metric=expert_metric, aggregation=aggregation, device=device, dtype=dtype, seed=seed, text_field=text_field,
                         streaming=streaming)
     check_output_dir(out, overwrite=overwrite, inputs=[model])
     with distributed.session("cuda" if device.startswith("cuda") else "cpu"):
@@ -106,6 +111,7 @@ def write_outputs(out: Path, p, result, *, overwrite: bool) -> dict:
         "model": str(p.ckpt.path),
         "model_fingerprint": result.scores.fingerprint,
         "metric": p.opts.layer_metric,
+        **({"expert_metric": p.opts.expert_metric} if p.arch.moe_layers() else {}),
         "aggregation": str(p.agg),
         **result.info,
         "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),

@@ -191,6 +191,7 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         mem = estimate(ckpt.arch, context_length=opts.context_length, batch_size=opts.sequences,
                        dtype=opts.memory_dtype, state_dtype=opts.state_dtype)
         row = {"name": name, "path": str(ckpt.path), "params": sum(p.numel() for p in model.parameters()),
+               "active_params": ckpt.arch.total_active_params,  # per token (MoE); = params when dense
                "loss": None, "perplexity": None, "kl": None, "tasks": {}, "memory": mem.to_dict(),
                "throughput": None}  # fmt: skip
         if blocks is not None:

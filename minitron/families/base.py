@@ -26,7 +26,9 @@ class HookPoint:
 
     `kind`: `hidden` (output of a norm that reads the residual stream: its channels), `ffn` (input
     of the MLP's down projection: its neurons), `attention` (input of o_proj: per query head),
-    `mamba` (output of in_proj: the x-slice). `path`: dotted attribute path inside the block.
+    `mamba` (output of in_proj: the x-slice), `experts` (a routed-experts module, called with the router's
+    top-k: routed experts and their neurons), `shared_ffn` (input of a shared expert's down projection).
+    `path`: dotted attribute path inside the block.
     """
 
     kind: str
@@ -75,6 +77,14 @@ class Family:
 
     def layer_params(self, arch, char: str) -> int:
         raise NotImplementedError
+
+    def active_params(self, arch) -> dict[str, int]:
+        """Parameters one token uses (per component and `total`); a family without routed experts: all."""
+        return self.params(arch)
+
+    def moe_unit_counts(self, arch) -> dict[str, int]:
+        """`unit_counts()` of the MoE axes (`experts`, `moe_ffn`, `shared_expert_ffn`, `experts_per_token`)."""
+        return {"experts": 0, "moe_ffn": 0, "shared_expert_ffn": 0, "experts_per_token": 0}
 
     def unsupported_axes(self, arch) -> dict[str, str]:
         """Shape keys (`hidden_size`, `ffn_size`, ...) this family cannot cut soundly -> the reason."""

@@ -52,8 +52,9 @@ from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pa
 from minitron.models.tensors import FFN, HIDDEN, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
-# Expert axes (issue 13 names them for nemotron_h); a Granite model with routed experts refuses them.
-EXPERT_AXES = ("experts", "moe_ffn", "moe_ffn_size", "expert_ffn_size", "shared_expert_ffn", "experts_per_token")
+# The expert axes (shape keys of `minitron.prune.select.Shape`, built for nemotron_h); a Granite model
+# with routed experts refuses them.
+EXPERT_AXES = ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
 # Granite's MoE tensors: checkpoint name -> module name (transformers' `granitemoe` weight renaming).
 _MOE_NAMES = {"input_linear.weight": "experts.gate_up_proj", "output_linear.weight": "experts.down_proj",
               "router.layer.weight": "router.weight"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
-from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
+from minitron.models.tensors import EXPERTS, FFN, HIDDEN, KV, MOE_FFN, SHARED_FFN, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
 
@@ -63,6 +63,10 @@ class NemotronH(Family):
             moe_shared_expert_intermediate_size=int(cfg.get("moe_shared_expert_intermediate_size") or 0) if moe else 0,
             n_shared_experts=int(cfg.get("n_shared_experts") or 0) if moe else 0,
             moe_latent_size=cfg.get("moe_latent_size") if moe else None,
+            # transformers' NemotronHConfig defaults: top-2, one routing group.
+            num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 2) if moe else 0,
+            n_group=int(cfg.get("n_group") or 1) if moe else 1,
+            topk_group=int(cfg.get("topk_group") or 1) if moe else 1,
             raw=dict(cfg),
         )
 
@@ -80,6 +84,13 @@ class NemotronH(Family):
             n_groups=arch.n_groups,
             vocab_size=arch.vocab_size,
         )
+        if arch.n_routed_experts:
+            cfg.update(
+                n_routed_experts=arch.n_routed_experts,
+                moe_intermediate_size=arch.moe_intermediate_size,
+                moe_shared_expert_intermediate_size=arch.moe_shared_expert_intermediate_size,
+                num_experts_per_tok=arch.num_experts_per_tok,
+            )
         cfg.pop("mamba_n_groups", None)
         # `expand` is informational in nemotron_h; keep it consistent with the Mamba width.
         if "expand" in cfg and arch.hidden_size and arch.mamba_num_heads:
@@ -95,6 +106,16 @@ class NemotronH(Family):
                  f"mamba_num_heads ({arch.mamba_num_heads}) is not a multiple of n_groups ({arch.n_groups})")
         if MLP in arch.pattern:
             need(arch.intermediate_size > 0, "intermediate_size must be positive")
+        if MOE in arch.pattern:
+            e, k, g = arch.n_routed_experts, arch.num_experts_per_tok, arch.n_group
+            need(e > 0 and arch.moe_intermediate_size > 0, "n_routed_experts and moe_intermediate_size must be positive")
+            need(e % g == 0, f"n_routed_experts ({e}) is not a multiple of n_group ({g})")
+            # The router scores each group by its top-2 experts (`topk(2)` in transformers' NemotronHTopkRouter).
+            need(e // g >= 2, f"n_routed_experts ({e}) leaves fewer than 2 experts in each of the {g} groups")
+            need(1 <= arch.topk_group <= g, f"topk_group ({arch.topk_group}) must be in 1..n_group ({g})")
+            need(1 <= k <= arch.topk_group * (e // g),
+                 f"num_experts_per_tok ({k}) must be in 1..{arch.topk_group * (e // g)} "
+                 f"(the experts of topk_group={arch.topk_group} of {g} groups of {e // g})")
 
     def components(self, char: str) -> frozenset[str]:
         return self._components[char]
@@ -112,14 +133,34 @@ class NemotronH(Family):
         if char == MLP:
             return norm + _mlp_params(a, a.intermediate_size)
         if char == MOE:
-            inner = a.moe_latent_size or h
-            experts = a.n_routed_experts * 2 * inner * a.moe_intermediate_size
+            experts = a.n_routed_experts * self.expert_params(a)
             router = a.n_routed_experts * h
             shared = _mlp_params(a, a.moe_shared_expert_intermediate_size)
             lat = a.moe_latent_size
             latent = 2 * h * lat + ((lat + h) if a.mlp_bias else 0) if lat else 0
             return norm + experts + router + shared + latent
         raise ValueError(char)
+
+    def expert_params(self, arch) -> int:
+        """Parameters of one routed expert (up and down projections, no bias)."""
+        return 2 * (arch.moe_latent_size or arch.hidden_size) * arch.moe_intermediate_size
+
+    def active_params(self, arch) -> dict[str, int]:
+        """`params()` with the routed experts each token skips taken out of `moe`: per MoE layer, all but
+        `num_experts_per_tok` of the `n_routed_experts` (the router, the shared expert and the latent
+        projections run for every token)."""
+        out = self.params(arch)
+        idle = arch.count(MOE) * (arch.n_routed_experts - arch.num_experts_per_tok) * self.expert_params(arch)
+        out["moe"] -= idle
+        out["total"] -= idle
+        return out
+
+    def moe_unit_counts(self, arch) -> dict[str, int]:
+        moe = MOE in arch.pattern
+        return {"experts": arch.n_routed_experts if moe else 0,
+                "moe_ffn": arch.moe_intermediate_size if moe else 0,
+                "shared_expert_ffn": arch.moe_shared_expert_intermediate_size if moe else 0,
+                "experts_per_token": arch.num_experts_per_tok if moe else 0}
 
     def params(self, arch) -> dict[str, int]:
         h = arch.hidden_size
@@ -173,7 +214,9 @@ class NemotronH(Family):
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         own = {MLP: [HookPoint("ffn", "mixer.down_proj")], ATTENTION: [HookPoint("attention", "mixer.o_proj")],
-               MAMBA: [HookPoint("mamba", "mixer.in_proj")], MOE: []}[char]
+               MAMBA: [HookPoint("mamba", "mixer.in_proj")],
+               MOE: [HookPoint("experts", "mixer.experts"), HookPoint("shared_ffn", "mixer.shared_experts.down_proj")],
+               }[char]
         return [HookPoint("hidden", "norm"), *own]
 
     def prepare_blocks(self, model, config, h) -> dict:
@@ -201,25 +244,28 @@ def _mlp_specs(m: str, i: int, h, ffn, bias: bool) -> list[TensorSpec]:
 
 
 def _moe_specs(a, m: str, i: int, h, layout: str) -> list[TensorSpec]:
-    n_exp, f = a.n_routed_experts, a.moe_intermediate_size
+    """Routed experts ([E] x up [f, inner] / down [inner, f]), router rows and correction bias (one per
+    expert), the shared expert (its own neurons) and a latent MoE's projections (`inner` = latent, fixed)."""
+    n_exp, f = one(EXPERTS, a.n_routed_experts), one(MOE_FFN, a.moe_intermediate_size)
     inner = fixed(a.moe_latent_size) if a.moe_latent_size else h
-    if layout == "module":
+    if layout == "module":  # transformers' fused layout: [E, f, inner] and [E, inner, f]
         specs = [
-            TensorSpec(m + "experts.up_proj", i, (fixed(n_exp), fixed(f), inner)),
-            TensorSpec(m + "experts.down_proj", i, (fixed(n_exp), inner, fixed(f))),
+            TensorSpec(m + "experts.up_proj", i, (n_exp, f, inner), stacked=True),
+            TensorSpec(m + "experts.down_proj", i, (n_exp, inner, f), stacked=True),
         ]
     else:
         specs = []
-        for j in range(n_exp):
+        for j in range(a.n_routed_experts):
             specs += [
-                TensorSpec(m + f"experts.{j}.up_proj.weight", i, (fixed(f), inner)),
-                TensorSpec(m + f"experts.{j}.down_proj.weight", i, (inner, fixed(f))),
+                TensorSpec(m + f"experts.{j}.up_proj.weight", i, (f, inner), expert=j),
+                TensorSpec(m + f"experts.{j}.down_proj.weight", i, (inner, f), expert=j),
             ]
     specs += [
-        TensorSpec(m + "gate.weight", i, (fixed(n_exp), h)),
-        TensorSpec(m + "gate.e_score_correction_bias", i, (fixed(n_exp),)),
+        TensorSpec(m + "gate.weight", i, (n_exp, h)),
+        TensorSpec(m + "gate.e_score_correction_bias", i, (n_exp,)),
     ]
-    specs += _mlp_specs(m + "shared_experts.", i, h, fixed(a.moe_shared_expert_intermediate_size), a.mlp_bias)
+    specs += _mlp_specs(m + "shared_experts.", i, h, one(SHARED_FFN, a.moe_shared_expert_intermediate_size),
+                        a.mlp_bias)
     if a.moe_latent_size:
         lat = fixed(a.moe_latent_size)
         specs += [TensorSpec(m + "fc1_latent_proj.weight", i, (lat, h)),

@@ -7,6 +7,9 @@ model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_p
     MLP down_proj         input          -> FFN neurons
     attention o_proj      input          -> attention heads (KV heads derived at the end)
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
+    MoE experts           inputs (x, top-k indices, top-k weights) -> routed experts and their neurons
+                                             (`experts.py`; the experts' weights are read from the module)
+    shared expert down_proj  input       -> shared-expert neurons
 
 The x-slice is read from in_proj's output, which every Mamba path of transformers computes with the
 module itself (the torch path, the mamba_ssm kernels and the fused training kernel alike), so the
@@ -20,14 +23,18 @@ skip-one-block branches of the layer metrics.
 from __future__ import annotations
 
 from minitron.families import submodule
+from minitron.importance import experts as moe_maths
 from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.models.architecture import Architecture
 
+_MOE_SUMS = ("routed", "gate_norm", "norm", "act")
+
 
 class WidthCollector:
-    def __init__(self, arch: Architecture, agg: Aggregation, stats):
+    def __init__(self, arch: Architecture, agg: Aggregation, stats, expert_metric: str = "reap"):
         self.arch, self.agg, self.stats = arch, agg, stats
+        self.expert_metric = expert_metric
         self.enabled = False
         self.out_norms: dict[int, object] = {}  # Mamba layer position -> [H] output weight norms
         self._handles: list = []
@@ -45,7 +52,7 @@ class WidthCollector:
     def attach(self, model) -> WidthCollector:
         a = self.arch
         layers = model.model.layers
-        positions = {c: {i: k for k, i in enumerate(a.layers_with(c))} for c in ("ffn", "attention", "mamba")}
+        positions = {c: {i: k for k, i in enumerate(a.layers_with(c))} for c in ("ffn", "attention", "mamba", "moe")}
         nq = a.num_attention_heads
         for i, c in enumerate(a.pattern):
             blk = layers[i]
@@ -60,6 +67,12 @@ class WidthCollector:
                 elif point.kind == "attention":
                     hook = self._in_hook(f"attention.{positions['attention'][i]}",
                                          lambda t, nq=nq: width.head_values(t, nq))
+                    self._handles.append(mod.register_forward_pre_hook(hook))
+                elif point.kind == "experts":
+                    hook = self._experts_hook(positions["moe"][i])
+                    self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+                elif point.kind == "shared_ffn":
+                    hook = self._in_hook(f"shared_ffn.{positions['moe'][i]}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
                 elif point.kind == "mamba":
                     mixer = submodule(blk, point.path.rpartition(".")[0])  # the module holding in_proj
@@ -82,6 +95,20 @@ class WidthCollector:
         def hook(_module, inputs):
             if self.enabled:
                 self.add(name, fn(inputs[0]))
+
+        return hook
+
+    def _experts_hook(self, k: int):
+        """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`."""
+
+        def hook(module, args, kwargs, _output):
+            if not self.enabled:
+                return
+            names = ("hidden_states", "top_k_index", "top_k_weights")  # positional or by keyword
+            x, idx, w = (args[j] if j < len(args) else kwargs[n] for j, n in enumerate(names))
+            sums = moe_maths.expert_sums(x, idx, w, module.up_proj, module.down_proj, module.act_fn)
+            for name, t in sums.items():
+                self.stats.add(f"moe_{name}.{k}", t)
 
         return hook
 
@@ -123,9 +150,15 @@ class WidthCollector:
             if i not in skip:
                 shapes[f"mamba_heads.{k}"] = (a.mamba_num_heads,)
                 shapes[f"mamba_channels.{k}"] = (a.mamba_intermediate,)
+        for k, i in enumerate(a.moe_layers()):
+            if i not in skip:
+                e = a.n_routed_experts
+                shapes.update({f"moe_routed.{k}": (e,), f"moe_gate_norm.{k}": (e,), f"moe_norm.{k}": (e,),
+                               f"moe_act.{k}": (e, a.moe_intermediate_size),
+                               f"shared_ffn.{k}": (a.moe_shared_expert_intermediate_size,)})
         return shapes
 
-    def finalize(self, n_samples: float) -> dict:
+    def finalize(self, n_samples: float, n_tokens: float = 0.0) -> dict:
         """The width tensors of `scores.safetensors` (float32); layers never run score 0."""
         import torch
 
@@ -156,8 +189,32 @@ class WidthCollector:
             "kv_heads": width.kv_scores(att_t, a.num_key_value_heads) if att else torch.zeros((0, 0), dtype=torch.float64),
             "mamba_heads": stack(mh, a.mamba_num_heads),
             "mamba_head_dim": stack(md, a.mamba_head_dim),
+            **self._finalize_moe(get, n_tokens),
         }
         return {k: v.float() for k, v in out.items()}
+
+    def _finalize_moe(self, get, n_tokens: float) -> dict:
+        """`experts` (the chosen metric), `experts_<other>` (the others), `moe_ffn`, `shared_expert_ffn`."""
+        import torch
+
+        a = self.arch
+        n = len(a.moe_layers())
+        if not n:
+            return {}
+        e, f = a.n_routed_experts, a.moe_intermediate_size
+        sums = []
+        for k in range(n):
+            d = {name: self.stats[f"moe_{name}.{k}"] if f"moe_{name}.{k}" in self.stats else
+                 torch.zeros((e, f) if name == "act" else (e,), dtype=torch.float64) for name in _MOE_SUMS}
+            sums.append(d)
+        out = {}
+        for metric in moe_maths.EXPERT_METRICS:
+            key = "experts" if metric == self.expert_metric else f"experts_{metric}"
+            out[key] = torch.stack([moe_maths.expert_scores(d, n_tokens, metric) for d in sums])
+        out["moe_ffn"] = torch.stack([moe_maths.expert_neuron_scores(d) for d in sums])
+        out["shared_expert_ffn"] = torch.stack([get(f"shared_ffn.{k}", a.moe_shared_expert_intermediate_size)
+                                                for k in range(n)])
+        return out
 
 
 def _hidden_name(i: int, tag: str) -> str:

@@ -26,6 +26,7 @@ class ScoreOptions:
     seq_len: int | None = None  # None: min(2048, max_position_embeddings)
     batch_size: int = 8
     layer_metric: str = "kl"
+    expert_metric: str = "reap"
     aggregation: str = "mean,l2"
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -74,6 +75,12 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
     if opts.layer_metric not in LAYER_METRICS:
         raise InputError(f"unknown metric {opts.layer_metric!r} (expected {', '.join(LAYER_METRICS)})",
                          flag="--layer-metric")
+    from minitron.importance.experts import EXPERT_METRICS, norm_metric
+
+    if norm_metric(opts.expert_metric) is None:
+        raise InputError(f"unknown metric {opts.expert_metric!r} (expected {', '.join(EXPERT_METRICS)})",
+                         flag="--expert-metric")
+    opts = ScoreOptions(**{**opts.to_dict(), "expert_metric": norm_metric(opts.expert_metric)})
     agg = Aggregation.parse(opts.aggregation)
     if not data:
         raise InputError("give at least one data file", flag="--data")
@@ -151,7 +158,8 @@ def run(p: Prepared, progress=None) -> ScoreResult:
         source = InMemorySource(load_model(p.ckpt.path, dtype=p.dtype_name, device=p.device, check=False))
     mine = p.tokens[list(distributed.shard_range(p.tokens.shape[0]))]
     tensors, n_samples, n_tokens = score_tensors(source, p.arch, mine, agg=p.agg, batch_size=p.opts.batch_size,
-                                                 layer_metric=p.opts.layer_metric, progress=progress)
+                                                 layer_metric=p.opts.layer_metric, progress=progress,
+                                                 expert_metric=p.opts.expert_metric)
     scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path))
     scores.validate(p.arch)
     info = {
@@ -171,11 +179,12 @@ def run(p: Prepared, progress=None) -> ScoreResult:
 
 
 def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, layer_metric: str,
-                  progress=None) -> tuple[dict, int, int]:
+                  progress=None, expert_metric: str = "reap") -> tuple[dict, int, int]:
     """Run `tokens` (this rank's share) through a source; all-reduce; -> (score tensors, samples, tokens).
 
     The tensors are those of `scores.safetensors`: the width axes, `layers` for `layer_metric` and
-    `layers_<metric>` for the other metrics that came for free.
+    `layers_<metric>` for the other metrics that came for free; for an MoE model `experts` for
+    `expert_metric` and `experts_<metric>` for the others.
     """
     import torch
 
@@ -185,7 +194,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     from minitron.importance.layers import finalize_layer_scores
 
     stats = Stats()
-    collector = WidthCollector(arch, agg, stats).attach(source.model)
+    collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric).attach(source.model)
     try:
         run_engine(source, tokens, batch_size=batch_size, layer_metric=layer_metric, stats=stats,
                    collector=collector, progress=progress)
@@ -193,7 +202,8 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
         collector.detach()
     stats.all_reduce({**collector.stat_shapes(), **stat_shapes(arch.num_layers, layer_metric)})
     n_samples = float(stats["samples"].item()) if "samples" in stats else 0.0
-    tensors = collector.finalize(n_samples)
+    n_tok = float(stats["tokens"].item()) if "tokens" in stats else 0.0
+    tensors = collector.finalize(n_samples, n_tok)
     layer = finalize_layer_scores(stats, arch.num_layers)
     tensors["layers"] = layer[layer_metric]
     for name, t in layer.items():

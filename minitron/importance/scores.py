@@ -8,6 +8,10 @@ Tensors (all finite, non-negative, larger = more important):
     kv_heads        [n_attention_layers, num_key_value_heads]
     mamba_heads     [n_mamba_layers, mamba_num_heads]
     mamba_head_dim  [n_mamba_layers, mamba_head_dim]
+    experts         [n_moe_layers, n_routed_experts]          routed experts, by the `--expert-metric`
+    experts_<metric> [n_moe_layers, n_routed_experts]         the other expert metrics (same pass)
+    moe_ffn         [n_moe_layers, n_routed_experts, moe_intermediate_size]   each expert's neurons
+    shared_expert_ffn [n_moe_layers, moe_shared_expert_intermediate_size]
     layers          [num_layers]                              for the chosen layer metric
     layers_<metric> [num_layers]                              optional, other metrics
 
@@ -25,6 +29,7 @@ from minitron.models.architecture import Architecture
 
 SCORES_FILE = "scores.safetensors"
 WIDTH_AXES = ("hidden", "ffn", "attention_heads", "kv_heads", "mamba_heads", "mamba_head_dim")
+MOE_AXES = ("experts", "moe_ffn", "shared_expert_ffn")  # only in the scores of a model with MoE layers
 
 
 def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
@@ -37,7 +42,18 @@ def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
         "mamba_heads": (n_mamba, arch.mamba_num_heads if n_mamba else 0),
         "mamba_head_dim": (n_mamba, arch.mamba_head_dim if n_mamba else 0),
         "layers": (arch.num_layers,),
+        **moe_shapes(arch),
     }
+
+
+def moe_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """The MoE score tensors (none for a model without MoE layers)."""
+    n = len(arch.moe_layers())
+    if not n:
+        return {}
+    e = arch.n_routed_experts
+    return {"experts": (n, e), "moe_ffn": (n, e, arch.moe_intermediate_size),
+            "shared_expert_ffn": (n, arch.moe_shared_expert_intermediate_size)}
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minitron.importance.scores import WIDTH_AXES
+from minitron.importance.scores import MOE_AXES, WIDTH_AXES
 from minitron.models.layers import layer_name
 
 
@@ -33,7 +33,7 @@ def concentration(tensors: dict) -> dict:
     """Per width axis (and layers): units, top-10% share and Gini. Per-layer axes are pooled per row
     (each row normalised to sum 1 first, so every layer weighs the same)."""
     out = {}
-    for name in (*WIDTH_AXES, "layers"):
+    for name in (*WIDTH_AXES, *MOE_AXES, "layers"):
         t = tensors.get(name)
         if t is None or t.numel() == 0:
             continue

@@ -44,6 +44,9 @@ class Architecture:
     moe_shared_expert_intermediate_size: int = 0
     n_shared_experts: int = 0
     moe_latent_size: int | None = None
+    num_experts_per_tok: int = 0  # the router's top-k
+    n_group: int = 1  # group-limited routing: experts in `n_group` equal consecutive groups ...
+    topk_group: int = 1  # ... of which each token may use `topk_group`
     # Which `minitron.families` module reads and writes this model (the config's model_type family).
     family: str = "nemotron_h"
     # Attention details of the dense families: biases of q/k/v and of o_proj, RMSNorm of q and k per head.
@@ -163,6 +166,18 @@ class Architecture:
     def total_params(self) -> int:
         return self.params()["total"]
 
+    def active_params(self) -> dict[str, int]:
+        """Parameters one token uses, per component and `total`: everything but the routed experts,
+        plus `num_experts_per_tok` of them in each MoE layer (equal to `params()` for a dense model)."""
+        return self.impl.active_params(self)
+
+    @property
+    def total_active_params(self) -> int:
+        return self.active_params()["total"]
+
+    def moe_layers(self) -> list[int]:
+        return self.layers_with("moe")
+
     # ------------------------------------------------------------------ prunable units
     def unit_counts(self) -> dict[str, int]:
         """How many units each prunable axis has (per layer where the axis is per layer)."""
@@ -174,6 +189,7 @@ class Architecture:
             "kv_heads": self.num_key_value_heads if attn else 0,
             "mamba_heads": self.mamba_num_heads if mamba else 0,
             "mamba_head_dim": self.mamba_head_dim if mamba else 0,
+            **self.impl.moe_unit_counts(self),
             "layers": self.num_layers,
         }
 

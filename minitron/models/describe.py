@@ -43,7 +43,13 @@ def describe(
         "tie_word_embeddings": a.tie_word_embeddings,
         "max_position_embeddings": a.max_position_embeddings,
         "mamba_ssm_cache_dtype": a.mamba_ssm_cache_dtype,
+        "n_routed_experts": a.n_routed_experts,
+        "moe_intermediate_size": a.moe_intermediate_size,
+        "moe_shared_expert_intermediate_size": a.moe_shared_expert_intermediate_size,
+        "num_experts_per_tok": a.num_experts_per_tok,
         "params": a.params(),
+        # Per token: everything but the routed experts, plus num_experts_per_tok of them (= params when dense).
+        "active_params": a.active_params(),
         "units": a.unit_counts(),
         "weights": {
             "present": ckpt.has_weights,

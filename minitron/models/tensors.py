@@ -8,8 +8,16 @@ its tensors with these segments, with its layouts written out beside them.
 
 Segment axes: `hidden` (global channels), `ffn` (neurons of one MLP layer), `q` and `kv`
 (head-major channels of one attention layer), `mamba_inner` (head-major H·P channels of one Mamba
-layer), `mamba_heads` (one per Mamba head), and `fixed` (never pruned: vocabulary, B/C state
-channels, conv taps, experts).
+layer), `mamba_heads` (one per Mamba head), `experts` (one per routed expert of an MoE layer: router
+rows, correction bias, the expert dimension of fused expert tensors), `moe_ffn` (neurons of one routed
+expert: each expert keeps its own), `shared_ffn` (neurons of an MoE layer's shared expert), and `fixed`
+(never pruned: vocabulary, B/C state channels, conv taps, a latent MoE's latent channels).
+
+Routed experts come in two layouts. A checkpoint stores one tensor per expert (`experts.{j}.up_proj.weight`,
+`expert=j` on its spec, so its `moe_ffn` segment means expert j's neurons). transformers' module holds
+them fused (`experts.up_proj`, [E, f, h]): such a spec is `stacked`, its dimension 0 is the `experts`
+axis and every slice along it is expert j's tensor, cut with the remaining dimensions' segments for
+that expert (the kept neurons differ from expert to expert, so the cut is per slice, not a product).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 HIDDEN, FFN, Q, KV, MAMBA_INNER, MAMBA_HEADS, FIXED = (
     "hidden", "ffn", "q", "kv", "mamba_inner", "mamba_heads", "fixed",
 )  # fmt: skip
+EXPERTS, MOE_FFN, SHARED_FFN = "experts", "moe_ffn", "shared_ffn"
 
 Segment = tuple[str, int]
 
@@ -29,6 +38,8 @@ class TensorSpec:
     name: str  # canonical name, without the `model.`/`backbone.` prefix of the base model
     layer: int | None  # block index, None for embeddings / final norm / lm_head
     dims: tuple[tuple[Segment, ...], ...]  # per dimension, its segments
+    expert: int | None = None  # the routed expert this checkpoint tensor belongs to
+    stacked: bool = False  # dim 0 stacks per-expert tensors (transformers' fused experts)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -36,6 +47,11 @@ class TensorSpec:
 
     def axes(self) -> set[str]:
         return {axis for segs in self.dims for axis, _ in segs if axis != FIXED}
+
+    def expert_slice(self, j: int) -> TensorSpec:
+        """Of a `stacked` spec: the spec of expert j's slice (dimension 0 removed)."""
+        assert self.stacked
+        return TensorSpec(f"{self.name}[{j}]", self.layer, self.dims[1:], expert=j)
 
 
 def fixed(n: int) -> tuple[Segment, ...]:
@@ -68,6 +84,7 @@ def is_parameter(name: str) -> bool:
 # ---------------------------------------------------------------------- checkpoint key names
 _BASE_PREFIXES = ("model.", "backbone.")
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.*)$")
+_EXPERT_RE = re.compile(r"^(.*\.experts\.)(\d+)(\..*)$")
 
 
 def canonical_name(key: str) -> str:
@@ -94,6 +111,12 @@ def checkpoint_name(canonical: str, prefix: str) -> str:
 def renumber_layer(canonical: str, new_index: int) -> str:
     m = _LAYER_RE.match(canonical)
     return f"layers.{new_index}.{m.group(2)}" if m else canonical
+
+
+def renumber_expert(canonical: str, new_index: int) -> str:
+    """`layers.4.mixer.experts.7.up_proj.weight` -> `layers.4.mixer.experts.{new_index}.up_proj.weight`."""
+    m = _EXPERT_RE.match(canonical)
+    return f"{m.group(1)}{new_index}{m.group(3)}" if m else canonical
 
 
 def layer_of(canonical: str) -> int | None:

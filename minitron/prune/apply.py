@@ -1,13 +1,21 @@
 """Apply a `PrunePlan` in memory: to a state dict, or to a model (a new transformers model of the same class).
 
 Each tensor is cut with `tensor_indices` (plan.py), the same function the streaming apply uses;
-dropped blocks are left out and the others renumbered.
+dropped blocks are left out and the others renumbered. Fused routed experts ([E, ...], `stacked`
+specs) are cut slice by slice: the kept experts, each with its own kept neurons, stacked again.
+Dropped experts of the checkpoint layout (one tensor per expert) are left out and the others renumbered.
 """
 
 from __future__ import annotations
 
-from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_layer
-from minitron.prune.plan import PrunePlan, tensor_indices
+from minitron.models.tensors import (
+    canonical_name,
+    checkpoint_name,
+    model_specs,
+    renumber_expert,
+    renumber_layer,
+)
+from minitron.prune.plan import PrunePlan, stacked_indices, tensor_indices
 
 
 def prune_tensor(t, idx):
@@ -43,6 +51,25 @@ def prune_tensor_fast(t, idx):
     return torch.from_numpy(np.ascontiguousarray(a)).view(t.dtype)
 
 
+def prune_stacked(t, spec, plan: PrunePlan):
+    """A fused [E, ...] expert tensor: the kept experts' slices, each cut with its own indices, stacked."""
+    import torch
+
+    return torch.stack([prune_tensor(t[j], idx) for j, idx in stacked_indices(spec, plan)]).contiguous()
+
+
+def kept_name(name: str, spec, plan: PrunePlan) -> str | None:
+    """The canonical name of a source tensor in the pruned model (None: its block or expert is dropped)."""
+    if spec.layer is not None and spec.layer in set(plan.dropped_layers):
+        return None
+    if spec.expert is not None:
+        renumber = plan.new_expert_index(spec.layer)
+        if spec.expert not in renumber:
+            return None
+        name = renumber_expert(name, renumber[spec.expert])
+    return renumber_layer(name, plan.new_index()[spec.layer]) if spec.layer is not None else name
+
+
 def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module") -> dict:
     """A new state dict for `plan.target()`; keys keep their prefix (`model.`/`backbone.`) and are renumbered.
 
@@ -50,7 +77,6 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
     stored in safetensors files (one tensor per expert).
     """
     specs = model_specs(plan.source, layout=layout)
-    dropped, renumber = set(plan.dropped_layers), plan.new_index()
     out = {}
     for key, t in state_dict.items():
         name = canonical_name(key)
@@ -59,11 +85,12 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
                 continue  # tied: transformers re-ties it to the embeddings
             raise KeyError(f"{key}: not a tensor of this architecture")
         spec = specs[name]
-        if spec.layer is not None and spec.layer in dropped:
+        new_name = kept_name(name, spec, plan)
+        if new_name is None:
             continue
-        new_name = renumber_layer(name, renumber[spec.layer]) if spec.layer is not None else name
         prefix = key[: len(key) - len(name)]
-        out[checkpoint_name(new_name, prefix) if prefix else new_name] = prune_tensor(t, tensor_indices(spec, plan))
+        cut = prune_stacked(t, spec, plan) if spec.stacked else prune_tensor(t, tensor_indices(spec, plan))
+        out[checkpoint_name(new_name, prefix) if prefix else new_name] = cut
     return out
 
 

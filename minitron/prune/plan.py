@@ -9,7 +9,13 @@ original 0-based block numbers):
     kv_heads[l]     kept KV heads (groups) of attention layer l
     mamba_heads[l]  kept heads of Mamba layer l (same count in each of n_groups groups)
     mamba_dims[l]   kept channels of every head of Mamba layer l (the same in each head)
+    experts[l]      kept routed experts of MoE layer l (same count in each of n_group routing groups)
+    moe_ffn[l][e]   kept neurons of routed expert e of MoE layer l (each expert its own; same count)
+    shared_ffn[l]   kept neurons of the shared expert of MoE layer l
+    experts_per_token  the router's new top-k (None: unchanged); a scalar, not an index set
     dropped_layers  whole blocks removed
+
+Kept experts are renumbered in order (checkpoint keys `experts.{j}.` are rewritten, like layers).
 
 `tensor_indices(spec, plan)` turns it into, for each dimension of a tensor, the kept indices: the
 concatenation over the dimension's segments (tensors.py) of that segment's kept indices, offset by
@@ -22,7 +28,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minitron.models.architecture import Architecture
-from minitron.models.tensors import FFN, FIXED, HIDDEN, KV, MAMBA_HEADS, MAMBA_INNER, Q, TensorSpec
+from minitron.models.tensors import (
+    EXPERTS,
+    FFN,
+    FIXED,
+    HIDDEN,
+    KV,
+    MAMBA_HEADS,
+    MAMBA_INNER,
+    MOE_FFN,
+    SHARED_FFN,
+    Q,
+    TensorSpec,
+)
 
 Index = tuple[int, ...]
 
@@ -36,6 +54,10 @@ class PrunePlan:
     kv_heads: dict[int, Index] = field(default_factory=dict)
     mamba_heads: dict[int, Index] = field(default_factory=dict)
     mamba_dims: dict[int, Index] = field(default_factory=dict)
+    experts: dict[int, Index] = field(default_factory=dict)
+    moe_ffn: dict[int, dict[int, Index]] = field(default_factory=dict)
+    shared_ffn: dict[int, Index] = field(default_factory=dict)
+    experts_per_token: int | None = None
     dropped_layers: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ construction
@@ -50,6 +72,10 @@ class PrunePlan:
             kv_heads={i: tuple(range(a.num_key_value_heads)) for i in a.attention_layers()},
             mamba_heads={i: tuple(range(a.mamba_num_heads)) for i in a.mamba_layers()},
             mamba_dims={i: tuple(range(a.mamba_head_dim)) for i in a.mamba_layers()},
+            experts={i: tuple(range(a.n_routed_experts)) for i in a.moe_layers()},
+            moe_ffn={i: {e: tuple(range(a.moe_intermediate_size)) for e in range(a.n_routed_experts)}
+                     for i in a.moe_layers()},
+            shared_ffn={i: tuple(range(a.moe_shared_expert_intermediate_size)) for i in a.moe_layers()},
         )
 
     # ------------------------------------------------------------------ facts
@@ -61,26 +87,40 @@ class PrunePlan:
         """Original block number -> block number in the pruned model."""
         return {old: new for new, old in enumerate(self.kept_layers())}
 
+    def new_expert_index(self, layer: int) -> dict[int, int]:
+        """Original routed-expert number -> its number in the pruned MoE layer."""
+        return {old: new for new, old in enumerate(self.experts[layer])}
+
     def target(self) -> Architecture:
         """The pruned architecture (validated: every per-layer axis keeps the same count in each layer)."""
         a, kept = self.source, self.kept_layers()
 
-        def count(per_layer: dict[int, Index], default: int, what: str) -> int:
-            sizes = {len(per_layer[i]) for i in kept if i in per_layer}
+        def count(per_layer: dict, default: int, what: str) -> int:
+            sizes = {len(v) for v in per_layer.values()}
             if len(sizes) > 1:
                 raise ValueError(f"plan keeps different {what} counts in different layers: {sorted(sizes)}")
             return sizes.pop() if sizes else default
 
+        def kept_only(per_layer: dict) -> dict:
+            return {i: v for i, v in per_layer.items() if i in kept}
+
         pattern = "".join(a.pattern[i] for i in kept)
+        # Every kept expert of every kept MoE layer, as one "layer" each: their neuron counts must agree.
+        moe_ffn = {(i, e): self.moe_ffn[i][e] for i in kept if i in self.experts for e in self.experts[i]}
         return a.with_(
             pattern=pattern,
             layer_types=None if a.layer_types is None else tuple(a.layer_types[i] for i in kept),
             hidden_size=len(self.hidden),
-            intermediate_size=count(self.ffn, a.intermediate_size, "FFN neuron"),
-            num_attention_heads=count(self.q_heads, a.num_attention_heads, "query head"),
-            num_key_value_heads=count(self.kv_heads, a.num_key_value_heads, "KV head"),
-            mamba_num_heads=count(self.mamba_heads, a.mamba_num_heads, "Mamba head"),
-            mamba_head_dim=count(self.mamba_dims, a.mamba_head_dim, "Mamba head-dim"),
+            intermediate_size=count(kept_only(self.ffn), a.intermediate_size, "FFN neuron"),
+            num_attention_heads=count(kept_only(self.q_heads), a.num_attention_heads, "query head"),
+            num_key_value_heads=count(kept_only(self.kv_heads), a.num_key_value_heads, "KV head"),
+            mamba_num_heads=count(kept_only(self.mamba_heads), a.mamba_num_heads, "Mamba head"),
+            mamba_head_dim=count(kept_only(self.mamba_dims), a.mamba_head_dim, "Mamba head-dim"),
+            n_routed_experts=count(kept_only(self.experts), a.n_routed_experts, "routed expert"),
+            moe_intermediate_size=count(moe_ffn, a.moe_intermediate_size, "expert neuron"),
+            moe_shared_expert_intermediate_size=count(kept_only(self.shared_ffn),
+                                                      a.moe_shared_expert_intermediate_size, "shared-expert neuron"),
+            num_experts_per_tok=self.experts_per_token or a.num_experts_per_tok,
         )
 
     def summary(self) -> dict:
@@ -93,6 +133,10 @@ class PrunePlan:
             "mamba_head_dim": t.mamba_head_dim,
             "attention_heads": t.num_attention_heads,
             "kv_heads": t.num_key_value_heads,
+            "experts": t.n_routed_experts if t.moe_layers() else 0,
+            "moe_ffn_size": t.moe_intermediate_size if t.moe_layers() else 0,
+            "shared_expert_ffn_size": t.moe_shared_expert_intermediate_size if t.moe_layers() else 0,
+            "experts_per_token": t.num_experts_per_tok if t.moe_layers() else 0,
             "num_layers": t.num_layers,
             "dropped_layers": sorted(self.dropped_layers),
             "pattern": t.pattern,
@@ -107,12 +151,17 @@ class PrunePlan:
             "kv_heads": {str(k): list(v) for k, v in self.kv_heads.items()},
             "mamba_heads": {str(k): list(v) for k, v in self.mamba_heads.items()},
             "mamba_head_dim": {str(k): list(v) for k, v in self.mamba_dims.items()},
+            "experts": {str(k): list(v) for k, v in self.experts.items()},
+            "moe_ffn": {str(k): {str(e): list(self.moe_ffn[k][e]) for e in v} for k, v in self.experts.items()},
+            "shared_expert_ffn": {str(k): list(v) for k, v in self.shared_ffn.items()},
+            "experts_per_token": self.experts_per_token,
             "dropped_layers": sorted(self.dropped_layers),
         }
 
 
 # ---------------------------------------------------------------------- per-tensor indices
-def segment_indices(plan: PrunePlan, axis: str, layer: int | None, size: int) -> list[int] | None:
+def segment_indices(plan: PrunePlan, axis: str, layer: int | None, size: int,
+                    expert: int | None = None) -> list[int] | None:
     """Kept indices (0-based within the segment) of one segment, or None when it keeps all `size`."""
     a = plan.source
     if axis == FIXED:
@@ -130,18 +179,29 @@ def segment_indices(plan: PrunePlan, axis: str, layer: int | None, size: int) ->
         kept = [h * p + c for h in plan.mamba_heads[layer] for c in plan.mamba_dims[layer]]  # [H, P]
     elif axis == MAMBA_HEADS:
         kept = list(plan.mamba_heads[layer])
+    elif axis == EXPERTS:
+        kept = list(plan.experts[layer])
+    elif axis == MOE_FFN:  # neurons of routed expert `expert` (each expert keeps its own)
+        kept = list(plan.moe_ffn[layer][expert])
+    elif axis == SHARED_FFN:
+        kept = list(plan.shared_ffn[layer])
     else:  # pragma: no cover - tensors.py declares no other axis
         raise ValueError(axis)
     return None if kept == list(range(size)) else kept
 
 
 def tensor_indices(spec: TensorSpec, plan: PrunePlan) -> tuple[list[int] | None, ...]:
-    """For each dimension of `spec`, the kept indices (None: the dimension is kept whole)."""
+    """For each dimension of `spec`, the kept indices (None: the dimension is kept whole).
+
+    A `stacked` spec (fused experts) is not a product of per-dimension cuts: use `stacked_indices`.
+    """
+    if spec.stacked:
+        raise ValueError(f"{spec.name}: stacked per-expert tensor, use stacked_indices()")
     out = []
     for segs in spec.dims:
         parts, offset, whole = [], 0, True
         for axis, size in segs:
-            kept = segment_indices(plan, axis, spec.layer, size)
+            kept = segment_indices(plan, axis, spec.layer, size, spec.expert)
             if kept is None:
                 kept = range(size)
             else:
@@ -150,6 +210,13 @@ def tensor_indices(spec: TensorSpec, plan: PrunePlan) -> tuple[list[int] | None,
             offset += size
         out.append(None if whole else parts)
     return tuple(out)
+
+
+def stacked_indices(spec: TensorSpec, plan: PrunePlan) -> list[tuple[int, tuple[list[int] | None, ...]]]:
+    """Of a `stacked` [E, ...] spec: (original expert j, `tensor_indices` of its slice) per kept expert, in order."""
+    (axis, n), = spec.dims[0]
+    kept = segment_indices(plan, axis, spec.layer, n)
+    return [(j, tensor_indices(spec.expert_slice(j), plan)) for j in (range(n) if kept is None else kept)]
 
 
 def pruned_shape(spec: TensorSpec, idx: tuple[list[int] | None, ...]) -> tuple[int, ...]:

@@ -185,9 +185,35 @@ def _nemotron_h(model, new, plan: PrunePlan):
             put(dm.up_proj.weight, sm.up_proj.weight[f][:, hid])
             put(dm.down_proj.weight, sm.down_proj.weight[hid][:, f])
         elif kind == MOE:
-            put(dm.experts.up_proj, sm.experts.up_proj[:, :, hid])
-            put(dm.experts.down_proj, sm.experts.down_proj[:, hid])
-            put(dm.gate.weight, sm.gate.weight[:, hid])
-            dm.gate.e_score_correction_bias.copy_(sm.gate.e_score_correction_bias)
-            put(dm.shared_experts.up_proj.weight, sm.shared_experts.up_proj.weight[:, hid])
-            put(dm.shared_experts.down_proj.weight, sm.shared_experts.down_proj.weight[hid])
+            _moe(sm, dm, a, plan, i, hid)
+
+
+def _moe(sm, dm, a, plan: PrunePlan, i: int, hid) -> None:
+    """Routed experts one by one (kept experts in order, each its own neurons), router rows and correction
+    bias of the kept experts, the shared expert's kept neurons; a latent MoE's experts live in the latent space."""
+    import torch
+
+    latent = a.moe_latent_size is not None
+    up, down = [], []
+    for e in plan.experts[i]:
+        f = torch.tensor(plan.moe_ffn[i][e])
+        u, d = sm.experts.up_proj[e][f], sm.experts.down_proj[e][:, f]  # [f, inner], [inner, f]
+        up.append(u if latent else u[:, hid])
+        down.append(d if latent else d[hid])
+    _put(dm.experts.up_proj, torch.stack(up))
+    _put(dm.experts.down_proj, torch.stack(down))
+    kept = torch.tensor(plan.experts[i])
+    _put(dm.gate.weight, sm.gate.weight[kept][:, hid])
+    dm.gate.e_score_correction_bias.copy_(sm.gate.e_score_correction_bias[kept])
+    s = torch.tensor(plan.shared_ffn[i])
+    _put(dm.shared_experts.up_proj.weight, sm.shared_experts.up_proj.weight[s][:, hid])
+    _put(dm.shared_experts.down_proj.weight, sm.shared_experts.down_proj.weight[hid][:, s])
+    if sm.shared_experts.up_proj.bias is not None:
+        _put(dm.shared_experts.up_proj.bias, sm.shared_experts.up_proj.bias[s])
+        _put(dm.shared_experts.down_proj.bias, sm.shared_experts.down_proj.bias[hid])
+    if latent:
+        _put(dm.fc1_latent_proj.weight, sm.fc1_latent_proj.weight[:, hid])
+        _put(dm.fc2_latent_proj.weight, sm.fc2_latent_proj.weight[hid])
+        if sm.fc1_latent_proj.bias is not None:
+            _put(dm.fc1_latent_proj.bias, sm.fc1_latent_proj.bias)
+            _put(dm.fc2_latent_proj.bias, sm.fc2_latent_proj.bias[hid])

@@ -45,6 +45,7 @@ class PruneOptions:
     iterative: bool = False
     keep_layer_types: str | None = None
     target_params: int | None = None
+    target_active_params: int | None = None
     budget: Budget | None = None
     context_length: int | None = None  # None: the model's max_position_embeddings
     batch_size: int = 1  # sequences held at once (--sequences)
@@ -69,24 +70,24 @@ class PruneOptions:
 
     @property
     def searching(self) -> bool:
-        return self.target_params is not None or self.budget is not None
+        return self.target_params is not None or self.target_active_params is not None or self.budget is not None
 
 
 def _validate_kind(o: PruneOptions) -> None:
     exact = not o.shape.is_empty() or o.num_layers is not None or o.drop_layers is not None
-    if o.target_params is not None and o.budget is not None:
-        raise InputError("give one target: --target-params or a memory budget, not both", flag="--target-params")
     if exact and o.searching:
-        raise InputError("exact sizes and a searched target (--target-params / memory budget) cannot be combined; "
-                         "restrict the search with --search AXIS=MIN:MAX instead", flag="--search")
+        raise InputError("exact sizes and a searched target (--target-params / --target-active-params / memory "
+                         "budget) cannot be combined; restrict the search with --search AXIS=MIN:MAX instead",
+                         flag="--search")
     if not exact and not o.searching:
-        raise InputError("no target: give sizes (--hidden-size, --ffn-size, ..., --num-layers, --drop-layers), "
-                         "--target-params, or --memory-budget / --gpu", flag="--target-params")
+        raise InputError("no target: give sizes (--hidden-size, --ffn-size, --experts, ..., --num-layers, "
+                         "--drop-layers), --target-params, --target-active-params, or --memory-budget / --gpu",
+                         flag="--target-params")
     if o.num_layers is not None and o.drop_layers is not None:
         raise InputError("give --num-layers or --drop-layers, not both", flag="--drop-layers")
     if (o.search or o.drop_order) and not o.searching:
         flag = "--search" if o.search else "--drop-order"
-        raise InputError("only used with --target-params or a memory budget", flag=flag)
+        raise InputError("only used with --target-params, --target-active-params or a memory budget", flag=flag)
     if o.iterative and o.num_layers is None:
         raise InputError("re-scoring between removals needs --num-layers", flag="--iterative")
     if o.proxy not in ("kl", "loss"):
@@ -113,13 +114,23 @@ def _load_scores(o: PruneOptions, ckpt: Checkpoint):
 
 
 def _target(o: PruneOptions) -> dict:
-    """What was asked for, as recorded in the JSON document and minitron.json."""
-    if o.target_params is not None:
-        return {"kind": "params", "target_params": o.target_params}
-    if o.budget is not None:
-        return {"kind": "memory", "budget_bytes": o.budget.budget_bytes, "gpu": o.budget.gpu,
-                "context_length": o.context_length, "batch_size": o.batch_size, "dtype": o.dtype,
-                "state_dtype": o.state_dtype}
+    """What was asked for, as recorded in the JSON document and minitron.json.
+
+    A search's `kind` names its targets, joined by `+` when several must hold (`params+active_params`).
+    """
+    if o.searching:
+        kinds, out = [], {}
+        if o.target_params is not None:
+            kinds.append("params")
+            out["target_params"] = o.target_params
+        if o.target_active_params is not None:
+            kinds.append("active_params")
+            out["target_active_params"] = o.target_active_params
+        if o.budget is not None:
+            kinds.append("memory")
+            out.update(budget_bytes=o.budget.budget_bytes, gpu=o.budget.gpu, context_length=o.context_length,
+                       batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype)
+        return {"kind": "+".join(kinds), **out}
     exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
     if o.num_layers is not None:
         exact["num_layers"] = o.num_layers
@@ -159,6 +170,9 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         if o.target_params is not None and o.target_params >= arch.total_params:
             raise InputError(f"{o.target_params:,} is not below the model's {arch.total_params:,} parameters",
                              flag="--target-params")
+        if o.target_active_params is not None and o.target_active_params >= arch.total_active_params:
+            raise InputError(f"{o.target_active_params:,} is not below the model's {arch.total_active_params:,} "
+                             "active parameters per token", flag="--target-active-params")
         if o.drop_order is not None:
             parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
     else:
@@ -189,6 +203,8 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     doc.update(
         params_before=arch.total_params,
         params_after=target.total_params,
+        active_params_before=arch.total_active_params,
+        active_params_after=target.total_active_params,
         memory=after.to_dict(),
         memory_before=before.to_dict(),
         plan=plan.summary(),
@@ -197,6 +213,8 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         doc["budget"] = o.budget.to_dict(after)
     if o.target_params is not None:
         doc["target_params"] = o.target_params
+    if o.target_active_params is not None:
+        doc["target_active_params"] = o.target_active_params
     if cands is not None:
         doc["candidates"] = cands
     if o.dry_run:
@@ -288,9 +306,11 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
     space.update(asked)
     doc["search_space"] = {a: [space[a].lo, space[a].hi, space[a].step] for a in AXES}
     cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
-                                 target_params=o.target_params, context_length=o.context_length,
-                                 batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype)
-    require_feasible(cands, budget=o.budget, target_params=o.target_params)
+                                 target_params=o.target_params, target_active_params=o.target_active_params,
+                                 context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
+                                 state_dtype=o.state_dtype)
+    require_feasible(cands, budget=o.budget, target_params=o.target_params,
+                     target_active_params=o.target_active_params)
     ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
     doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)
     doc["ranking"] = "params"

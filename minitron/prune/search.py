@@ -3,10 +3,14 @@
 The space is a range per axis (`--search AXIS=MIN:MAX[:STEP]`); depth follows a drop order (the
 layer scores, least important first, or `--drop-order`), so `num_layers = n` means "the first
 L - n layers of the order are gone". Accounting is pure arithmetic on `Architecture` (no model is
-built): for each combination of the non-FFN axes one architecture is made, and the FFN axis, which
-enters the parameter count linearly, is swept with a closed form (checked against the full
+built): for each combination of the other axes one architecture is made, and the three neuron axes
+(MLP FFN, routed-expert FFN, shared-expert FFN), which enter the total and the active parameter
+counts linearly and independently, are swept with a closed form (checked against the full
 accounting in the tests). The 12B paper space (3 x 6 x 111 x 3 candidates) enumerates in well
 under a second.
+
+A candidate fits when every target given holds: parameters <= `--target-params`, active parameters
+per token <= `--target-active-params`, memory <= the budget.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
 
-AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")
+AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads",
+        "experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
+LINEAR = ("ffn_size", "moe_ffn_size", "shared_expert_ffn_size")  # swept in closed form
+_ARCH_FIELD = {"ffn_size": "intermediate_size", "moe_ffn_size": "moe_intermediate_size",
+               "shared_expert_ffn_size": "moe_shared_expert_intermediate_size"}
+EXPERT_STEP = 8
 WIDTH_CUT, DEPTH_CUT = 0.4, 0.2
 
 
@@ -47,14 +56,20 @@ class Candidate:
     memory_bytes: int
     fits: bool
     dropped_layers: tuple[int, ...] = ()
+    experts: int = 0  # 0: the model has no MoE layer
+    moe_ffn_size: int = 0
+    shared_expert_ffn_size: int = 0
+    experts_per_token: int = 0
+    active_params: int = 0
 
     def shape(self) -> Shape:
-        # 0 stands for an axis the model does not have (no MLP or no Mamba layer): keep it as is.
+        # 0 stands for an axis the model does not have (no MLP, Mamba or MoE layer): keep it as is.
         return Shape(*(v or None for v in (self.hidden_size, self.ffn_size, self.mamba_heads, self.mamba_head_dim,
-                                           self.attention_heads, self.kv_heads)))
+                                           self.attention_heads, self.kv_heads, self.experts, self.moe_ffn_size,
+                                           self.shared_expert_ffn_size, self.experts_per_token)))
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in (*AXES, "params", "memory_bytes", "fits")}
+        d = {k: getattr(self, k) for k in (*AXES, "params", "active_params", "memory_bytes", "fits")}
         d["memory_gib"] = round(self.memory_bytes / GiB, 4)
         d["dropped_layers"] = sorted(self.dropped_layers)
         return d
@@ -105,6 +120,7 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
         "mamba_head_dim": Range(a.mamba_head_dim, a.mamba_head_dim),
         "attention_heads": Range(a.num_attention_heads, a.num_attention_heads),
         "kv_heads": Range(a.num_key_value_heads, a.num_key_value_heads),
+        **_moe_space(a),
     }
     for axis in a.impl.unsupported_axes(a):  # an axis the family cannot cut soundly stays whole
         if axis in space:
@@ -112,13 +128,33 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     return space
 
 
+def _moe_space(a: Architecture) -> dict[str, Range]:
+    """Experts down to a 40 % cut in steps of 8 (rounded to the routing groups); expert and shared-expert
+    widths like the FFN; top-k kept (it changes the function: only ever searched explicitly)."""
+    if not a.moe_layers():
+        return {k: Range(0, 0) for k in ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")}
+    step = math.lcm(EXPERT_STEP, a.n_group)
+    return {
+        "experts": _down(a.n_routed_experts, step, WIDTH_CUT),
+        "moe_ffn_size": _down(a.moe_intermediate_size, 64, WIDTH_CUT),
+        "shared_expert_ffn_size": _down(a.moe_shared_expert_intermediate_size, 64, WIDTH_CUT),
+        "experts_per_token": Range(a.num_experts_per_tok, a.num_experts_per_tok),
+    }
+
+
 def check_space(arch: Architecture, space: dict[str, Range]) -> None:
     a = arch
     limits = {"num_layers": a.num_layers, "hidden_size": a.hidden_size, "ffn_size": a.intermediate_size,
               "mamba_heads": a.mamba_num_heads, "mamba_head_dim": a.mamba_head_dim,
-              "attention_heads": a.num_attention_heads, "kv_heads": a.num_key_value_heads}  # fmt: skip
+              "attention_heads": a.num_attention_heads, "kv_heads": a.num_key_value_heads,
+              "experts": a.n_routed_experts, "moe_ffn_size": a.moe_intermediate_size,
+              "shared_expert_ffn_size": a.moe_shared_expert_intermediate_size,
+              "experts_per_token": a.n_routed_experts}  # fmt: skip
     refused = a.impl.unsupported_axes(a)
     for axis, r in space.items():
+        if axis in ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token") and r.hi \
+                and not a.moe_layers():
+            raise InputError(f"{axis}: this {a.family} model has no MoE layer", flag="--search")
         if r.hi > limits[axis]:
             raise InputError(f"{axis} max {r.hi} is larger than the model's {limits[axis]}", flag="--search")
         if axis in refused and r.lo < limits[axis]:
@@ -127,6 +163,16 @@ def check_space(arch: Architecture, space: dict[str, Range]) -> None:
     if bad:
         raise InputError(f"mamba_heads {bad[0]} is not a multiple of the model's {a.n_groups} groups "
                          f"(use a step of {a.n_groups})", flag="--search")
+    bad = [v for v in space["experts"].values() if a.moe_layers() and v % a.n_group]
+    if bad:
+        raise InputError(f"experts {bad[0]} is not a multiple of the model's {a.n_group} routing groups "
+                         f"(use a step of {a.n_group})", flag="--search")
+
+
+def routable(a: Architecture, experts: int, k: int) -> bool:
+    """Whether `experts` kept experts in `n_group` groups can serve top-`k` routing (see select._check_routing)."""
+    per = experts // a.n_group
+    return experts % a.n_group == 0 and per >= 2 and k <= a.topk_group * per
 
 
 def enumerate_candidates(
@@ -137,16 +183,21 @@ def enumerate_candidates(
     keep_min: dict[str, int] | None = None,
     budget: Budget | None = None,
     target_params: int | None = None,
+    target_active_params: int | None = None,
     context_length: int = 131072,
     batch_size: int = 1,
     dtype: str = "bf16",
     state_dtype: str | None = None,
 ) -> list[Candidate]:
-    """Every valid candidate of the space with its parameters, memory and whether it fits."""
+    """Every valid candidate of the space with its parameters (total, active), memory and whether it fits."""
     a = arch
     check_space(a, space)
     seq = drop_sequence(a, drop_order or [], keep_min or {})
     per_group = a.num_attention_heads // a.num_key_value_heads
+    bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
+    others = ("hidden_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads", "experts",
+              "experts_per_token")
+    linear = list(itertools.product(*(space[x].values() for x in LINEAR)))
     out = []
     for n in space["num_layers"].values():
         k = a.num_layers - n
@@ -155,35 +206,40 @@ def enumerate_candidates(
         dropped = tuple(sorted(seq[:k]))
         pattern = "".join(c for i, c in enumerate(a.pattern) if i not in set(dropped))
         types = None if a.layer_types is None else tuple(t for i, t in enumerate(a.layer_types) if i not in set(dropped))
-        combos = itertools.product(*(space[x].values() for x in
-                                     ("hidden_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")))
-        for h, mh, mhd, q, kv in combos:
-            if q % kv or q // kv > per_group:
+        for h, mh, mhd, q, kv, ne, topk in itertools.product(*(space[x].values() for x in others)):
+            if q % kv or q // kv > per_group or (ne and not routable(a, ne, topk)):
                 continue
-            ffns = space["ffn_size"].values()
+            first = dict(zip(LINEAR, linear[0], strict=True))
             base = a.with_(pattern=pattern, layer_types=types, hidden_size=h,
-                           intermediate_size=ffns[0] or a.intermediate_size,
                            mamba_num_heads=mh or a.mamba_num_heads, mamba_head_dim=mhd or a.mamba_head_dim,
-                           num_attention_heads=q, num_key_value_heads=kv)
+                           num_attention_heads=q, num_key_value_heads=kv,
+                           n_routed_experts=ne or a.n_routed_experts, num_experts_per_tok=topk or a.num_experts_per_tok,
+                           **{_ARCH_FIELD[x]: v or getattr(a, _ARCH_FIELD[x]) for x, v in first.items()})
             if a.impl.target_problem(a, base):  # e.g. a Mamba width the family's config cannot express
                 continue
-            p0 = base.total_params
-            # The FFN axis is linear in the parameters (any family): the cost of one neuron in every FFN layer.
-            per_neuron = base.with_(intermediate_size=base.intermediate_size + 1).total_params - p0 \
-                if base.ffn_layers() else 0
+            p0, act0 = base.total_params, base.total_active_params
+            # Each neuron axis is linear in both counts (any family): the cost of one more neuron everywhere.
+            per_unit = {}
+            for x, v0 in first.items():
+                if v0:
+                    one_more = base.with_(**{_ARCH_FIELD[x]: getattr(base, _ARCH_FIELD[x]) + 1})
+                    per_unit[x] = (one_more.total_params - p0, one_more.total_active_params - act0)
+                else:
+                    per_unit[x] = (0, 0)
             est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
                             state_dtype=state_dtype, params=0)
-            bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
-            for f in ffns:
-                params = p0 + per_neuron * (f - ffns[0]) if f else p0
+            for values in linear:
+                widths = dict(zip(LINEAR, values, strict=True))
+                params = p0 + sum(per_unit[x][0] * (v - first[x]) for x, v in widths.items())
+                active = act0 + sum(per_unit[x][1] * (v - first[x]) for x, v in widths.items())
                 mem = est0.total_bytes + params * bytes_per
-                if budget is not None:
-                    fits = mem <= budget.budget_bytes
-                elif target_params is not None:
-                    fits = params <= target_params
-                else:
-                    fits = True
-                out.append(Candidate(n, h, f or a.intermediate_size, mh, mhd, q, kv, params, mem, fits, dropped))
+                fits = ((budget is None or mem <= budget.budget_bytes)
+                        and (target_params is None or params <= target_params)
+                        and (target_active_params is None or active <= target_active_params))
+                out.append(Candidate(n, h, widths["ffn_size"] or a.intermediate_size, mh, mhd, q, kv, params, mem, fits,
+                                     dropped, experts=ne, moe_ffn_size=widths["moe_ffn_size"],
+                                     shared_expert_ffn_size=widths["shared_expert_ffn_size"], experts_per_token=topk,
+                                     active_params=active))
     return out
 
 
@@ -193,29 +249,44 @@ def rank_by_params(cands: list[Candidate]) -> list[Candidate]:
                   key=lambda c: (-c.params, -c.num_layers, -c.hidden_size, -c.mamba_heads, -c.ffn_size))
 
 
-def require_feasible(cands: list[Candidate], *, budget: Budget | None, target_params: int | None) -> None:
+def require_feasible(cands: list[Candidate], *, budget: Budget | None, target_params: int | None,
+                     target_active_params: int | None = None) -> None:
+    """Raise (exit 3) when no candidate meets every target, naming the one the space cannot reach."""
     if not cands:
         raise InputError("the search space is empty (check --search and --drop-order / --keep-layer-types)",
                          flag="--search")
     if any(c.fits for c in cands):
         return
-    smallest = min(cands, key=lambda c: c.memory_bytes if budget is not None else c.params)
-    where = (f"{smallest.num_layers} layers, hidden {smallest.hidden_size}, ffn {smallest.ffn_size}"
-             + (f", {smallest.mamba_heads} Mamba heads" if smallest.mamba_heads else ""))
+    gib = lambda v: f"{v / GiB:.2f} GiB"  # noqa: E731
+    targets = []  # (flag, what fitting means, figure of a candidate, limit, how a figure prints, what to raise)
     if budget is not None:
-        raise InfeasibleError(
-            f"no candidate fits {budget.budget_bytes / GiB:.2f} GiB: the smallest the search space reaches is "
-            f"{smallest.memory_bytes / GiB:.2f} GiB ({where}); widen --search or raise the budget",
-            flag="--memory-budget" if budget.gpu is None else "--gpu",
-        )
-    raise InfeasibleError(
-        f"no candidate has <= {target_params:,} parameters: the smallest the search space reaches is "
-        f"{smallest.params:,} ({where}); widen --search or raise the target",
-        flag="--target-params",
-    )
+        targets.append(("--memory-budget" if budget.gpu is None else "--gpu", f"fits {gib(budget.budget_bytes)}",
+                        lambda c: c.memory_bytes, budget.budget_bytes, gib, "the budget"))
+    if target_params is not None:
+        targets.append(("--target-params", f"has <= {target_params:,} parameters", lambda c: c.params,
+                        target_params, lambda v: f"{v:,}", "the target"))
+    if target_active_params is not None:
+        targets.append(("--target-active-params", f"has <= {target_active_params:,} active parameters per token",
+                        lambda c: c.active_params, target_active_params, lambda v: f"{v:,}", "the target"))
+    for flag, what, figure, limit, show, raise_ in targets:
+        smallest = min(cands, key=figure)
+        if figure(smallest) > limit:
+            raise InfeasibleError(f"no candidate {what}: the smallest the search space reaches is "
+                                  f"{show(figure(smallest))} ({_where(smallest)}); widen --search or raise {raise_}",
+                                  flag=flag)
+    flags = " and ".join(t[0] for t in targets)
+    raise InfeasibleError(f"each target alone is reachable but no candidate meets {flags} together; "
+                          "widen --search or raise a target", flag=targets[0][0])
 
 
-def parse_params(text: str) -> int:
+def _where(c: Candidate) -> str:
+    return (f"{c.num_layers} layers, hidden {c.hidden_size}, ffn {c.ffn_size}"
+            + (f", {c.mamba_heads} Mamba heads" if c.mamba_heads else "")
+            + (f", {c.experts} experts x {c.moe_ffn_size}, shared {c.shared_expert_ffn_size}, top-{c.experts_per_token}"
+               if c.experts else ""))
+
+
+def parse_params(text: str, flag: str = "--target-params") -> int:
     """`9B`, `8.9e9`, `8888227328`, `750M` -> an integer parameter count."""
     t = str(text).strip().upper().replace(",", "").replace("_", "")
     scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}.get(t[-1:], 1)
@@ -223,7 +294,7 @@ def parse_params(text: str) -> int:
         value = float(t[:-1] if scale != 1 else t) * scale
     except ValueError:
         raise InputError(f"cannot read {text!r} as a parameter count (e.g. 9B, 8.9e9, 8888227328)",
-                         flag="--target-params") from None
+                         flag=flag) from None
     if not math.isfinite(value) or value < 1:
-        raise InputError(f"must be positive, got {text!r}", flag="--target-params")
+        raise InputError(f"must be positive, got {text!r}", flag=flag)
     return int(round(value))

@@ -9,6 +9,12 @@ Ranking rules (Minitron, Minitron-SSM):
 - Mamba heads: group-aware, the same number kept in each of the n_groups groups, ranked inside
   the group (the B/C projections and the gated norm are per group);
 - Mamba head dim: the same channels kept in every head of a layer, ranked by that layer's score;
+- routed experts: the same number kept in every MoE layer and in each of its `n_group` routing
+  groups, ranked inside the group by the `experts` score (group-limited routing stays valid);
+- expert width: every kept expert keeps its own top `moe_ffn_size` neurons (the `moe_ffn` score of
+  that expert), the same count in all; the shared expert its top `shared_expert_ffn_size`;
+- top-k (`experts_per_token`) is a number, not a ranking: it changes the function, so it is only
+  ever set explicitly or by a searched axis;
 - depth: the least important layers by the `layers` score, or an explicit drop order.
 
 Without scores every ranking is the identity (the first units are kept): only used to show a plan's
@@ -31,6 +37,10 @@ SHAPE_FLAGS = {
     "mamba_head_dim": "--mamba-head-dim",
     "attention_heads": "--attention-heads",
     "kv_heads": "--kv-heads",
+    "experts": "--experts",
+    "moe_ffn_size": "--moe-ffn-size",
+    "shared_expert_ffn_size": "--shared-expert-ffn-size",
+    "experts_per_token": "--experts-per-token",
 }
 
 
@@ -44,6 +54,10 @@ class Shape:
     mamba_head_dim: int | None = None
     attention_heads: int | None = None
     kv_heads: int | None = None
+    experts: int | None = None
+    moe_ffn_size: int | None = None
+    shared_expert_ffn_size: int | None = None
+    experts_per_token: int | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in asdict(self).values())
@@ -61,6 +75,10 @@ class Shape:
             mamba_head_dim=self.mamba_head_dim or arch.mamba_head_dim,
             attention_heads=q,
             kv_heads=kv,
+            experts=self.experts or arch.n_routed_experts,
+            moe_ffn_size=self.moe_ffn_size or arch.moe_intermediate_size,
+            shared_expert_ffn_size=self.shared_expert_ffn_size or arch.moe_shared_expert_intermediate_size,
+            experts_per_token=self.experts_per_token or arch.num_experts_per_tok,
         )
 
 
@@ -69,13 +87,17 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
     original = {
         "hidden_size": arch.hidden_size, "ffn_size": arch.intermediate_size, "mamba_heads": arch.mamba_num_heads,
         "mamba_head_dim": arch.mamba_head_dim, "attention_heads": arch.num_attention_heads,
-        "kv_heads": arch.num_key_value_heads,
+        "kv_heads": arch.num_key_value_heads, "experts": arch.n_routed_experts,
+        "moe_ffn_size": arch.moe_intermediate_size, "shared_expert_ffn_size": arch.moe_shared_expert_intermediate_size,
+        "experts_per_token": arch.num_experts_per_tok,
     }  # fmt: skip
     refused = arch.impl.unsupported_axes(arch)
     units = arch.unit_counts()
     has = {"hidden_size": True, "ffn_size": units["ffn"] > 0, "mamba_heads": units["mamba_heads"] > 0,
            "mamba_head_dim": units["mamba_head_dim"] > 0, "attention_heads": units["attention_heads"] > 0,
-           "kv_heads": units["kv_heads"] > 0}  # fmt: skip
+           "kv_heads": units["kv_heads"] > 0, "experts": units["experts"] > 0, "moe_ffn_size": units["moe_ffn"] > 0,
+           "shared_expert_ffn_size": units["shared_expert_ffn"] > 0,
+           "experts_per_token": units["experts_per_token"] > 0}  # fmt: skip
     for key, value in asdict(shape).items():
         if value is None or value == original[key]:
             continue
@@ -85,7 +107,7 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
             raise InputError(f"this {arch.family} model has no such units to cut", flag=SHAPE_FLAGS[key])
         if value < 1:
             raise InputError(f"must be >= 1, got {value}", flag=SHAPE_FLAGS[key])
-        if value > original[key]:
+        if value > original[key] and key != "experts_per_token":  # top-k may rise, up to the kept experts
             raise InputError(f"{value} is larger than the model's {original[key]}", flag=SHAPE_FLAGS[key])
     s = shape.resolve(arch)
     if has["mamba_heads"] and s.mamba_heads % arch.n_groups:
@@ -103,17 +125,37 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
             f"per group; the model has {per_group}",
             flag="--attention-heads",
         )
+    if has["experts"]:
+        _check_routing(arch, s, shape)
     problem = arch.impl.target_problem(arch, shape_arch(arch, s))
     if problem:
         raise InputError(f"cannot be cut: {problem[1]}", flag=problem[0])
     return s
 
 
+def _check_routing(arch: Architecture, s: Shape, asked: Shape) -> None:
+    """Kept experts and top-k against the router: groups of equal size, k within the experts a token may use."""
+    g, n, k = arch.n_group, s.experts, s.experts_per_token
+    if n % g:
+        raise InputError(f"{n} experts is not a multiple of the model's {g} routing groups (n_group)", flag="--experts")
+    reach = arch.topk_group * (n // g)  # experts of the `topk_group` groups a token may use
+    of = f"the {n} kept experts" if reach == n else f"{arch.topk_group} of {g} groups of {n // g} kept experts"
+    if k > reach and asked.experts_per_token is not None:
+        raise InputError(f"{k} is above the {reach} experts a token can reach ({of})", flag="--experts-per-token")
+    if k > reach:
+        raise InputError(f"{n} experts is below num_experts_per_tok ({k}): a token could reach only {reach} ({of})",
+                         flag="--experts")
+    if n // g < 2:  # the router ranks each group by its two best experts (`topk(2)` in transformers)
+        raise InputError(f"{n} experts leaves fewer than 2 in each of the {g} routing groups", flag="--experts")
+
+
 def shape_arch(arch: Architecture, s: Shape) -> Architecture:
     """`arch` with the widths of a resolved shape (layers unchanged)."""
     return arch.with_(hidden_size=s.hidden_size, intermediate_size=s.ffn_size, mamba_num_heads=s.mamba_heads,
                       mamba_head_dim=s.mamba_head_dim, num_attention_heads=s.attention_heads,
-                      num_key_value_heads=s.kv_heads)
+                      num_key_value_heads=s.kv_heads, n_routed_experts=s.experts, moe_intermediate_size=s.moe_ffn_size,
+                      moe_shared_expert_intermediate_size=s.shared_expert_ffn_size,
+                      num_experts_per_tok=s.experts_per_token)
 
 
 # ---------------------------------------------------------------------- ranking (pure)
@@ -170,6 +212,18 @@ def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) 
     for j, i in enumerate(mamba):
         plan.mamba_heads[i] = grouped_top_k(head_scores[j], a.n_groups, s.mamba_heads // a.n_groups)
         plan.mamba_dims[i] = top_k(dim_scores[j], s.mamba_head_dim)
+    moe = a.moe_layers()
+    if moe:
+        expert_scores = rows("experts", len(moe), a.n_routed_experts)
+        neuron_scores = scores["moe_ffn"].double() if scores is not None else \
+            torch.zeros(len(moe), a.n_routed_experts, a.moe_intermediate_size)
+        shared_scores = rows("shared_expert_ffn", len(moe), a.moe_shared_expert_intermediate_size)
+        for j, i in enumerate(moe):
+            plan.experts[i] = grouped_top_k(expert_scores[j], a.n_group, s.experts // a.n_group)
+            plan.moe_ffn[i] = {e: top_k(neuron_scores[j][e], s.moe_ffn_size) for e in plan.experts[i]}
+            plan.shared_ffn[i] = top_k(shared_scores[j], s.shared_expert_ffn_size)
+        if s.experts_per_token != a.num_experts_per_tok:
+            plan.experts_per_token = s.experts_per_token
     plan.target()  # validates the pattern left (e.g. nothing left)
     return plan
 

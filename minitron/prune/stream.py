@@ -3,7 +3,7 @@
 Every output shape is known from the plan before any data is read, so each output shard's
 safetensors header is written first and the tensors are then streamed into it one at a time:
 
-    for each source tensor, in file order (dropped blocks are never read):
+    for each source tensor, in file order (dropped blocks and dropped experts are never read):
         read its kept row range with `safe_open(...).get_slice(key)[lo:hi]`
         cut every dimension with `tensor_indices` (the function the in-memory apply uses)
         append the bytes to the current output shard
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from minitron import faults
 from minitron.models.checkpoint import DTYPE_BYTES, Checkpoint
-from minitron.models.tensors import canonical_name, checkpoint_name, model_specs, renumber_layer
+from minitron.models.tensors import canonical_name, checkpoint_name, model_specs
 from minitron.prune.plan import PrunePlan, pruned_shape, tensor_indices
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
@@ -45,8 +45,9 @@ class Item:
 
 def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
     """The output tensors, in source file order (shard, then byte offset)."""
+    from minitron.prune.apply import kept_name
+
     specs = model_specs(plan.source, layout="checkpoint")
-    dropped, renumber = set(plan.dropped_layers), plan.new_index()
     entries = sorted(ckpt.tensors.values(), key=lambda e: (e.file, e.offsets[0]))
     items = []
     for e in entries:
@@ -54,10 +55,10 @@ def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
         if name not in specs:  # a tied lm_head stored anyway
             continue
         spec = specs[name]
-        if spec.layer is not None and spec.layer in dropped:
+        new = kept_name(name, spec, plan)
+        if new is None:
             continue
         idx = tensor_indices(spec, plan)
-        new = renumber_layer(name, renumber[spec.layer]) if spec.layer is not None else name
         prefix = e.key[: len(e.key) - len(name)]
         items.append(Item(checkpoint_name(new, prefix) if prefix else new, e.file, e.key, e.dtype,
                           pruned_shape(spec, idx), idx))
