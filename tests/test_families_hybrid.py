@@ -198,4 +198,10 @@ def test_granite_routed_experts_follow_hidden_and_keep_their_width(tiny):
     assert (cfg["num_local_experts"], cfg["intermediate_size"], cfg["shared_intermediate_size"]) == (4, 32, 64)
     moe = prune_model(model, plan).model.layers[0].block_sparse_moe
     assert moe.experts.gate_up_proj.shape == (4, 64, 32) and moe.router.weight.shape == (4, 32)
-    assert set(arch.impl.unsupported_axes(arch)) >= {"experts", "moe_ffn"}
+    assert set(arch.impl.unsupported_axes(arch)) == {"experts", "moe_ffn_size", "shared_expert_ffn_size",
+                                                     "experts_per_token"}
+    from minitron.prune.select import validate_shape
+
+    with pytest.raises(InputError, match="routed experts are not cut yet") as e:
+        validate_shape(arch, Shape(experts=2))
+    assert e.value.flag == "--experts"

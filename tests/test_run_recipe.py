@@ -27,6 +27,8 @@ def _recipe(tmp_path, text):
      ("model: demo-teacher\nout: o\nscore: {data: [missing.txt], samples: 4}\n", "score.data"),
      ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, target-params: 20B, gpu: a10g}\n",
       "prune.target-params"),  # not below the 12B's 12.3B (a parameter target and a budget may combine)
+     ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, target-params: 9B, hidden-size: 4480}\n",
+      "prune.hidden-size"),  # an exact shape and a searched target: two targets
      ("model: demo-teacher\nout: o\ndistill: {steps: 3}\n", "distill"),
      ("out: o\nscore: {}\n", "model")],
 )

@@ -76,9 +76,13 @@ class PruneOptions:
 def _validate_kind(o: PruneOptions) -> None:
     exact = not o.shape.is_empty() or o.num_layers is not None or o.drop_layers is not None
     if exact and o.searching:
+        from minitron.prune.select import SHAPE_FLAGS
+
+        given = [SHAPE_FLAGS[k] for k, v in asdict(o.shape).items() if v is not None]
+        given += [f for f, v in (("--num-layers", o.num_layers), ("--drop-layers", o.drop_layers)) if v is not None]
         raise InputError("exact sizes and a searched target (--target-params / --target-active-params / memory "
                          "budget) cannot be combined; restrict the search with --search AXIS=MIN:MAX instead",
-                         flag="--search")
+                         flag=given[0])
     if not exact and not o.searching:
         raise InputError("no target: give sizes (--hidden-size, --ffn-size, --experts, ..., --num-layers, "
                          "--drop-layers), --target-params, --target-active-params, or --memory-budget / --gpu",

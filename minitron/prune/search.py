@@ -157,7 +157,8 @@ def check_space(arch: Architecture, space: dict[str, Range]) -> None:
             raise InputError(f"{axis}: this {a.family} model has no MoE layer", flag="--search")
         if r.hi > limits[axis]:
             raise InputError(f"{axis} max {r.hi} is larger than the model's {limits[axis]}", flag="--search")
-        if axis in refused and r.lo < limits[axis]:
+        keep = a.num_experts_per_tok if axis == "experts_per_token" else limits[axis]  # the model's own value
+        if axis in refused and r.hi and (r.lo, r.hi) != (keep, keep):  # (0, 0): the axis is absent
             raise InputError(f"{axis} cannot be cut: {refused[axis]}", flag="--search")
     bad = [v for v in space["mamba_heads"].values() if a.mamba_num_heads and v % a.n_groups]
     if bad:
