@@ -244,10 +244,10 @@ def resolve_context(arch: Architecture, context_length: int | None, flag: str = 
 def describe_memory(m: dict) -> str:
     """The label every memory figure is printed with: its context, sequences and dtypes."""
     seqs = f"{m['batch_size']} sequence{'s' if m['batch_size'] != 1 else ''}"
-    engine = f"{m['engine']}, " if m.get("engine") else ""
     kv = m.get("kv_dtype", m["dtype"])
-    return (f"{m['context_length']:,} tokens x {seqs}, {engine}weights {m['dtype']}, KV {kv}, "
-            f"SSM state {m['state_dtype']}")
+    dtypes = f"weights/KV {kv}" if kv == m["dtype"] else f"weights {m['dtype']}, KV {kv}"
+    engine = f", engine {m['engine']}" if m.get("engine") else ""
+    return f"{m['context_length']:,} tokens x {seqs}, {dtypes}, SSM state {m['state_dtype']}{engine}"
 
 
 @dataclass(frozen=True)

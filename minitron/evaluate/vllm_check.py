@@ -60,8 +60,14 @@ class VllmSettings:
 
 
 def find_python(explicit: str | None = None) -> Path:
-    """The vLLM environment's Python: `--vllm-python`, else $MINITRON_VLLM_PYTHON; checked to import vllm."""
+    """The vLLM environment's Python: `--vllm-python`, else $MINITRON_VLLM_PYTHON, else this Python when it
+    imports vllm itself (the `vllm` extra on a GPU machine); checked to import vllm."""
+    import importlib.util
+    import sys
+
     given = explicit or os.environ.get(PYTHON_ENV)
+    if not given and importlib.util.find_spec("vllm") is not None:
+        given = sys.executable
     if not given:
         raise InputError(f"no vLLM environment: give --vllm-python PATH or set {PYTHON_ENV} "
                          "(install: docs/serving.md)", flag="--vllm-python")  # fmt: skip

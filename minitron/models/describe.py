@@ -17,11 +17,15 @@ def describe(
     dtype: str = "bf16",
     state_dtype: str | None = None,
     budget: Budget | None = None,
+    engine: str = "vllm",
+    kv_dtype: str | None = None,
+    prefill_chunk: int | None = None,
 ) -> dict:
     ckpt = open_checkpoint(path)  # strict header check when weights are present
     a = ckpt.arch
     context_length = resolve_context(a, context_length)
-    est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype)
+    est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype,
+                   engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk)
     doc = {
         "path": str(ckpt.path),
         "model_type": a.raw.get("model_type"),

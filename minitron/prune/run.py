@@ -12,7 +12,7 @@ from pathlib import Path
 
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import Budget, estimate, resolve_context
+from minitron.memory import Budget, estimate, max_sequences, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import (
     AXES,
@@ -50,6 +50,9 @@ class PruneOptions:
     batch_size: int = 1  # sequences held at once (--sequences)
     dtype: str = "bf16"
     state_dtype: str | None = None
+    engine: str = "vllm"  # memory model: whose serving terms count (--engine)
+    kv_dtype: str | None = None
+    prefill_chunk: int | None = None
     search: list[str] = field(default_factory=list)
     drop_order: str | None = None
     data: list[Path] = field(default_factory=list)
@@ -119,7 +122,8 @@ def _target(o: PruneOptions) -> dict:
     if o.budget is not None:
         return {"kind": "memory", "budget_bytes": o.budget.budget_bytes, "gpu": o.budget.gpu,
                 "context_length": o.context_length, "batch_size": o.batch_size, "dtype": o.dtype,
-                "state_dtype": o.state_dtype}
+                "state_dtype": o.state_dtype, "engine": o.engine, "kv_dtype": o.kv_dtype,
+                "prefill_chunk": o.prefill_chunk}
     exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
     if o.num_layers is not None:
         exact["num_layers"] = o.num_layers
@@ -130,7 +134,7 @@ def _target(o: PruneOptions) -> dict:
 
 def _memory(arch, o: PruneOptions):
     return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                    state_dtype=o.state_dtype)
+                    state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk)
 
 
 def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
@@ -194,7 +198,7 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         plan=plan.summary(),
     )
     if o.budget is not None:
-        doc["budget"] = o.budget.to_dict(after)
+        doc["budget"] = o.budget.to_dict(after) | {"max_sequences_before": max_sequences(before, o.budget.budget_bytes)}
     if o.target_params is not None:
         doc["target_params"] = o.target_params
     if cands is not None:
@@ -288,7 +292,8 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
     doc["search_space"] = {a: [space[a].lo, space[a].hi, space[a].step] for a in AXES}
     cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
                                  target_params=o.target_params, context_length=o.context_length,
-                                 batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype)
+                                 batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype,
+                                 engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk)
     require_feasible(cands, budget=o.budget, target_params=o.target_params)
     ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
     doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)

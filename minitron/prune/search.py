@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from minitron.errors import InfeasibleError, InputError
-from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype
+from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype, prefill_activation_bytes
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
 
@@ -134,6 +134,9 @@ def enumerate_candidates(
     batch_size: int = 1,
     dtype: str = "bf16",
     state_dtype: str | None = None,
+    engine: str = "vllm",
+    kv_dtype: str | None = None,
+    prefill_chunk: int | None = None,
 ) -> list[Candidate]:
     """Every valid candidate of the space with its parameters, memory and whether it fits."""
     a = arch
@@ -165,11 +168,16 @@ def enumerate_candidates(
             per_neuron = base.with_(intermediate_size=base.intermediate_size + 1).total_params - p0 \
                 if base.ffn_layers() else 0
             est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
-                            state_dtype=state_dtype, params=0)
+                            state_dtype=state_dtype, params=0, engine=engine, kv_dtype=kv_dtype,
+                            prefill_chunk=prefill_chunk)
             bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
+            act_bytes = DTYPE_BYTES["bf16" if est0.dtype == "fp8" else est0.dtype]
             for f in ffns:
                 params = p0 + per_neuron * (f - ffns[0]) if f else p0
                 mem = est0.total_bytes + params * bytes_per
+                if f and f != base.intermediate_size and base.ffn_layers():  # the MLP's prefill tensors grow with f
+                    mem += prefill_activation_bytes(base.with_(intermediate_size=f), est0.prefill_tokens,
+                                                    act_bytes) - est0.prefill_activation_bytes
                 if budget is not None:
                     fits = mem <= budget.budget_bytes
                 elif target_params is not None:
