@@ -105,7 +105,8 @@ def render(doc: dict, console: Console) -> None:
         t.add_column("vLLM greedy = HF", justify="right")
         t.add_column("gen tok/s HF", justify="right")
         t.add_column("gen tok/s vLLM", justify="right")
-        t.add_column("vLLM KV+state/seq (model)", justify="right")
+        ctx = next(m["vllm"]["cache"]["context_length"] for m in models if m.get("vllm"))
+        t.add_column(f"vLLM KV+state/seq @ {ctx:,} (model)", justify="right")
     if has["throughput"]:
         t.add_column("prefill tok/s", justify="right")
         t.add_column("decode tok/s", justify="right")
