@@ -72,6 +72,17 @@ def test_teacher_and_pruned_serve_in_vllm_with_transformers_greedy_tokens(pruned
         assert v["throughput"]["generate_tokens_per_second"] > 0
         assert v["throughput"]["hf_generate_tokens_per_second"] > 0
     assert doc["models"][1]["relative"]["vllm_generate_tokens_per_second"] > 0
+    # the table shows the check: agreement, both engines' tokens/s, vLLM's bytes (= the model's)
+    import io
+
+    from rich.console import Console
+
+    from minitron.evaluate.table import render
+
+    buf = io.StringIO()
+    render(doc, Console(file=buf, width=400))
+    text = buf.getvalue()
+    assert "gen tok/s vLLM" in text and text.count("yes 4/4") == 2 and text.count("(=)") == 2
 
 
 def _conv_dim(cfg: dict) -> int:
@@ -99,3 +110,29 @@ def test_missing_or_broken_vllm_environment_is_one_line_exit_2(tiny_model_dir, m
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--vllm-python" in r.stderr
     r = runner.invoke(app, ["eval", str(tiny_model_dir), "--vllm", "--vllm-python", sys.executable])
     assert r.exit_code == 2 and "cannot import vllm" in r.stderr
+
+
+def test_vllm_state_shapes_of_the_bundled_configs_equal_the_memory_model():
+    """The 12B and 9B reference configs (no weights) and the demo teacher: vLLM's own Nemotron-H state
+    shape / dtype functions and attention page size, per sequence, equal `estimate(engine="vllm")`."""
+    import subprocess
+
+    from conftest import REF_9B, REF_12B
+
+    from minitron.memory import estimate
+    from minitron.models import Architecture
+
+    py = _vllm_python()
+    paths = [REF_12B, REF_9B, TEACHER]
+    r = subprocess.run([py, str(Path(__file__).with_name("vllm_state_probe.py")), "bfloat16",
+                        *(str(p / "config.json") for p in paths)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    for path, v in zip(paths, json.loads(r.stdout.strip().splitlines()[-1]), strict=True):
+        arch = Architecture.from_path(path)
+        ctx = 131072
+        est = estimate(arch, context_length=ctx, dtype="bf16", engine="vllm")
+        n_mamba, n_attn = len(arch.mamba_layers()), len(arch.attention_layers())
+        assert v["conv_shape"] == [arch.conv_kernel - 1, arch.mamba_conv_dim], path
+        assert est.mamba_state_bytes == n_mamba * v["mamba_state_bytes_per_layer"], path
+        assert est.kv_cache_bytes == n_attn * ctx * v["kv_bytes_per_token_per_layer"], path
+        assert est.per_sequence_bytes == est.mamba_state_bytes + est.kv_cache_bytes
