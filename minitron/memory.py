@@ -108,6 +108,7 @@ class MemoryEstimate:
     prefill_activation_bytes: int = 0
     logits_rows: int = 0
     logits_bytes: int = 0
+    tensor_parallel: int = 1  # every figure is one GPU's of that many
 
     @property
     def total_bytes(self) -> int:
@@ -136,8 +137,9 @@ class MemoryEstimate:
         return d
 
 
-def prefill_activation_bytes(arch: Architecture, tokens: int, act_bytes: int) -> int:
-    """Peak transient bytes of one inference forward over `tokens` tokens (the module docstring's terms)."""
+def prefill_activation_bytes(arch: Architecture, tokens: int, act_bytes: int, tp: int = 1) -> int:
+    """Peak transient bytes of one inference forward over `tokens` tokens (the module docstring's terms);
+    with tensor parallelism the layers' tensors are split `tp` ways, the residual stream is not."""
     if tokens <= 0:
         return 0
     t, h = tokens, arch.hidden_size
@@ -155,7 +157,7 @@ def prefill_activation_bytes(arch: Architecture, tokens: int, act_bytes: int) ->
         top_k = int(arch.raw.get("num_experts_per_tok") or 1)
         shared = arch.moe_shared_expert_intermediate_size * max(arch.n_shared_experts, 0)
         per_layer.append(2 * t * (top_k * arch.moe_intermediate_size + shared) * act_bytes)
-    return 2 * t * h * act_bytes + max(per_layer)
+    return 2 * t * h * act_bytes + -(-max(per_layer) // tp)
 
 
 def estimate(
@@ -170,8 +172,10 @@ def estimate(
     engine: str = "vllm",
     kv_dtype: str | None = None,
     prefill_chunk: int | None = None,
+    tensor_parallel: int = 1,
 ) -> MemoryEstimate:
-    """Memory of `arch` served by `engine` with `batch_size` sequences of `context_length` tokens.
+    """Memory of `arch` served by `engine` with `batch_size` sequences of `context_length` tokens, on one
+    GPU of `tensor_parallel` (weights and layer tensors split as vLLM shards them, `minitron.tensor_parallel`).
 
     `dtype` is the weights' (fp8 allowed); activations and the conv state are bf16 under fp8 weights,
     else `dtype`; `kv_dtype` defaults to that activation dtype (vLLM's `--kv-cache-dtype auto`)."""
@@ -188,15 +192,19 @@ def estimate(
     state_dtype = norm_dtype(state_dtype or arch.mamba_ssm_cache_dtype, flag="--state-dtype", fp8=False)
     if prefill_chunk is not None and prefill_chunk < 1:
         raise InputError(f"must be >= 1, got {prefill_chunk}", flag="--prefill-chunk")
+    from minitron import tensor_parallel as tpar
+
+    tp = tpar.check_size(tensor_parallel)
     b, ab, kb, sb = DTYPE_BYTES[dtype], DTYPE_BYTES[act], DTYPE_BYTES[kv_dtype], DTYPE_BYTES[state_dtype]
     params = arch.total_params if params is None else params
     n_mamba = len(arch.mamba_layers())
     tokens = sum(arch.impl.kv_tokens(arch, i, context_length) for i in arch.attention_layers())
-    kv = 2 * arch.num_key_value_heads * arch.head_dim * tokens * batch_size * kb
+    kv = 2 * tpar.kv_heads_per_gpu(arch, tp) * arch.head_dim * tokens * batch_size * kb
     if conv_window is None:
         conv_window = arch.conv_kernel - 1 if engine == "vllm" else arch.conv_kernel
-    ssm = n_mamba * batch_size * arch.mamba_num_heads * arch.mamba_head_dim * arch.ssm_state_size * sb
-    conv = n_mamba * batch_size * arch.mamba_conv_dim * conv_window * ab
+    ssm = n_mamba * batch_size * (arch.mamba_num_heads // tp) * arch.mamba_head_dim * arch.ssm_state_size * sb
+    conv_dim = arch.mamba_intermediate + 2 * (arch.n_groups + tpar.extra_groups(arch, tp)) * arch.ssm_state_size
+    conv = n_mamba * batch_size * (conv_dim // tp) * conv_window * ab
     if engine == "vllm":
         prefill = min(context_length, prefill_chunk or DEFAULT_PREFILL_CHUNK)
         rows = max(VLLM_MAX_NUM_SEQS, batch_size)
@@ -207,7 +215,7 @@ def estimate(
         batch_size=batch_size,
         dtype=dtype,
         state_dtype=state_dtype,
-        weights_bytes=params * b,
+        weights_bytes=-(-params * b // tp),  # replicated norms (< 0.1 %) counted as split
         kv_cache_bytes=kv,
         mamba_state_bytes=ssm + conv,
         mamba_ssm_bytes=ssm,
@@ -216,9 +224,10 @@ def estimate(
         kv_dtype=kv_dtype,
         conv_window=conv_window,
         prefill_tokens=prefill,
-        prefill_activation_bytes=prefill_activation_bytes(arch, prefill, ab),
+        prefill_activation_bytes=prefill_activation_bytes(arch, prefill, ab, tp),
         logits_rows=rows,
-        logits_bytes=rows * arch.vocab_size * 4,
+        logits_bytes=rows * arch.vocab_size * 4,  # gathered: the full vocabulary on a GPU
+        tensor_parallel=tp,
     )
 
 
@@ -247,7 +256,8 @@ def describe_memory(m: dict) -> str:
     kv = m.get("kv_dtype", m["dtype"])
     dtypes = f"weights/KV {kv}" if kv == m["dtype"] else f"weights {m['dtype']}, KV {kv}"
     engine = f", engine {m['engine']}" if m.get("engine") else ""
-    return f"{m['context_length']:,} tokens x {seqs}, {dtypes}, SSM state {m['state_dtype']}{engine}"
+    tp = f", per GPU of {m['tensor_parallel']} (tensor parallel)" if m.get("tensor_parallel", 1) > 1 else ""
+    return f"{m['context_length']:,} tokens x {seqs}, {dtypes}, SSM state {m['state_dtype']}{engine}{tp}"
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,47 @@ def test_bad_memory_options_are_one_line_exit_2(cmd, args, flag, tiny_model_dir)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and flag in lines[0], r.stderr
+
+
+def _one_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_tensor_parallel_rules_search_and_per_gpu_memory():
+    from conftest import REF_9B
+
+    from minitron.memory import estimate
+    from minitron.models import Architecture
+    from minitron.tensor_parallel import problems
+
+    arch = Architecture.from_path(REF_9B)
+    one, two = estimate(arch, context_length=131072), estimate(arch, context_length=131072, tensor_parallel=2)
+    assert two.weights_bytes * 2 == one.weights_bytes and two.kv_cache_bytes * 2 == one.kv_cache_bytes
+    assert two.mamba_ssm_bytes * 2 == one.mamba_ssm_bytes and two.mamba_conv_bytes * 2 == one.mamba_conv_bytes
+    # 16 GPUs > 8 KV heads: replicated, one head each; 8 groups do not divide over 16
+    assert estimate(arch, context_length=131072, tensor_parallel=16).kv_cache_bytes * 8 == one.kv_cache_bytes
+    assert {f for f, _ in problems(arch, 16)} == {"--tensor-parallel", "--attention-heads"}  # 40 q heads; 128 Mamba heads divide
+    assert problems(arch, 2) == [] and problems(arch.with_(intermediate_size=15681), 2)[0][0] == "--ffn-size"
+    r = runner.invoke(app, ["prune", "nemotron-nano-12b-v2-base", "--gpu", "a10g", "--context-length", "131072",
+                            "--tensor-parallel", "4", "--candidates", "0", "--dry-run", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["candidates"] and all(not problems(arch.with_(
+        hidden_size=c["hidden_size"], intermediate_size=c["ffn_size"], mamba_num_heads=c["mamba_heads"],
+        num_attention_heads=c["attention_heads"], num_key_value_heads=c["kv_heads"]), 4) for c in doc["candidates"])
+    assert doc["memory"]["tensor_parallel"] == 4
+
+
+def test_tensor_parallel_errors():
+    r = runner.invoke(app, ["prune", "nemotron-nano-12b-v2-base", "--ffn-size", "15681", "--dry-run",
+                            "--tensor-parallel", "2"])  # fmt: skip
+    assert r.exit_code == 2 and "--ffn-size" in _one_line(r) and "not divisible by TP 2" in r.stderr
+    r = runner.invoke(app, ["prune", "nemotron-nano-12b-v2-base", "--gpu", "a10g", "--tensor-parallel", "3", "--dry-run"])
+    assert r.exit_code == 2 and "Mamba groups" in _one_line(r)  # no width can satisfy TP 3
+    r = runner.invoke(app, ["inspect", "nemotron-nano-9b-v2", "--tensor-parallel", "0"])
+    assert r.exit_code == 2 and "--tensor-parallel" in _one_line(r)
+    r = runner.invoke(app, ["prune", "nemotron-nano-12b-v2-base", "--memory-budget", "3GiB", "--context-length",
+                            "131072", "--tensor-parallel", "2", "--dry-run"])  # fmt: skip
+    assert r.exit_code == 3 and "smallest the search space reaches" in _one_line(r)

@@ -20,6 +20,7 @@ from minitron.cli.common import (
     RevisionOpt,
     SequencesOpt,
     StateDtypeOpt,
+    TensorParallelOpt,
     command,
     emit_json,
     fmt_bytes,
@@ -60,6 +61,7 @@ def command(
     engine: EngineOpt = "vllm",
     kv_dtype: KvDtypeOpt = None,
     prefill_chunk: PrefillChunkOpt = None,
+    tensor_parallel: TensorParallelOpt = 1,
     revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
@@ -82,7 +84,7 @@ def command(
     budget = make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib, engine=engine)
     doc = describe(
         with_revision(model, revision), context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
-        budget=budget, engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk,
+        budget=budget, engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel,
     )
     if json_out:
         emit_json(doc)
@@ -120,6 +122,10 @@ def render(doc: dict) -> None:
         t.add_row(k, fmt_int(v), f"{100 * v / total:.1f}%")
     t.add_row("[bold]total[/bold]", f"[bold]{fmt_int(total)}[/bold]", f"({fmt_params(total)})")
     out.print(t)
+    if "tensor_parallel" in doc:
+        tp = doc["tensor_parallel"]
+        rules = "; ".join(f"{p['flag']}: {p['rule']}" for p in tp["problems"])
+        out.print(f"tensor parallel {tp['size']}: " + (f"[red]not shardable[/red] ({rules})" if rules else "[green]every width divides[/green]"))
     m = doc["memory"]
     t = Table(title=f"memory at {describe_memory(m)}", title_justify="left")
     t.add_column("term")

@@ -29,9 +29,12 @@ from minitron.prune.select import (
     make_plan,
     parse_keep_types,
     parse_layer_list,
+    shape_arch,
     validate_shape,
 )
 from minitron.prune.stream import DEFAULT_SHARD_BYTES
+from minitron.tensor_parallel import impossible as tp_impossible
+from minitron.tensor_parallel import problems as tp_problems
 
 
 @dataclass
@@ -53,6 +56,7 @@ class PruneOptions:
     engine: str = "vllm"  # memory model: whose serving terms count (--engine)
     kv_dtype: str | None = None
     prefill_chunk: int | None = None
+    tensor_parallel: int = 1  # widths vLLM can shard over this many GPUs; memory per GPU
     search: list[str] = field(default_factory=list)
     drop_order: str | None = None
     data: list[Path] = field(default_factory=list)
@@ -123,7 +127,7 @@ def _target(o: PruneOptions) -> dict:
         return {"kind": "memory", "budget_bytes": o.budget.budget_bytes, "gpu": o.budget.gpu,
                 "context_length": o.context_length, "batch_size": o.batch_size, "dtype": o.dtype,
                 "state_dtype": o.state_dtype, "engine": o.engine, "kv_dtype": o.kv_dtype,
-                "prefill_chunk": o.prefill_chunk}
+                "prefill_chunk": o.prefill_chunk, "tensor_parallel": o.tensor_parallel}
     exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
     if o.num_layers is not None:
         exact["num_layers"] = o.num_layers
@@ -134,7 +138,8 @@ def _target(o: PruneOptions) -> dict:
 
 def _memory(arch, o: PruneOptions):
     return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                    state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk)
+                    state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk,
+                    tensor_parallel=o.tensor_parallel)
 
 
 def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
@@ -152,7 +157,10 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         from minitron.io import check_output_dir
 
         check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
-    _memory(arch, o)  # validates --context-length, --batch-size, dtypes
+    _memory(arch, o)  # validates --context-length, --batch-size, dtypes, --tensor-parallel
+    why = tp_impossible(arch, o.tensor_parallel)
+    if why:
+        raise InputError(why, flag="--tensor-parallel")
     keep_min = parse_keep_types(o.keep_layer_types)
     if "*" in arch.pattern:
         # transformers' cache (generate) fails on a Nemotron-H with no attention layer left
@@ -166,7 +174,10 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         if o.drop_order is not None:
             parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
     else:
-        validate_shape(arch, o.shape)
+        broken = tp_problems(shape_arch(arch, validate_shape(arch, o.shape)), o.tensor_parallel)
+        if broken:  # checked before any work; the search lists only shardable shapes
+            flag, rule = broken[0]
+            raise InputError(f"{rule}: vLLM cannot shard it over {o.tensor_parallel} GPUs", flag=flag)
         if o.drop_layers is not None:
             check_drop(arch, parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers"), keep_min,
                        "--drop-layers")
@@ -293,7 +304,11 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
     cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
                                  target_params=o.target_params, context_length=o.context_length,
                                  batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype,
-                                 engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk)
+                                 engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk,
+                                 tensor_parallel=o.tensor_parallel)
+    if o.tensor_parallel > 1 and not cands:
+        raise InputError(f"no shape of the search space can be sharded over {o.tensor_parallel} GPUs "
+                         "(widen --search to multiples of it)", flag="--tensor-parallel")
     require_feasible(cands, budget=o.budget, target_params=o.target_params)
     ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
     doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)

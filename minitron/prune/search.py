@@ -19,6 +19,7 @@ from minitron.errors import InfeasibleError, InputError
 from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype, prefill_activation_bytes
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
+from minitron.tensor_parallel import problems as tp_problems
 
 AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads")
 WIDTH_CUT, DEPTH_CUT = 0.4, 0.2
@@ -137,6 +138,7 @@ def enumerate_candidates(
     engine: str = "vllm",
     kv_dtype: str | None = None,
     prefill_chunk: int | None = None,
+    tensor_parallel: int = 1,
 ) -> list[Candidate]:
     """Every valid candidate of the space with its parameters, memory and whether it fits."""
     a = arch
@@ -169,15 +171,18 @@ def enumerate_candidates(
                 if base.ffn_layers() else 0
             est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
                             state_dtype=state_dtype, params=0, engine=engine, kv_dtype=kv_dtype,
-                            prefill_chunk=prefill_chunk)
+                            prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel)
             bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
             act_bytes = DTYPE_BYTES["bf16" if est0.dtype == "fp8" else est0.dtype]
             for f in ffns:
+                if tensor_parallel > 1 and tp_problems(base.with_(intermediate_size=f or base.intermediate_size),
+                                                       tensor_parallel):
+                    continue  # a width vLLM cannot shard over the GPUs
                 params = p0 + per_neuron * (f - ffns[0]) if f else p0
-                mem = est0.total_bytes + params * bytes_per
+                mem = est0.total_bytes + -(-params * bytes_per // tensor_parallel)
                 if f and f != base.intermediate_size and base.ffn_layers():  # the MLP's prefill tensors grow with f
                     mem += prefill_activation_bytes(base.with_(intermediate_size=f), est0.prefill_tokens,
-                                                    act_bytes) - est0.prefill_activation_bytes
+                                                    act_bytes, tensor_parallel) - est0.prefill_activation_bytes
                 if budget is not None:
                     fits = mem <= budget.budget_bytes
                 elif target_params is not None:
