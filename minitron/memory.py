@@ -83,7 +83,11 @@ def norm_dtype(name: str, flag: str = "--dtype", *, fp8: bool = True) -> str:
     return _DTYPE_ALIASES[key]
 
 
-def norm_engine(name: str) -> str:
+def norm_engine(name: str | None) -> str | None:
+    """`vllm` or `hf`; None (Python callers only) is the model alone: the paper's weights + KV + state,
+    transformers' conv window, no engine terms (the demo's budget is a fraction of that)."""
+    if name is None:
+        return None
     key = str(name).lower()
     if key not in ENGINES:
         raise InputError(f"unknown engine {name!r} (expected vllm or hf)", flag="--engine")
@@ -101,7 +105,7 @@ class MemoryEstimate:
     mamba_state_bytes: int
     mamba_ssm_bytes: int
     mamba_conv_bytes: int
-    engine: str = "hf"
+    engine: str | None = "hf"
     kv_dtype: str = "bf16"
     conv_window: int = 0
     prefill_tokens: int = 0
@@ -169,7 +173,7 @@ def estimate(
     state_dtype: str | None = None,
     conv_window: int | None = None,
     params: int | None = None,
-    engine: str = "vllm",
+    engine: str | None = "vllm",
     kv_dtype: str | None = None,
     prefill_chunk: int | None = None,
     tensor_parallel: int = 1,
@@ -208,8 +212,10 @@ def estimate(
     if engine == "vllm":
         prefill = min(context_length, prefill_chunk or DEFAULT_PREFILL_CHUNK)
         rows = max(VLLM_MAX_NUM_SEQS, batch_size)
-    else:  # transformers' generate: the whole prompt of every sequence in one forward
+    elif engine == "hf":  # transformers' generate: the whole prompt of every sequence in one forward
         prefill, rows = context_length * batch_size, batch_size
+    else:  # the model alone
+        prefill, rows = 0, 0
     return MemoryEstimate(
         context_length=context_length,
         batch_size=batch_size,

@@ -126,7 +126,7 @@ def _inspect(teacher: Path, fraction: float):
     from minitron.memory import Budget
     from minitron.models.describe import describe
 
-    doc = describe(teacher, context_length=CONTEXT, dtype="bf16")
+    doc = describe(teacher, context_length=CONTEXT, dtype="bf16", engine=None)  # weights + KV + state: no engine terms
     total = doc["memory"]["total_bytes"]
     budget = Budget(gpu=None, usable_bytes=int(total * fraction), headroom=0.0, reserve_bytes=0)
     info(f"[1/5] inspect: {teacher.name}, {doc['pattern']}, {fmt_params(doc['params']['total'])} parameters, "
@@ -156,6 +156,7 @@ def _prune(teacher: Path, scores: Path, heldout: Path, budget, dest: Path) -> di
         search=["hidden_size=128:256:32", "ffn_size=256:512:64", "mamba_heads=8:16:4"],
         data=[heldout], seq_len=SEQ_LEN, proxy_samples=4, shortlist=4, top_k=4, device="cpu",
         keep_layer_types="attention=1",  # a hybrid stays a hybrid (and transformers' cache needs one)
+        engine=None,  # the same model-only figure as the budget
     )
     with Progress(units=PRUNE_UNITS) as bar:
         doc = prune(opts, progress=bar.update, log=lambda m: None)
@@ -194,7 +195,7 @@ def _eval(teacher: Path, pruned: Path, distilled: Path, heldout: Path, task_dir:
     opts = EvalOptions(models=[teacher, pruned, distilled], data=[heldout], seq_len=SEQ_LEN, samples=EVAL_SAMPLES,
                        batch_size=8, teacher=teacher, tasks=TASK_NAME, include_path=[task_dir], throughput=True,
                        throughput_settings=ThroughputSettings(prompt_len=64, gen_len=32, runs=3, warmup=1),
-                       context_length=CONTEXT, memory_dtype="bf16", device="cpu", dtype="fp32")
+                       context_length=CONTEXT, memory_dtype="bf16", engine=None, device="cpu", dtype="fp32")
     from minitron.cli.eval_cmd import _Reporter
 
     with Progress(unit="blocks") as bar:
