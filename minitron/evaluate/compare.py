@@ -129,7 +129,7 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     opts.validate()
     device = resolve_device(opts.device)
     dtype = (
-        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype)
+        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype, fp8=False)
     )
     # ---------------------------------------------------------------- everything checked before loading
     ckpts = [open_checkpoint(p, require_weights=True) for p in opts.models]
