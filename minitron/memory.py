@@ -84,13 +84,13 @@ def norm_dtype(name: str, flag: str = "--dtype", *, fp8: bool = True) -> str:
 
 
 def norm_engine(name: str | None) -> str | None:
-    """`vllm` or `hf`; None (Python callers only) is the model alone: the paper's weights + KV + state,
-    transformers' conv window, no engine terms (the demo's budget is a fraction of that)."""
-    if name is None:
+    """`vllm` or `hf`; `none` (None) is the model alone: the paper's weights + KV + state with
+    transformers' conv window and no engine terms (the demo's budget is a fraction of that)."""
+    if name is None or str(name).lower() == "none":
         return None
     key = str(name).lower()
     if key not in ENGINES:
-        raise InputError(f"unknown engine {name!r} (expected vllm or hf)", flag="--engine")
+        raise InputError(f"unknown engine {name!r} (expected vllm, hf or none)", flag="--engine")
     return key
 
 
