@@ -181,9 +181,21 @@ ContextOpt = Annotated[int | None, typer.Option(
     "--context-length", help="Memory model: tokens per sequence (default: the model's max_position_embeddings).")]
 SequencesOpt = Annotated[int, typer.Option("--sequences", help="Memory model: sequences held at once.")]
 MemoryDtypeOpt = Annotated[str, typer.Option(
-    "--memory-dtype", help="Memory model: dtype of the weights and the KV cache (bf16, fp16 or fp32).")]
+    "--memory-dtype", help="Memory model: dtype of the weights (fp8, bf16, fp16 or fp32).")]
 StateDtypeOpt = Annotated[str | None, typer.Option(
     "--state-dtype", help="Memory model: Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="Memory model: the serving engine whose terms count: vllm, hf (transformers), or none (the model alone).")]
+KvDtypeOpt = Annotated[str | None, typer.Option(
+    "--kv-dtype", help="Memory model: KV-cache dtype, fp8 or bf16 (vLLM's --kv-cache-dtype; default: as the activations).")]
+PrefillChunkOpt = Annotated[int | None, typer.Option(
+    "--prefill-chunk", help="Memory model (vllm): tokens per prefill chunk (default 2048; hf: the whole context).")]
+TensorParallelOpt = Annotated[int, typer.Option(
+    "--tensor-parallel", help="GPUs vLLM shards the model over: widths must divide (docs/serving.md); memory per GPU.")]
+HeadroomOpt = Annotated[float | None, typer.Option(
+    "--headroom", help="Fraction of the GPU kept free (default with --gpu: 1 - the engine's usable share, vllm 0.08).")]
+ReserveOpt = Annotated[float | None, typer.Option(
+    "--reserve-gib", help="GiB reserved (default with --gpu: the CUDA context, 1.0).")]
 
 
 RevisionOpt = Annotated[str | None, typer.Option(

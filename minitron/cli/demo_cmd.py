@@ -139,7 +139,7 @@ def made_by_demo(out: Path) -> bool:
 def _inspect(teacher: Path, fraction: float) -> tuple[dict, int]:
     from minitron.models.describe import describe
 
-    doc = describe(teacher, context_length=CONTEXT, dtype="bf16")
+    doc = describe(teacher, context_length=CONTEXT, dtype="bf16", engine=None)  # weights + KV + state: no engine terms
     total = doc["memory"]["total_bytes"]
     budget = int(total * fraction)
     info(f"[1/5] inspect: {teacher.name}, {doc['pattern']}, {fmt_params(doc['params']['total'])} parameters, "

@@ -9,9 +9,12 @@ import typer
 
 from minitron.cli.common import (
     ContextOpt,
+    EngineOpt,
     JsonOpt,
+    KvDtypeOpt,
     MemoryDtypeOpt,
     OverwriteOpt,
+    PrefillChunkOpt,
     RevisionOpt,
     SeqLenOpt,
     SequencesOpt,
@@ -110,6 +113,20 @@ def command(
     sequences: SequencesOpt = 1,
     memory_dtype: MemoryDtypeOpt = "bf16",
     state_dtype: StateDtypeOpt = None,
+    engine: EngineOpt = "vllm",
+    kv_dtype: KvDtypeOpt = None,
+    prefill_chunk: PrefillChunkOpt = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="Deployment fit: concurrent sequences on this GPU.")] = None,
+    memory_budget: Annotated[
+        str | None, typer.Option("--memory-budget", help="Deployment fit against a size instead, e.g. 19.66GiB.")
+    ] = None,
+    vllm: Annotated[bool, typer.Option(
+        "--vllm", help="Also run each model in vLLM: greedy tokens vs transformers, generation throughput, cache bytes.")] = False,
+    vllm_python: Annotated[str | None, typer.Option(
+        "--vllm-python", help="Python of the vLLM environment (default: $MINITRON_VLLM_PYTHON).")] = None,
+    vllm_tokens: Annotated[int, typer.Option("--vllm-tokens", help="Greedy tokens compared per prompt (--vllm).")] = 24,
+    vllm_eager: Annotated[bool, typer.Option(
+        "--vllm-eager", help="vLLM without torch.compile (faster load, slower decode).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[
         str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
@@ -146,6 +163,11 @@ def command(
     transformers' cache, --throughput-batch-size sequences at once, median of --throughput-runs
     runs; on a GPU also the peak memory beside the memory model's figure.
 
+    vLLM (--vllm): each model is also loaded in vLLM (a separate environment, --vllm-python or
+    $MINITRON_VLLM_PYTHON; docs/serving.md): its greedy tokens on a few prompts must equal
+    transformers', the same throughput batch is generated in both engines, and vLLM's own cache
+    bytes per sequence are set beside the memory model's --engine vllm figure.
+
     Examples:
 
       minitron eval teacher/ pruned/ distilled/ --data heldout.txt --teacher teacher/
@@ -158,10 +180,14 @@ def command(
 
       minitron eval teacher/ pruned/ --data heldout.jsonl --seq-len 4096 --out eval/ --json
 
+      minitron eval teacher/ pruned/ --vllm --vllm-python .venv-vllm/bin/python --gpu a10g --context-length 131072
+
       minitron eval --task-dir
     """
     from minitron.evaluate.compare import EvalOptions, evaluate_models
     from minitron.evaluate.throughput import ThroughputSettings
+    from minitron.evaluate.vllm_check import VllmSettings
+    from minitron.memory import make_budget
 
     if out is not None:
         from minitron.io import check_output_dir
@@ -191,6 +217,12 @@ def command(
         sequences=sequences,
         memory_dtype=memory_dtype,
         state_dtype=state_dtype,
+        engine=engine,
+        kv_dtype=kv_dtype,
+        prefill_chunk=prefill_chunk,
+        budget=make_budget(gpu=gpu, memory_budget=memory_budget, engine=engine),
+        vllm=VllmSettings(python=vllm_python, greedy_tokens=vllm_tokens, enforce_eager=vllm_eager,
+                          kv_cache_dtype={"fp8": "fp8", None: "auto"}.get(kv_dtype, "auto")) if vllm else None,
         device=device,
         dtype=dtype,
         seed=seed,
@@ -217,5 +249,5 @@ def _write(out: Path, doc: dict, opts, overwrite: bool) -> None:
         (tmp / "eval.json").write_text(to_json(doc) + "\n")
         inputs = {"models": [str(m) for m in opts.models], "teacher": str(opts.teacher) if opts.teacher else None,
                   "data": doc["settings"]["data_files"]}
-        write_provenance(tmp, "eval", {k: v for k, v in vars(opts).items() if k != "throughput_settings"},
+        write_provenance(tmp, "eval", {k: v for k, v in vars(opts).items() if k not in ("throughput_settings", "budget", "vllm")},
                          inputs=inputs, result={"reference": doc["reference"], "models": [m["name"] for m in doc["models"]]})

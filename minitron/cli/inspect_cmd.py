@@ -10,11 +10,17 @@ from rich.table import Table
 
 from minitron.cli.common import (
     ContextOpt,
+    EngineOpt,
+    HeadroomOpt,
     JsonOpt,
+    KvDtypeOpt,
     MemoryDtypeOpt,
+    PrefillChunkOpt,
+    ReserveOpt,
     RevisionOpt,
     SequencesOpt,
     StateDtypeOpt,
+    TensorParallelOpt,
     command,
     emit_json,
     fmt_bytes,
@@ -26,6 +32,17 @@ from minitron.cli.common import (
 )
 from minitron.memory import GPU_PRESETS, describe_memory, make_budget
 from minitron.models.describe import describe
+
+# The memory table's rows: every term of the memory model (docs/serving.md).
+MEMORY_TERMS = (
+    ("weights_bytes", "weights"),
+    ("kv_cache_bytes", "kv_cache ({kv_dtype})"),
+    ("mamba_state_bytes", "mamba_state"),
+    ("mamba_ssm_bytes", "  SSM state ({state_dtype})"),
+    ("mamba_conv_bytes", "  conv state ({conv_window} columns)"),
+    ("prefill_activation_bytes", "prefill activations ({prefill_tokens:,} tokens)"),
+    ("logits_bytes", "logits ({logits_rows} rows, fp32)"),
+)
 
 
 @command
@@ -39,8 +56,12 @@ def command(
     memory_budget: Annotated[
         str | None, typer.Option("--memory-budget", help="Check the fit against a size instead, e.g. 19.66GiB.")
     ] = None,
-    headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
-    reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
+    headroom: HeadroomOpt = None,
+    reserve_gib: ReserveOpt = None,
+    engine: EngineOpt = "vllm",
+    kv_dtype: KvDtypeOpt = None,
+    prefill_chunk: PrefillChunkOpt = None,
+    tensor_parallel: TensorParallelOpt = 1,
     revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     _dtype: renamed("--dtype", "--memory-dtype", " (--dtype is the compute dtype where a model runs)") = None,
@@ -56,12 +77,14 @@ def command(
 
       minitron inspect nemotron-nano-9b-v2 --gpu a10g --headroom 0.05 --reserve-gib 1.3 --state-dtype bf16
 
-      minitron inspect path/to/model --context-length 32768 --sequences 8 --json
+      minitron inspect nemotron-nano-9b-v2 --gpu a10g --context-length 131072 --kv-dtype fp8
+
+      minitron inspect path/to/model --context-length 32768 --sequences 8 --engine hf --json
     """
-    budget = make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib)
+    budget = make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib, engine=engine)
     doc = describe(
         with_revision(model, revision), context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
-        budget=budget,
+        budget=budget, engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel,
     )
     if json_out:
         emit_json(doc)
@@ -107,14 +130,20 @@ def render(doc: dict) -> None:
     t.add_row("[bold]total[/bold]", f"[bold]{fmt_int(total)}[/bold]", f"({fmt_params(total)})",
               *([f"[bold]{fmt_int(active['total'])}[/bold] ({fmt_params(active['total'])})"] if moe else []))
     out.print(t)
+    if "tensor_parallel" in doc:
+        tp = doc["tensor_parallel"]
+        rules = "; ".join(f"{p['flag']}: {p['rule']}" for p in tp["problems"])
+        out.print(f"tensor parallel {tp['size']}: " + (f"[red]not shardable[/red] ({rules})" if rules else "[green]every width divides[/green]"))
     m = doc["memory"]
     t = Table(title=f"memory at {describe_memory(m)}", title_justify="left")
     t.add_column("term")
     t.add_column("bytes", justify="right")
     t.add_column("", justify="right")
-    for k in ("weights_bytes", "kv_cache_bytes", "mamba_state_bytes"):
-        t.add_row(k.removesuffix("_bytes"), fmt_int(m[k]), fmt_bytes(m[k]))
+    for k, label in MEMORY_TERMS:
+        if k in m:
+            t.add_row(label.format(**m), fmt_int(m[k]), fmt_bytes(m[k]))
     t.add_row("[bold]total[/bold]", fmt_int(m["total_bytes"]), f"[bold]{fmt_bytes(m['total_bytes'])}[/bold]")
+    t.add_row("per sequence (KV + state)", fmt_int(m["per_sequence_bytes"]), fmt_bytes(m["per_sequence_bytes"]))
     out.print(t)
     if "budget" in doc:
         b = doc["budget"]
@@ -122,5 +151,6 @@ def render(doc: dict) -> None:
         verdict = "[green]fits[/green]" if b["fits"] else "[red]does not fit[/red]"
         out.print(
             f"{name}: {fmt_bytes(b['usable_bytes'])} x (1 - {b['headroom']}) - {fmt_bytes(b['reserve_bytes'])} = "
-            f"{fmt_bytes(b['budget_bytes'])}  ->  {verdict} (margin {fmt_bytes(b['margin_bytes'])})"
+            f"{fmt_bytes(b['budget_bytes'])}  ->  {verdict} (margin {fmt_bytes(b['margin_bytes'])}); "
+            f"{b['max_sequences']:,} concurrent sequences of {m['context_length']:,} tokens fit"
         )

@@ -9,13 +9,19 @@ import typer
 
 from minitron.cli.common import (
     ContextOpt,
+    EngineOpt,
+    HeadroomOpt,
     JsonOpt,
+    KvDtypeOpt,
     MemoryDtypeOpt,
     OverwriteOpt,
+    PrefillChunkOpt,
+    ReserveOpt,
     RevisionOpt,
     SeqLenOpt,
     SequencesOpt,
     StateDtypeOpt,
+    TensorParallelOpt,
     command,
     emit_json,
     fmt_bytes,
@@ -56,8 +62,12 @@ def command(
     target_active_params: Annotated[str | None, typer.Option("--target-active-params", help="Search under active parameters per token (MoE), e.g. 3B; combinable with the other targets.")] = None,
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Search under a memory budget, e.g. 19.66GiB.")] = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help=f"Search under a GPU's memory: {', '.join(GPU_PRESETS)}.")] = None,
-    headroom: Annotated[float, typer.Option("--headroom", help="Fraction of the GPU kept free.")] = 0.0,
-    reserve_gib: Annotated[float, typer.Option("--reserve-gib", help="GiB reserved for something else.")] = 0.0,
+    headroom: HeadroomOpt = None,
+    reserve_gib: ReserveOpt = None,
+    engine: EngineOpt = "vllm",
+    kv_dtype: KvDtypeOpt = None,
+    prefill_chunk: PrefillChunkOpt = None,
+    tensor_parallel: TensorParallelOpt = 1,
     context_length: ContextOpt = None,
     sequences: SequencesOpt = 1,
     memory_dtype: MemoryDtypeOpt = "bf16",
@@ -118,8 +128,10 @@ def command(
         target_params=parse_params(target_params) if target_params is not None else None,
         target_active_params=parse_params(target_active_params, flag="--target-active-params")
         if target_active_params is not None else None,
-        budget=make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib),
+        budget=make_budget(gpu=gpu, memory_budget=memory_budget, headroom=headroom, reserve_gib=reserve_gib,
+                           engine=engine),
         context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
+        engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel,
         search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
         proxy=proxy, shortlist=shortlist, candidate_distill_steps=candidate_distill_steps,
         distill_samples=distill_samples, lr=lr, top_k=candidates, dry_run=dry_run, overwrite=overwrite,
@@ -177,7 +189,8 @@ def render(doc: dict) -> None:
     if "budget" in doc:
         b = doc["budget"]
         verdict = "[green]fits[/green]" if b["fits"] else "[red]does not fit[/red]"
-        out.print(f"budget {fmt_bytes(b['budget_bytes'])}: {verdict} (margin {fmt_bytes(b['margin_bytes'])})")
+        out.print(f"budget {fmt_bytes(b['budget_bytes'])}: {verdict} (margin {fmt_bytes(b['margin_bytes'])}); "
+                  f"concurrent sequences of {ma['context_length']:,} tokens: {b['max_sequences_before']:,} -> {b['max_sequences']:,}")
     if doc["dry_run"]:
         out.print("dry run: nothing written")
     else:

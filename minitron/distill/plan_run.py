@@ -21,7 +21,7 @@ def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None
 
     if opts.nproc is not None and opts.nproc < 1:
         raise InputError(f"must be >= 1, got {opts.nproc}", flag="--nproc")
-    budget = make_budget(gpu=opts.gpu, memory_budget=opts.memory_budget)
+    budget = make_budget(gpu=opts.gpu, memory_budget=opts.memory_budget, headroom=0.0, reserve_gib=0.0)  # training: the whole GPU
     kind = "cuda" if (opts.gpu or str(device or opts.device).startswith("cuda")) else "cpu"
     dtype = opts.dtype if opts.dtype not in (None, "auto") else ("bf16" if kind == "cuda" else "fp32")
     dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)

@@ -18,6 +18,7 @@ from pathlib import Path
 from minitron.errors import InputError
 from minitron.evaluate.harness import parse_tasks, resolve_tasks
 from minitron.evaluate.throughput import ThroughputSettings
+from minitron.evaluate.vllm_check import VllmSettings
 
 PROBE = "The quick brown fox, 1234 €, naïve café — 日本語 text.\n\tdef f(x): return x ** 2"
 
@@ -41,6 +42,11 @@ class EvalOptions:
     sequences: int = 1  # memory model: sequences held at once
     memory_dtype: str = "bf16"  # memory model: weights and KV dtype (what a server holds), not the compute dtype
     state_dtype: str | None = None  # memory model: SSM state dtype (default: the config's)
+    engine: str = "vllm"  # memory model: the serving engine whose terms count
+    kv_dtype: str | None = None  # memory model: KV-cache dtype (default: the activation dtype)
+    prefill_chunk: int | None = None  # memory model (vllm): chunked-prefill tokens
+    budget: object | None = None  # memory.Budget: deployment fit (max sequences) per model
+    vllm: VllmSettings | None = None  # also run each model in vLLM (greedy check, throughput, cache bytes)
     device: str = "auto"
     dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
     seed: int = 0
@@ -67,6 +73,8 @@ class EvalOptions:
         if not self.tasks and (self.num_fewshot is not None or self.limit is not None):
             raise InputError("--num-fewshot and --limit apply to --tasks; give --tasks too", flag="--tasks")
         self.throughput_settings.validate()
+        if self.vllm is not None:
+            self.vllm.validate()
 
 
 def tokenizer_fingerprint(tok) -> str:
@@ -121,7 +129,7 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     opts.validate()
     device = resolve_device(opts.device)
     dtype = (
-        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype)
+        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype, fp8=False)
     )
     # ---------------------------------------------------------------- everything checked before loading
     ckpts = [open_checkpoint(p, require_weights=True) for p in opts.models]
@@ -131,8 +139,23 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         opts.seq_len = resolve_seq_len(opts.seq_len, min(c.arch.max_position_embeddings for c in everyone))
     opts.context_length = resolve_context(ckpts[0].arch, opts.context_length)
     norm_dtype(opts.memory_dtype, flag="--memory-dtype")
-    estimate(ckpts[0].arch, context_length=opts.context_length, batch_size=opts.sequences, dtype=opts.memory_dtype,
-             state_dtype=opts.state_dtype)  # validates the memory-model options before any model loads
+    def memory(arch):
+        return estimate(arch, context_length=opts.context_length, batch_size=opts.sequences, dtype=opts.memory_dtype,
+                        state_dtype=opts.state_dtype, engine=opts.engine, kv_dtype=opts.kv_dtype,
+                        prefill_chunk=opts.prefill_chunk)  # fmt: skip
+
+    memory(ckpts[0].arch)  # validates the memory-model options before any model loads
+    vllm_python = None
+    if opts.vllm is not None:
+        from minitron.evaluate.vllm_check import find_python
+
+        vllm_python = find_python(opts.vllm.python)
+        s = opts.throughput_settings
+        for c in ckpts:
+            if s.prompt_len + s.gen_len > c.arch.max_position_embeddings:
+                raise InputError(f"--prompt-len + --gen-len ({s.prompt_len + s.gen_len}) exceeds {c.path}'s "
+                                 f"max_position_embeddings ({c.arch.max_position_embeddings}); vLLM refuses it",
+                                 flag="--prompt-len")  # fmt: skip
     task_names = parse_tasks(opts.tasks)
     plan = resolve_tasks(task_names, opts.include_path) if task_names or opts.include_path else None
     tokenizers = [load_tokenizer(c.path) for c in ckpts]
@@ -175,8 +198,11 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         "batch_size": opts.batch_size,
         "context_length": opts.context_length,
         "memory_model": {"context_length": opts.context_length, "sequences": opts.sequences,
-                         "dtype": opts.memory_dtype, "state_dtype": opts.state_dtype},
-        "throughput": asdict(opts.throughput_settings) if opts.throughput else None,
+                         "dtype": opts.memory_dtype, "state_dtype": opts.state_dtype, "engine": opts.engine,
+                         "kv_dtype": opts.kv_dtype, "prefill_chunk": opts.prefill_chunk},
+        "budget": opts.budget.to_dict() if opts.budget is not None else None,
+        "throughput": asdict(opts.throughput_settings) if opts.throughput or opts.vllm else None,
+        "vllm": dict(asdict(opts.vllm), python=str(vllm_python)) if opts.vllm is not None else None,
     }
     # ---------------------------------------------------------------- heavy work
     teacher = None
@@ -188,12 +214,12 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
         same_as_teacher = teacher is not None and ckpt.path.resolve() == teacher_ckpt.path.resolve()
         rep.log(f"loading {name} ({ckpt.path})")
         model = teacher if same_as_teacher else load_model(ckpt.path, dtype=dtype, device=device, check=False)
-        mem = estimate(ckpt.arch, context_length=opts.context_length, batch_size=opts.sequences,
-                       dtype=opts.memory_dtype, state_dtype=opts.state_dtype)
+        mem = memory(ckpt.arch)
         row = {"name": name, "path": str(ckpt.path), "params": sum(p.numel() for p in model.parameters()),
                "active_params": ckpt.arch.total_active_params,  # per token (MoE); = params when dense
                "loss": None, "perplexity": None, "kl": None, "tasks": {}, "memory": mem.to_dict(),
-               "throughput": None}  # fmt: skip
+               "fit": opts.budget.to_dict(mem) if opts.budget is not None else None,
+               "throughput": None, "vllm": None}  # fmt: skip
         if blocks is not None:
             rep.start(f"perplexity {name}", int(blocks.shape[0]))
             try:
@@ -214,15 +240,21 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
                 seed=opts.seed,
                 verbose=logging.getLogger("minitron").isEnabledFor(logging.DEBUG),
             )
-        if opts.throughput:
+        if opts.throughput or opts.vllm is not None:
             s = opts.throughput_settings
             rep.log(
                 f"throughput {name}: batch {s.batch_size}, prompt {s.prompt_len}, {s.gen_len} decode steps"
             )
             shape = estimate(
-                ckpt.arch, context_length=s.prompt_len + s.gen_len, batch_size=s.batch_size, dtype=dtype
-            )
+                ckpt.arch, context_length=s.prompt_len + s.gen_len, batch_size=s.batch_size, dtype=dtype, engine="hf"
+            )  # what this transformers run holds
             row["throughput"] = throughput.measure(model, s, memory_model_bytes=shape.total_bytes)
+        if opts.vllm is not None:
+            from minitron.evaluate.vllm_check import check_model
+
+            row["vllm"] = check_model(model, tok, ckpt.arch, ckpt.path, settings=opts.vllm, python=vllm_python,
+                                      dtype=dtype, throughput_settings=opts.throughput_settings,
+                                      hf_throughput=row["throughput"], log=rep.log)  # fmt: skip
         rows.append(row)
         model = None  # the teacher (if this was it) stays referenced by `teacher`
         _release_memory()

@@ -36,6 +36,11 @@ def relative(rows: list[dict]) -> list[dict]:
         rel |= {k: _ratio(tp.get(k), ref_tp.get(k)) for k in SPEED_KEYS}
         mem, ref_mem = row.get("memory") or {}, ref.get("memory") or {}
         rel["memory"] = _ratio(mem.get("total_bytes"), ref_mem.get("total_bytes"))
+        fit, ref_fit = row.get("fit") or {}, ref.get("fit") or {}
+        rel["max_sequences"] = _ratio(fit.get("max_sequences"), ref_fit.get("max_sequences"))
+        vt = ((row.get("vllm") or {}).get("throughput") or {}).get("generate_tokens_per_second")
+        ref_vt = ((ref.get("vllm") or {}).get("throughput") or {}).get("generate_tokens_per_second")
+        rel["vllm_generate_tokens_per_second"] = _ratio(vt, ref_vt)
         tasks, ref_tasks = row.get("tasks") or {}, ref.get("tasks") or {}
         rel["tasks"] = {
             t: {
@@ -78,7 +83,7 @@ def render(doc: dict, console: Console) -> None:
     from minitron.fmt import fmt_bytes, fmt_params
 
     models = doc["models"]
-    has = {k: any(m.get(k) is not None for m in models) for k in ("loss", "kl", "throughput", "memory")}
+    has = {k: any(m.get(k) is not None for m in models) for k in ("loss", "kl", "throughput", "memory", "fit", "vllm")}
     t = Table(title=f"reference: {models[0]['name']}", title_justify="left")
     t.add_column("model")
     t.add_column("params", justify="right")
@@ -94,6 +99,14 @@ def render(doc: dict, console: Console) -> None:
         mm = next(m["memory"] for m in models if m.get("memory"))
         dtype = f" ({mm['dtype']})" if mm.get("dtype") else ""
         t.add_column(f"memory @ {mm['context_length']:,}{dtype}", justify="right")
+    if has["fit"]:
+        t.add_column("max sequences", justify="right")
+    if has["vllm"]:
+        t.add_column("vLLM greedy = HF", justify="right")
+        t.add_column("gen tok/s HF", justify="right")
+        t.add_column("gen tok/s vLLM", justify="right")
+        ctx = next(m["vllm"]["cache"]["context_length"] for m in models if m.get("vllm"))
+        t.add_column(f"vLLM KV+state/seq @ {ctx:,} (model)", justify="right")
     if has["throughput"]:
         t.add_column("prefill tok/s", justify="right")
         t.add_column("decode tok/s", justify="right")
@@ -113,6 +126,11 @@ def render(doc: dict, console: Console) -> None:
         if has["memory"]:
             mem = m.get("memory") or {}
             cells.append(fmt_bytes(mem.get("total_bytes")) + _rel_ratio(rel.get("memory"), first))
+        if has["fit"]:
+            fit = m.get("fit") or {}
+            cells.append(_f(fit.get("max_sequences"), ",d") + _rel_ratio(rel.get("max_sequences"), first))
+        if has["vllm"]:
+            cells.extend(_vllm_cells(m.get("vllm"), rel, first))
         if has["throughput"]:
             tp = m.get("throughput") or {}
             cells.append(_f(tp.get("prefill_tokens_per_second"), ",.1f")
@@ -143,5 +161,28 @@ def render(doc: dict, console: Console) -> None:
         tp = s.get("throughput") or {}
         notes.append(f"throughput: batch {tp.get('batch_size')}, prompt {tp.get('prompt_len')}, "
                      f"{tp.get('gen_len')} decode steps, median of {tp.get('runs')} on {s.get('device')}")  # fmt: skip
+    if has["fit"]:
+        b = s.get("budget") or {}
+        notes.append(f"max sequences: concurrent sequences of {mm['context_length']:,} tokens in "
+                     f"{fmt_bytes(b.get('budget_bytes'))} ({b.get('gpu') or 'budget'}, engine {mm.get('engine')})")
+    if has["vllm"]:
+        v = next(m["vllm"] for m in models if m.get("vllm"))
+        notes.append(f"vLLM {v['version']} ({v['dtype']}): greedy {v['greedy']['tokens']} tokens on "
+                     f"{v['greedy']['prompts']} prompts; gen tok/s = batch x gen-len / (prefill + decode) time, "
+                     "same prompts in both engines")
     for n in notes:
         console.print(f"[dim]{n}[/dim]")
+
+
+def _vllm_cells(v: dict | None, rel: dict, first: bool) -> list[str]:
+    from minitron.fmt import fmt_bytes
+
+    if not v:
+        return ["—"] * 4
+    g, tp, c = v["greedy"], v.get("throughput") or {}, v["cache"]
+    greedy = (f"[green]yes[/green] {g['prompts_equal']}/{g['prompts']}" if g["equal"] else
+              f"[red]no[/red] {g['prompts_equal']}/{g['prompts']}")  # fmt: skip
+    ours, theirs = c["memory_model_per_sequence"]["total_bytes"], c["vllm_per_sequence"]["total_bytes"]
+    return [greedy, _f(tp.get("hf_generate_tokens_per_second"), ",.1f"),
+            _f(tp.get("generate_tokens_per_second"), ",.1f") + _rel_ratio(rel.get("vllm_generate_tokens_per_second"), first),
+            f"{fmt_bytes(theirs)} ({'=' if c['equal'] else fmt_bytes(ours)})"]  # fmt: skip

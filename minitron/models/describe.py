@@ -17,11 +17,16 @@ def describe(
     dtype: str = "bf16",
     state_dtype: str | None = None,
     budget: Budget | None = None,
+    engine: str = "vllm",
+    kv_dtype: str | None = None,
+    prefill_chunk: int | None = None,
+    tensor_parallel: int = 1,
 ) -> dict:
     ckpt = open_checkpoint(path)  # strict header check when weights are present
     a = ckpt.arch
     context_length = resolve_context(a, context_length)
-    est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype)
+    est = estimate(a, context_length=context_length, batch_size=batch_size, dtype=dtype, state_dtype=state_dtype,
+                   engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel)
     doc = {
         "path": str(ckpt.path),
         "model_type": a.raw.get("model_type"),
@@ -60,6 +65,11 @@ def describe(
         },
         "memory": est.to_dict(),
     }
+    if tensor_parallel > 1:
+        from minitron.tensor_parallel import problems
+
+        doc["tensor_parallel"] = {"size": tensor_parallel,
+                                  "problems": [{"flag": f, "rule": r} for f, r in problems(a, tensor_parallel)]}
     if budget is not None:
         doc["budget"] = budget.to_dict(est)
     return doc

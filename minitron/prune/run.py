@@ -12,7 +12,7 @@ from pathlib import Path
 
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import Budget, estimate, resolve_context
+from minitron.memory import Budget, estimate, max_sequences, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import (
     AXES,
@@ -29,9 +29,12 @@ from minitron.prune.select import (
     make_plan,
     parse_keep_types,
     parse_layer_list,
+    shape_arch,
     validate_shape,
 )
 from minitron.prune.stream import DEFAULT_SHARD_BYTES
+from minitron.tensor_parallel import impossible as tp_impossible
+from minitron.tensor_parallel import problems as tp_problems
 
 
 @dataclass
@@ -51,6 +54,10 @@ class PruneOptions:
     batch_size: int = 1  # sequences held at once (--sequences)
     dtype: str = "bf16"
     state_dtype: str | None = None
+    engine: str = "vllm"  # memory model: whose serving terms count (--engine)
+    kv_dtype: str | None = None
+    prefill_chunk: int | None = None
+    tensor_parallel: int = 1  # widths vLLM can shard over this many GPUs; memory per GPU
     search: list[str] = field(default_factory=list)
     drop_order: str | None = None
     data: list[Path] = field(default_factory=list)
@@ -133,7 +140,8 @@ def _target(o: PruneOptions) -> dict:
         if o.budget is not None:
             kinds.append("memory")
             out.update(budget_bytes=o.budget.budget_bytes, gpu=o.budget.gpu, context_length=o.context_length,
-                       batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype)
+                       batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype, engine=o.engine,
+                       kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk, tensor_parallel=o.tensor_parallel)
         return {"kind": "+".join(kinds), **out}
     exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
     if o.num_layers is not None:
@@ -145,7 +153,8 @@ def _target(o: PruneOptions) -> dict:
 
 def _memory(arch, o: PruneOptions):
     return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                    state_dtype=o.state_dtype)
+                    state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk,
+                    tensor_parallel=o.tensor_parallel)
 
 
 def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
@@ -163,7 +172,10 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         from minitron.io import check_output_dir
 
         check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
-    _memory(arch, o)  # validates --context-length, --batch-size, dtypes
+    _memory(arch, o)  # validates --context-length, --batch-size, dtypes, --tensor-parallel
+    why = tp_impossible(arch, o.tensor_parallel)
+    if why:
+        raise InputError(why, flag="--tensor-parallel")
     keep_min = parse_keep_types(o.keep_layer_types)
     if "*" in arch.pattern:
         # transformers' cache (generate) fails on a Nemotron-H with no attention layer left
@@ -180,7 +192,10 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         if o.drop_order is not None:
             parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
     else:
-        validate_shape(arch, o.shape)
+        broken = tp_problems(shape_arch(arch, validate_shape(arch, o.shape)), o.tensor_parallel)
+        if broken:  # checked before any work; the search lists only shardable shapes
+            flag, rule = broken[0]
+            raise InputError(f"{rule}: vLLM cannot shard it over {o.tensor_parallel} GPUs", flag=flag)
         if o.drop_layers is not None:
             check_drop(arch, parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers"), keep_min,
                        "--drop-layers")
@@ -214,7 +229,7 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         plan=plan.summary(),
     )
     if o.budget is not None:
-        doc["budget"] = o.budget.to_dict(after)
+        doc["budget"] = o.budget.to_dict(after) | {"max_sequences_before": max_sequences(before, o.budget.budget_bytes)}
     if o.target_params is not None:
         doc["target_params"] = o.target_params
     if o.target_active_params is not None:
@@ -312,7 +327,11 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
     cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
                                  target_params=o.target_params, target_active_params=o.target_active_params,
                                  context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                                 state_dtype=o.state_dtype)
+                                 state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype,
+                                 prefill_chunk=o.prefill_chunk, tensor_parallel=o.tensor_parallel)
+    if o.tensor_parallel > 1 and not cands:
+        raise InputError(f"no shape of the search space can be sharded over {o.tensor_parallel} GPUs "
+                         "(widen --search to multiples of it)", flag="--tensor-parallel")
     require_feasible(cands, budget=o.budget, target_params=o.target_params,
                      target_active_params=o.target_active_params)
     ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]

@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass
 
 from minitron.errors import InfeasibleError, InputError
-from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype
+from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype, prefill_activation_bytes
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
+from minitron.tensor_parallel import problems as tp_problems
 
 AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads",
         "experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
@@ -189,6 +190,10 @@ def enumerate_candidates(
     batch_size: int = 1,
     dtype: str = "bf16",
     state_dtype: str | None = None,
+    engine: str = "vllm",
+    kv_dtype: str | None = None,
+    prefill_chunk: int | None = None,
+    tensor_parallel: int = 1,
 ) -> list[Candidate]:
     """Every valid candidate of the space with its parameters (total, active), memory and whether it fits."""
     a = arch
@@ -228,16 +233,25 @@ def enumerate_candidates(
                 else:
                     per_unit[x] = (0, 0)
             est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
-                            state_dtype=state_dtype, params=0)
+                            state_dtype=state_dtype, params=0, engine=engine, kv_dtype=kv_dtype,
+                            prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel)
+            act_bytes = DTYPE_BYTES["bf16" if est0.dtype == "fp8" else est0.dtype]
             for values in linear:
                 widths = dict(zip(LINEAR, values, strict=True))
+                f = widths["ffn_size"]
+                if tensor_parallel > 1 and tp_problems(base.with_(intermediate_size=f or base.intermediate_size),
+                                                       tensor_parallel):
+                    continue  # a width vLLM cannot shard over the GPUs
                 params = p0 + sum(per_unit[x][0] * (v - first[x]) for x, v in widths.items())
                 active = act0 + sum(per_unit[x][1] * (v - first[x]) for x, v in widths.items())
-                mem = est0.total_bytes + params * bytes_per
+                mem = est0.total_bytes + -(-params * bytes_per // tensor_parallel)
+                if f and f != base.intermediate_size and base.ffn_layers():  # the MLP's prefill tensors grow with f
+                    mem += prefill_activation_bytes(base.with_(intermediate_size=f), est0.prefill_tokens,
+                                                    act_bytes, tensor_parallel) - est0.prefill_activation_bytes
                 fits = ((budget is None or mem <= budget.budget_bytes)
                         and (target_params is None or params <= target_params)
                         and (target_active_params is None or active <= target_active_params))
-                out.append(Candidate(n, h, widths["ffn_size"] or a.intermediate_size, mh, mhd, q, kv, params, mem, fits,
+                out.append(Candidate(n, h, f or a.intermediate_size, mh, mhd, q, kv, params, mem, fits,
                                      dropped, experts=ne, moe_ffn_size=widths["moe_ffn_size"],
                                      shared_expert_ffn_size=widths["shared_expert_ffn_size"], experts_per_token=topk,
                                      active_params=active))
