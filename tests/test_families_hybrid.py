@@ -189,7 +189,8 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
 
 
 def test_granite_routed_experts_follow_hidden_and_keep_their_width(tiny):
-    """--ffn-size cuts the shared MLP only; experts keep their number and width, and lose hidden channels."""
+    """--ffn-size cuts the shared MLP only; experts keep their number and width, and lose hidden channels.
+    The expert axes themselves are `tests/test_granite_moe.py`'s; --shared-expert-ffn-size is refused."""
     _, model, arch, scores = tiny
     if not arch.n_routed_experts:
         pytest.skip("no routed experts")
@@ -198,10 +199,9 @@ def test_granite_routed_experts_follow_hidden_and_keep_their_width(tiny):
     assert (cfg["num_local_experts"], cfg["intermediate_size"], cfg["shared_intermediate_size"]) == (4, 32, 64)
     moe = prune_model(model, plan).model.layers[0].block_sparse_moe
     assert moe.experts.gate_up_proj.shape == (4, 64, 32) and moe.router.weight.shape == (4, 32)
-    assert set(arch.impl.unsupported_axes(arch)) == {"experts", "moe_ffn_size", "shared_expert_ffn_size",
-                                                     "experts_per_token"}
+    assert set(arch.impl.unsupported_axes(arch)) == {"shared_expert_ffn_size"}
     from minitron.prune.select import validate_shape
 
-    with pytest.raises(InputError, match="routed experts are not cut yet") as e:
-        validate_shape(arch, Shape(experts=2))
-    assert e.value.flag == "--experts"
+    with pytest.raises(InputError, match="shared MLP is the --ffn-size axis") as e:
+        validate_shape(arch, Shape(shared_expert_ffn_size=8))
+    assert e.value.flag == "--shared-expert-ffn-size"

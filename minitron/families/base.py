@@ -66,6 +66,10 @@ class Family:
     def components(self, char: str) -> frozenset[str]:
         raise NotImplementedError
 
+    def layer_components(self, arch, char: str) -> frozenset[str]:
+        """`components(char)` of a layer of `arch` (Granite: `moe` too where the config has routed experts)."""
+        return self.components(char)
+
     def layer_specs(self, arch, i: int, char: str, layout: str) -> list:
         raise NotImplementedError
 

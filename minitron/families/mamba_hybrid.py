@@ -30,16 +30,21 @@ beside the shared MLP and on the same normed input, `block_sparse_moe`:
     block_sparse_moe.output_linear.weight       experts.down_proj      [E, hidden, Fe]
     block_sparse_moe.router.layer.weight        router.weight          [E, hidden]
 
-(Fe: the config's `intermediate_size`; the shared MLP's width is `shared_intermediate_size`). The
-experts follow the hidden cut and depth; the expert axes themselves (how many experts, their width)
-are not cut here and are refused with the reason.
+(Fe: the config's `intermediate_size`; the shared MLP's width is `shared_intermediate_size`). Both the
+checkpoint and the module hold the experts fused ([E, ...], `stacked` specs in either layout). The
+router is a bias-free linear: each token takes the `num_experts_per_tok` largest logits and softmaxes
+over those alone. Cut here: `--experts` (`num_local_experts`: expert slices and router rows),
+`--moe-ffn-size` (`intermediate_size`: each expert its own neurons, rows of both halves of
+`input_linear` and columns of `output_linear`) and `--experts-per-token` (`num_experts_per_tok`).
+`--shared-expert-ffn-size` is refused as redundant: Granite's shared MLP is the `--ffn-size` axis
+(`shared_intermediate_size`, the `ffn` scores), present with or without experts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import (
     attention_params,
@@ -49,12 +54,9 @@ from minitron.families.parts import (
     stacked_model_specs,
 )
 from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
-from minitron.models.tensors import FFN, HIDDEN, TensorSpec, fixed, one
+from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
-# The expert axes (shape keys of `minitron.prune.select.Shape`, built for nemotron_h); a Granite model
-# with routed experts refuses them.
-EXPERT_AXES = ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
 # Granite's MoE tensors: checkpoint name -> module name (transformers' `granitemoe` weight renaming).
 _MOE_NAMES = {"input_linear.weight": "experts.gate_up_proj", "output_linear.weight": "experts.down_proj",
               "router.layer.weight": "router.weight"}
@@ -128,6 +130,8 @@ class MambaHybridFamily(Family):
             o_bias=bias,
             n_routed_experts=experts,
             moe_intermediate_size=int(get("intermediate_size")) if experts else 0,
+            # transformers' GraniteMoeHybridConfig default: top-2.
+            num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 2) if experts else 0,
             raw=dict(cfg),
         )
 
@@ -140,6 +144,9 @@ class MambaHybridFamily(Family):
             "mamba_expand": arch.mamba_intermediate // arch.hidden_size, "vocab_size": arch.vocab_size,
             "num_hidden_layers": arch.num_layers,
         })  # fmt: skip
+        if arch.n_routed_experts:
+            cfg.update(num_local_experts=arch.n_routed_experts, intermediate_size=arch.moe_intermediate_size,
+                       num_experts_per_tok=arch.num_experts_per_tok)
         if "head_dim" in cfg or arch.hidden_size // arch.num_attention_heads != arch.head_dim:
             cfg["head_dim"] = arch.head_dim
         if self.name == "bamba":
@@ -156,13 +163,16 @@ class MambaHybridFamily(Family):
             need(arch.mamba_num_heads > 0 and arch.mamba_head_dim > 0, "mamba heads and head dim must be positive")
             need(arch.mamba_num_heads % arch.n_groups == 0,
                  f"mamba_n_heads ({arch.mamba_num_heads}) is not a multiple of mamba_n_groups ({arch.n_groups})")
+        if arch.n_routed_experts:
+            e, k = arch.n_routed_experts, arch.num_experts_per_tok
+            need(arch.moe_intermediate_size > 0, "`intermediate_size` (the expert width) must be positive")
+            need(1 <= k <= e, f"num_experts_per_tok ({k}) must be in 1..num_local_experts ({e})")
 
     def unsupported_axes(self, arch) -> dict[str, str]:
         if not arch.n_routed_experts:
             return {}
-        why = (f"{self.name} routed experts are not cut yet (they follow --hidden-size and depth; "
-               "expert axes exist for nemotron_h only)")
-        return dict.fromkeys(EXPERT_AXES, why)
+        return {"shared_expert_ffn_size": f"{self.name}'s shared MLP is the --ffn-size axis "
+                                          "(shared_intermediate_size); use --ffn-size"}
 
     def target_problem(self, arch, target) -> tuple[str, str] | None:
         width = target.mamba_intermediate
@@ -176,13 +186,34 @@ class MambaHybridFamily(Family):
     def components(self, char: str) -> frozenset[str]:
         return frozenset({MAMBA_C if char == MAMBA else ATTENTION_C, FFN_C})
 
+    def layer_components(self, arch, char: str) -> frozenset[str]:
+        """Every layer of a Granite model with routed experts also holds them (`moe`)."""
+        return self.components(char) | ({MOE_C} if arch.n_routed_experts else frozenset())
+
     # ------------------------------------------------------------------ parameters
     def _attention_params(self, a) -> int:
         return attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
 
+    def expert_params(self, a) -> int:
+        """One routed expert: gate_up [2Fe, h] and down [h, Fe], no bias."""
+        return 3 * a.moe_intermediate_size * a.hidden_size
+
     def _moe_params(self, a) -> int:
-        """Routed experts (gate_up [2Fe, h] and down [h, Fe] each) and the router of one layer."""
-        return a.n_routed_experts * (3 * a.moe_intermediate_size * a.hidden_size + a.hidden_size)
+        """Routed experts and the router ([E, h]) of one layer."""
+        return a.n_routed_experts * (self.expert_params(a) + a.hidden_size)
+
+    def active_params(self, arch) -> dict[str, int]:
+        """`params()` less the routed experts a token skips: all but `num_experts_per_tok` in every layer."""
+        out = self.params(arch)
+        idle = arch.num_layers * (arch.n_routed_experts - arch.num_experts_per_tok) * self.expert_params(arch)
+        out["moe"] -= idle
+        out["total"] -= idle
+        return out
+
+    def moe_unit_counts(self, arch) -> dict[str, int]:
+        e = arch.n_routed_experts
+        return {"experts": e, "moe_ffn": arch.moe_intermediate_size if e else 0, "shared_expert_ffn": 0,
+                "experts_per_token": arch.num_experts_per_tok if e else 0}
 
     def layer_params(self, arch, char: str) -> int:
         mixer = mamba2_params(arch) if char == MAMBA else self._attention_params(arch)
@@ -221,13 +252,14 @@ class MambaHybridFamily(Family):
                       TensorSpec(m + "output_linear.weight", i, (h, ffn))]
         else:
             specs += gated_mlp_specs(a, m, i, h, bias=a.mlp_bias)
-        if a.n_routed_experts:  # experts and router: only their hidden dimension is cut
-            e, fe = fixed(a.n_routed_experts), a.moe_intermediate_size
-            shapes = {"input_linear.weight": (e, fixed(2 * fe), h), "output_linear.weight": (e, h, fixed(fe)),
-                      "router.layer.weight": (e, h)}
-            for name, dims in shapes.items():
+        if a.n_routed_experts:  # fused in both layouts: [E, gate (Fe) | up (Fe), h], [E, h, Fe]; router [E, h]
+            e, fe = one(EXPERTS, a.n_routed_experts), a.moe_intermediate_size
+            shapes = {"input_linear.weight": ((e, ((MOE_FFN, fe), (MOE_FFN, fe)), h), True),
+                      "output_linear.weight": ((e, h, one(MOE_FFN, fe)), True),
+                      "router.layer.weight": ((e, h), False)}
+            for name, (dims, stacked) in shapes.items():
                 specs.append(TensorSpec(p + "block_sparse_moe." + (_MOE_NAMES[name] if layout == "module" else name),
-                                        i, dims))
+                                        i, dims, stacked=stacked))
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
@@ -237,8 +269,9 @@ class MambaHybridFamily(Family):
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         mixer = HookPoint("mamba", "mamba.in_proj") if char == MAMBA else HookPoint("attention", "self_attn.o_proj")
         down = "output_linear" if self.v.fused_gate_up else "down_proj"
+        moe = [HookPoint("experts", "block_sparse_moe.experts")] if arch.n_routed_experts else []
         return [HookPoint("hidden", "input_layernorm"), HookPoint("hidden", self.v.post_norm, tag="post"), mixer,
-                HookPoint("ffn", f"{self.v.mlp}.{down}")]
+                HookPoint("ffn", f"{self.v.mlp}.{down}"), *moe]
 
     def prepare_blocks(self, model, config, h) -> dict:
         import torch

@@ -1,7 +1,7 @@
 """Routed-expert importance: pure functions from one MoE layer's routed tokens to per-expert sums and scores.
 
 Nothing here touches a model; `hooks.py` hands these functions what transformers' `NemotronHExperts`
-receives (its input, the router's top-k indices and weights) and its own weights. Per MoE layer, with
+(or `GraniteMoeHybridExperts`, gated: a = act(gate x) · up x) receives (its input, the router's top-k indices and weights) and its own weights. Per MoE layer, with
 T_e the tokens routed to expert e (e among the token's top-k), g_{t,e} the router weight the model
 applies to e's output for token t (after `norm_topk_prob` and `routed_scaling_factor`), a_{t,e} the
 activation entering e's down projection and y_{t,e} = down_e(a_{t,e}) e's output, N all tokens:
@@ -29,21 +29,25 @@ def norm_metric(name: str) -> str | None:
     return key if key in EXPERT_METRICS else None
 
 
-def expert_sums(x, top_k_index, top_k_weights, up, down, act) -> dict:
+def expert_sums(x, top_k_index, top_k_weights, up, down, act, gated: bool = False) -> dict:
     """One MoE layer's routed tokens -> float64 sums per expert.
 
     x [N, d] expert input (hidden, or the latent of a latent MoE); top_k_index, top_k_weights [N, K];
-    up [E, f, d], down [E, d, f] (transformers' fused layout). Returns `routed` [E] (|T_e|),
+    up [E, f, d], down [E, d, f] (transformers' fused layout; `gated`: up is [E, gate (f) | up (f), d]). Returns `routed` [E] (|T_e|),
     `gate_norm` [E] (Σ g‖y‖), `norm` [E] (Σ ‖y‖), `act` [E, f] (Σ |a|).
     """
     import torch
 
-    n_exp, f = up.shape[0], up.shape[1]
+    n_exp, f = up.shape[0], up.shape[1] // (2 if gated else 1)
     out = {"routed": torch.zeros(n_exp, dtype=torch.float64), "gate_norm": torch.zeros(n_exp, dtype=torch.float64),
            "norm": torch.zeros(n_exp, dtype=torch.float64), "act": torch.zeros(n_exp, f, dtype=torch.float64)}
     for e in torch.unique(top_k_index).tolist():
         tok, pos = torch.where(top_k_index == e)
-        a = act(torch.nn.functional.linear(x[tok], up[e]))  # [n, f]
+        if gated:
+            gate, lin = torch.nn.functional.linear(x[tok], up[e]).chunk(2, dim=-1)
+            a = act(gate) * lin  # [n, f]
+        else:
+            a = act(torch.nn.functional.linear(x[tok], up[e]))  # [n, f]
         y = torch.nn.functional.linear(a, down[e]).float().norm(dim=-1)  # [n]
         g = top_k_weights[tok, pos].float()
         out["routed"][e] = tok.numel()

@@ -99,14 +99,17 @@ class WidthCollector:
         return hook
 
     def _experts_hook(self, k: int):
-        """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`."""
+        """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`; it holds
+        `up_proj` (Nemotron-H: `act(up x)`) or a fused `gate_up_proj` (Granite: `act(gate x) · up x`)."""
 
         def hook(module, args, kwargs, _output):
             if not self.enabled:
                 return
             names = ("hidden_states", "top_k_index", "top_k_weights")  # positional or by keyword
             x, idx, w = (args[j] if j < len(args) else kwargs[n] for j, n in enumerate(names))
-            sums = moe_maths.expert_sums(x, idx, w, module.up_proj, module.down_proj, module.act_fn)
+            gated = not hasattr(module, "up_proj")
+            up = module.gate_up_proj if gated else module.up_proj
+            sums = moe_maths.expert_sums(x, idx, w, up, module.down_proj, module.act_fn, gated=gated)
             for name, t in sums.items():
                 self.stats.add(f"moe_{name}.{k}", t)
 

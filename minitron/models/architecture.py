@@ -129,7 +129,7 @@ class Architecture:
     def layers_with(self, component: str) -> list[int]:
         """0-based indices of the layers holding a component (`attention`, `ffn`, `mamba`, `moe`)."""
         fam = self.impl
-        return [i for i, c in enumerate(self.pattern) if component in fam.components(c)]
+        return [i for i, c in enumerate(self.pattern) if component in fam.layer_components(self, c)]
 
     def attention_layers(self) -> list[int]:
         return self.layers_with("attention")

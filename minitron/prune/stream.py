@@ -22,7 +22,7 @@ from pathlib import Path
 from minitron import faults
 from minitron.models.checkpoint import DTYPE_BYTES, Checkpoint
 from minitron.models.tensors import canonical_name, checkpoint_name, model_specs
-from minitron.prune.plan import PrunePlan, pruned_shape, tensor_indices
+from minitron.prune.plan import PrunePlan, pruned_shape, stacked_indices, tensor_indices
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 
@@ -37,6 +37,7 @@ class Item:
     dtype: str  # safetensors code
     shape: tuple[int, ...]  # after pruning
     idx: tuple[list[int] | None, ...]
+    slices: tuple | None = None  # a fused [E, ...] expert tensor (Granite): (expert j, its slice's idx) per kept j
 
     @property
     def nbytes(self) -> int:
@@ -58,10 +59,15 @@ def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
         new = kept_name(name, spec, plan)
         if new is None:
             continue
-        idx = tensor_indices(spec, plan)
         prefix = e.key[: len(e.key) - len(name)]
-        items.append(Item(checkpoint_name(new, prefix) if prefix else new, e.file, e.key, e.dtype,
-                          pruned_shape(spec, idx), idx))
+        out_key = checkpoint_name(new, prefix) if prefix else new
+        if spec.stacked:  # each kept expert's slice cut with its own indices, stacked again
+            slices = tuple(stacked_indices(spec, plan))
+            shape = (len(slices), *pruned_shape(spec.expert_slice(0), slices[0][1]))
+            items.append(Item(out_key, e.file, e.key, e.dtype, shape, (), slices))
+            continue
+        idx = tensor_indices(spec, plan)
+        items.append(Item(out_key, e.file, e.key, e.dtype, pruned_shape(spec, idx), idx))
     return items
 
 
@@ -96,6 +102,10 @@ def read_pruned(handle, item: Item):
     from minitron.prune.apply import prune_tensor_fast
 
     sl = handle.get_slice(item.src_key)
+    if item.slices is not None:  # one expert's slice at a time
+        t = torch.stack([prune_tensor_fast(sl[j:j + 1][0], idx) for j, idx in item.slices]).contiguous()
+        assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
+        return t.view(torch.uint8) if t.numel() else t
     rows = item.idx[0]
     if rows is None:
         t = sl[:]
