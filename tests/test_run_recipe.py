@@ -50,12 +50,14 @@ def test_the_demo_recipe_checks_and_shows_each_stage_as_a_command():
     assert "--scores" in doc["stages"]["prune"] and "--student" in doc["stages"]["distill"]
 
 
-def test_a_prune_dry_run_recipe_on_the_paper_config(tmp_path):
+def test_a_prune_dry_run_recipe_on_the_paper_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `out` is relative to the working directory
     text = ("model: nemotron-nano-12b-v2-base\nout: o\nprune: {dry-run: true, hidden-size: 4480, ffn-size: 15680,\n"
             "  mamba-heads: 128, drop-layers: '7,8,17,18,48,52'}\n")
     r = runner.invoke(app, ["run", str(_recipe(tmp_path, text)), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["stages"]["prune"]["doc"]["params_after"] == 8_888_227_328
+    assert not (tmp_path / "o").exists()  # a recipe of dry runs writes no tree
 
 
 @pytest.mark.parametrize(

@@ -292,8 +292,10 @@ def execute(r: Recipe, plan: dict, *, announce=None, until: str | None = None) -
     `announce(i, n, stage)` prints the heading of a stage about to run (default `[i/n] stage`)."""
     from minitron.io import atomic_write_text, check_output_dir, write_provenance
 
-    check_output_dir(r.out, overwrite=True)  # validated and locked for the whole run
-    r.out.mkdir(parents=True, exist_ok=True)
+    writes = any(not (s == "prune" and "--dry-run" in a) for s, a in plan.items())  # else: a dry run, no tree
+    if writes:
+        check_output_dir(r.out, overwrite=True)  # validated and locked for the whole run
+        r.out.mkdir(parents=True, exist_ok=True)
     run_file = r.out / RUN_FILE
     run_state = _load_state(run_file)
     run_state["recipe"] = str(r.path)
@@ -336,6 +338,8 @@ def execute(r: Recipe, plan: dict, *, announce=None, until: str | None = None) -
     summary = {"recipe": str(r.path), "out": str(r.out), "seconds": round(time.perf_counter() - t0, 1),
                "stages": result, "until": until, "model": str(final) if final else None,
                "publish": publish_line(final) if final else None}  # fmt: skip
+    if not writes:
+        return summary
     from minitron import card
 
     card.write(r.out, card.for_run(r, summary))
