@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import REF_9B, REF_12B
+from family_helpers import cache_bytes
 
 from minitron.errors import InputError
 from minitron.memory import GiB, estimate, make_budget, max_sequences, parse_size
@@ -44,19 +45,6 @@ def test_nano2_12b_does_not_fit_a10g():
     assert not make_budget(gpu="a10g", headroom=0.05, reserve_gib=1.3).fits(est)
 
 
-def _cache_bytes(cache) -> tuple[int, int]:
-    kv = state = 0
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if torch.is_tensor(t):
-                kv += t.numel() * t.element_size()
-        for name in ("conv_states", "recurrent_states"):
-            for t in (getattr(layer, name, None) or {}).values():
-                state += t.numel() * t.element_size()
-    return kv, state
-
-
 @pytest.mark.parametrize(("dtype", "torch_dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_estimate_equals_transformers_cache_after_forward(dtype, torch_dtype):
     cfg = tiny_config()
@@ -65,7 +53,7 @@ def test_estimate_equals_transformers_cache_after_forward(dtype, torch_dtype):
     batch, ctx = 3, 41
     with torch.no_grad():
         out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = _cache_bytes(output_cache(out))
+    kv, state = cache_bytes(output_cache(out))
     est = estimate(arch, context_length=ctx, batch_size=batch, dtype=dtype, engine="hf")  # transformers keeps conv_kernel columns
     assert est.kv_cache_bytes == kv
     assert est.mamba_state_bytes == state
