@@ -88,11 +88,13 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, student_dir)
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, student_dir):
     teacher, s1 = _models(tiny_model_dir, student_dir)
     _, s2 = _models(tiny_model_dir, student_dir)
-    s2.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from minitron.distill.run import _prepare_student
+
+    _prepare_student(s2, gradient_checkpointing=True)  # what distill --gradient-checkpointing does
     blocks = _blocks(8)
     for student in (s1, s2):
         Trainer(teacher, student, blocks, None, TrainConfig(steps=1, micro_batch_size=4)).accumulate_gradients(0)
-    assert s2.is_gradient_checkpointing and s2.training and s2.model.layers[0].gradient_checkpointing
+    assert s2.is_activation_checkpointing and s2.training and s2.model.layers[0].gradient_checkpointing
     for (k, a), b in zip(s1.named_parameters(), s2.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8, msg=k)
 
