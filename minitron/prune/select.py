@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import LAYER_TYPE_NAMES, layer_char
+from minitron.models.layer_types import LAYER_TYPE_NAMES, layer_char
 from minitron.prune.plan import PrunePlan
 
 SHAPE_FLAGS = {

@@ -32,7 +32,7 @@ from minitron.prune.select import (
     shape_arch,
     validate_shape,
 )
-from minitron.prune.stream import DEFAULT_SHARD_BYTES
+from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
 from minitron.tensor_parallel import impossible as tp_impossible
 from minitron.tensor_parallel import problems as tp_problems
 
@@ -271,9 +271,9 @@ def _exact(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, log):
 def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) -> list[int]:
     """Drop one layer at a time, re-scoring the remaining layers with the others already skipped."""
     try:
-        from minitron.importance.layers import layer_scores
+        from minitron.importance.depth import layer_scores
     except ImportError:
-        raise InputError("--iterative needs minitron.importance.layers (not available in this build)",
+        raise InputError("--iterative needs minitron.importance.depth (not available in this build)",
                          flag="--iterative") from None
     from minitron.prune.select import drop_sequence
 
@@ -353,7 +353,7 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
 
 
 def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress, log):
-    from minitron.prune.proxy import distill_scores, proxy_scores
+    from minitron.recipes.candidates import distill_scores, proxy_scores
 
     short = ranked[: o.shortlist]
     n_train = o.distill_samples if o.candidate_distill_steps else 0
@@ -382,7 +382,7 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
 
     from minitron import card
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
-    from minitron.prune.stream import prune_checkpoint
+    from minitron.prune.shard_writer import prune_checkpoint
 
     target = plan.target()
     cb = (lambda n, t, b: progress("prune", n, t)) if progress else None
