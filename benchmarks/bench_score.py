@@ -117,18 +117,11 @@ def bench_layers(args) -> dict:
     import torch
 
     from minitron.importance.depth import kl_per_token, layer_scores
+    from minitron.testing import blocks_skipped
 
     model = medium_model(args.pattern) if args.pattern else deep_model()
     tokens = torch.randint(3, 8192, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
-    layers, n = model.model.layers, len(model.model.layers)
-
-    class Skipped(torch.nn.Module):
-        def __init__(self, block_type):
-            super().__init__()
-            self.block_type = block_type
-
-        def forward(self, h, **kw):
-            return h
+    n = len(model.model.layers)
 
     def naive():  # N+1 full passes of transformers' forward, one block replaced by identity each time
         with torch.inference_mode():
@@ -136,12 +129,8 @@ def bench_layers(args) -> dict:
                 tb = tokens[s : s + args.batch_size]
                 ref = model(tb).logits
                 for i in range(n):
-                    orig = layers[i]
-                    layers[i] = Skipped(orig.block_type)
-                    try:
+                    with blocks_skipped(model, [i]):
                         kl_per_token(ref, model(tb).logits).sum()
-                    finally:
-                        layers[i] = orig
 
     def ours():
         layer_scores(model, tokens, metric="kl", batch_size=args.batch_size)

@@ -9,6 +9,7 @@ trained offline on a built-in paragraph), which every command reads like a real 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 TINY_PATTERN = "M-M*EM-*M"
@@ -217,3 +218,28 @@ def make_tiny_model_dir(path, cfg: dict | None = None, seed: int = 0, max_shard_
         saved["hybrid_override_pattern"] = cfg["hybrid_override_pattern"]
         (path / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     return path
+
+
+@contextmanager
+def blocks_skipped(model, skipped):
+    """`model` with the blocks `skipped` replaced by the identity in transformers' own forward loop
+    (what a dropped block leaves behind); the blocks are put back on exit."""
+    import torch
+
+    class Skipped(torch.nn.Module):
+        def __init__(self, block_type):
+            super().__init__()
+            self.block_type = block_type
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    layers = model.model.layers
+    originals = {i: layers[i] for i in skipped}
+    for i, blk in originals.items():
+        layers[i] = Skipped(blk.block_type)
+    try:
+        yield model
+    finally:
+        for i, blk in originals.items():
+            layers[i] = blk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from importance_helpers import block_io
 
 from minitron.importance.depth import (
     cosine_distance,
@@ -28,36 +29,20 @@ def test_metric_functions_match_plain_formulas():
     assert torch.allclose(cosine_distance(x, -x), 2 * torch.ones(4), atol=1e-6)
 
 
-class _Skipped(torch.nn.Module):
-    """Stands in for a removed block in transformers' own forward loop."""
-
-    def __init__(self, block_type):
-        super().__init__()
-        self.block_type = block_type
-
-    def forward(self, hidden_states, **kwargs):
-        return hidden_states
-
-
 def naive_layer_scores(model, tokens, skip=frozenset()):
     """N+1 full passes of transformers' forward, one block replaced by identity each time."""
-    layers = model.model.layers
-    originals = list(layers)
+    from minitron.testing import blocks_skipped
+
+    n = len(model.model.layers)
 
     def logits_without(removed):
-        for i in removed:
-            layers[i] = _Skipped(originals[i].block_type)
-        try:
-            with torch.no_grad():
-                return model(tokens).logits.float()
-        finally:
-            for i in removed:
-                layers[i] = originals[i]
+        with blocks_skipped(model, removed), torch.no_grad():
+            return model(tokens).logits.float()
 
     ref = logits_without(skip)
     ref_nll = nll_per_token(ref[:, :-1], tokens[:, 1:]).mean()
-    out = {m: torch.zeros(len(originals)) for m in ("kl", "mse", "loss")}
-    for i in range(len(originals)):
+    out = {m: torch.zeros(n) for m in ("kl", "mse", "loss")}
+    for i in range(n):
         if i in skip:
             continue
         lg = logits_without(skip | {i})
@@ -90,15 +75,7 @@ def test_layer_scores_equal_n_plus_1_full_passes(model_and_tokens, skip):
 def test_cosine_layer_score_is_one_minus_cos_of_block_in_and_out(model_and_tokens):
     model, tokens = model_and_tokens
     got = layer_scores(model, tokens, metric="cosine", batch_size=3)
-    seen = {}
-    hooks = [blk.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, (args[0], out)))
-             for i, blk in enumerate(model.model.layers)]
-    try:
-        with torch.no_grad():
-            model(tokens)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = block_io(model, tokens)
     for i in range(9):
         x, y = seen[i]
         ref = 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean()

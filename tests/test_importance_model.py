@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from importance_helpers import block_io, naive_aggregate
 
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
@@ -26,32 +27,6 @@ def score(model, toks, metric="cosine", agg=Aggregation()):
     return out
 
 
-def naive_agg(values, agg):
-    """[B, T, U] -> [U]: a direct loop over units and samples."""
-    b_n, t_n, u_n = values.shape
-    res = []
-    for u in range(u_n):
-        per = []
-        for b in range(b_n):
-            col = values[b, :, u].tolist()
-            per.append(sum(col) / t_n if agg.seq == "mean" else math.sqrt(sum(c * c for c in col)))
-        res.append(sum(per) / b_n if agg.batch == "mean" else math.sqrt(sum(p * p for p in per)))
-    return torch.tensor(res, dtype=torch.float64)
-
-
-def block_inputs(model, toks):
-    seen = {}
-    hooks = [blk.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o)))
-             for i, blk in enumerate(model.model.layers)]
-    try:
-        with torch.no_grad():
-            model(toks)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 def attention_output(mixer, n, a):
     """The attention output entering o_proj, written out: causal softmax(q k^T / sqrt(d)) v per head."""
     b, t, _ = n.shape
@@ -70,29 +45,29 @@ def test_every_width_score_equals_a_naive_reference(agg):
     model = build_model()
     toks = tokens()
     got = score(model, toks, agg=agg)
-    seen = block_inputs(model, toks)
+    seen = block_io(model, toks)
     a = ARCH
     layers = model.model.layers
     with torch.no_grad():
         final = model.model.norm_f(seen[a.num_layers - 1][1])
-        hidden = naive_agg(final.abs(), agg)
+        hidden = naive_aggregate(final.abs(), agg)
         ffn, att, mh, md = [], [], [], []
         for i, c in enumerate(a.pattern):
             blk = layers[i]
             n = blk.norm(seen[i][0])
-            hidden += naive_agg(n.abs(), agg)
+            hidden += naive_aggregate(n.abs(), agg)
             if c == MLP:
-                ffn.append(naive_agg(blk.mixer.act_fn(blk.mixer.up_proj(n)).abs(), agg))
+                ffn.append(naive_aggregate(blk.mixer.act_fn(blk.mixer.up_proj(n)).abs(), agg))
             elif c == ATTENTION:
-                att.append(naive_agg(attention_output(blk.mixer, n, a).norm(dim=-1), agg))
+                att.append(naive_aggregate(attention_output(blk.mixer, n, a).norm(dim=-1), agg))
             elif c == MAMBA:
                 inner, heads, p = a.mamba_intermediate, a.mamba_num_heads, a.mamba_head_dim
                 x = blk.mixer.in_proj(n)[..., inner : 2 * inner]
                 w = blk.mixer.out_proj.weight * blk.mixer.norm.weight[None, :]
                 out_norm = [w[:, h * p : (h + 1) * p].norm() for h in range(heads)]
-                head_x = naive_agg(x.reshape(*x.shape[:2], heads, p).norm(dim=-1), agg)
+                head_x = naive_aggregate(x.reshape(*x.shape[:2], heads, p).norm(dim=-1), agg)
                 mh.append(torch.stack([head_x[h] * out_norm[h] for h in range(heads)]))
-                ch = naive_agg(x.abs(), agg)
+                ch = naive_aggregate(x.abs(), agg)
                 md.append(torch.tensor([math.sqrt(sum(float(ch[h * p + j]) ** 2 for h in range(heads)))
                                         for j in range(p)]))
     ref = {"hidden": hidden, "ffn": torch.stack(ffn), "attention_heads": torch.stack(att),

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from importance_helpers import naive_aggregate
 
 from minitron.errors import InputError
 from minitron.importance import width
@@ -13,19 +14,6 @@ from minitron.importance.aggregate import Aggregation, aggregate, batch_partial,
 from minitron.importance.summary import gini, least_important_layers, top_share
 
 AGGS = [Aggregation(s, b) for s in ("mean", "l2") for b in ("mean", "l2")]
-
-
-def naive_aggregate(values, agg):
-    """values [B, T, U] -> [U], one unit and one sample at a time."""
-    b_n, t_n, u_n = values.shape
-    out = []
-    for u in range(u_n):
-        per_sample = []
-        for b in range(b_n):
-            col = [float(values[b, t, u]) for t in range(t_n)]
-            per_sample.append(sum(col) / t_n if agg.seq == "mean" else math.sqrt(sum(c * c for c in col)))
-        out.append(sum(per_sample) / b_n if agg.batch == "mean" else math.sqrt(sum(p * p for p in per_sample)))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("agg", AGGS, ids=str)

@@ -48,7 +48,6 @@ class Family:
     """The interface; `minitron.families.nemotron_h` and `minitron.families.dense` implement it."""
 
     name: str = ""
-    model_types: tuple[str, ...] = ()
     modules: ModuleNames
 
     # ------------------------------------------------------------------ config <-> architecture

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, ModuleNames
-from minitron.families.parts import stacked_model_specs
+from minitron.families.parts import params_table, stacked_model_specs, written_config
 from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
@@ -63,7 +63,6 @@ class DenseFamily(Family):
     def __init__(self, variant: DenseVariant):
         self.v = variant
         self.name = variant.model_type
-        self.model_types = (variant.model_type,)
 
     # ------------------------------------------------------------------ config <-> architecture
     def read(self, cfg: dict):
@@ -120,15 +119,7 @@ class DenseFamily(Family):
         return self.v.default_head_dim or hidden // max(heads, 1)
 
     def write(self, arch) -> dict:
-        cfg = dict(arch.raw)
-        cfg.update(
-            hidden_size=arch.hidden_size,
-            intermediate_size=arch.intermediate_size,
-            num_attention_heads=arch.num_attention_heads,
-            num_key_value_heads=arch.num_key_value_heads,
-            num_hidden_layers=arch.num_layers,
-            vocab_size=arch.vocab_size,
-        )
+        cfg = written_config(arch, num_hidden_layers=arch.num_layers, vocab_size=arch.vocab_size)
         if "head_dim" in cfg or self._default_head_dim(arch.hidden_size, arch.num_attention_heads) != arch.head_dim:
             cfg["head_dim"] = arch.head_dim
         if arch.layer_types is not None:
@@ -168,16 +159,9 @@ class DenseFamily(Family):
         return self._attention_params(arch) + self._mlp_params(arch) + 2 * arch.hidden_size
 
     def params(self, arch) -> dict[str, int]:
-        h, n = arch.hidden_size, arch.num_layers
-        out = {
-            "embedding": arch.vocab_size * h,
-            "lm_head": 0 if arch.tie_word_embeddings else arch.vocab_size * h,  # tied: the embedding, once
-            "attention": n * self._attention_params(arch),
-            "mlp": n * self._mlp_params(arch),
-            "norm": h * (2 * n + 1),
-        }
-        out["total"] = sum(out[c] for c in COMPONENTS)
-        return out
+        n = arch.num_layers
+        return params_table(arch, COMPONENTS, attention=n * self._attention_params(arch),
+                            mlp=n * self._mlp_params(arch), norm=arch.hidden_size * (2 * n + 1))
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:

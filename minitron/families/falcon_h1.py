@@ -30,13 +30,15 @@ so a layer holds all three components (`attention`, `mamba`, `ffn`). Checked aga
 from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
-from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
 from minitron.families.parts import (
     attention_params,
     attention_specs,
     gated_mlp_params,
     gated_mlp_specs,
+    params_table,
     stacked_model_specs,
+    written_config,
 )
 from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import HIDDEN, TensorSpec, one
@@ -46,7 +48,6 @@ COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")
 
 class FalconH1(Family):
     name = "falcon_h1"
-    model_types = ("falcon_h1",)
     modules = ModuleNames(embedding="embed_tokens", final_norm="final_layernorm")
 
     # ------------------------------------------------------------------ config <-> architecture
@@ -71,12 +72,8 @@ class FalconH1(Family):
             head_dim=int(cfg.get("head_dim") or hidden // n_heads),  # LlamaAttention: `head_dim` or h // heads
             mamba_num_heads=m_heads,
             mamba_head_dim=d_ssm // m_heads if d_head in (None, "auto") else int(d_head),
-            n_groups=int(get("mamba_n_groups", 1)),
-            ssm_state_size=int(get("mamba_d_state", 256)),
-            conv_kernel=int(get("mamba_d_conv", 4)),
+            **mamba2_config_fields(cfg, get),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            use_conv_bias=bool(cfg.get("mamba_conv_bias", True)),
-            use_bias=bool(cfg.get("mamba_proj_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 8192),
             mamba_ssm_cache_dtype=str(cfg.get("mamba_ssm_cache_dtype") or "float32"),
@@ -92,16 +89,13 @@ class FalconH1(Family):
         return bool(arch.raw.get("projectors_bias", False))
 
     def write(self, arch) -> dict:
-        cfg = dict(arch.raw)
-        cfg.update(
-            hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-            num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_key_value_heads,
+        return written_config(
+            arch,
             head_dim=arch.head_dim,  # never derived from hidden ÷ heads after a cut
             mamba_n_heads=arch.mamba_num_heads, mamba_d_head=arch.mamba_head_dim,
             mamba_d_ssm=arch.mamba_intermediate,  # the Mamba width, explicit (not expand × hidden)
             vocab_size=arch.vocab_size, num_hidden_layers=arch.num_layers,
         )  # fmt: skip
-        return cfg
 
     def validate(self, arch, need) -> None:
         need(set(arch.pattern) == {ATTENTION}, "falcon_h1 layers are all alike (attention ∥ Mamba-2, then an MLP)")
@@ -122,16 +116,9 @@ class FalconH1(Family):
 
     def params(self, arch) -> dict[str, int]:
         a, h, n = arch, arch.hidden_size, arch.num_layers
-        out = {
-            "embedding": a.vocab_size * h,
-            "lm_head": 0 if a.tie_word_embeddings else a.vocab_size * h,
-            "mamba": n * mamba2_params(a, norm=self._gated_norm(a), out_bias=self._out_bias(a)),
-            "attention": n * attention_params(a, h, bias=a.qkv_bias, o_bias=a.o_bias),
-            "mlp": n * gated_mlp_params(a, bias=a.mlp_bias),
-            "norm": h * (2 * n + 1),
-        }
-        out["total"] = sum(out[c] for c in COMPONENTS)
-        return out
+        return params_table(a, COMPONENTS, mamba=n * mamba2_params(a, norm=self._gated_norm(a), out_bias=self._out_bias(a)),
+                            attention=n * attention_params(a, h, bias=a.qkv_bias, o_bias=a.o_bias),
+                            mlp=n * gated_mlp_params(a, bias=a.mlp_bias), norm=h * (2 * n + 1))  # fmt: skip
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:

@@ -22,6 +22,14 @@ from __future__ import annotations
 from minitron.models.tensors import FIXED, HIDDEN, MAMBA_HEADS, MAMBA_INNER, TensorSpec, fixed, one
 
 
+def mamba2_config_fields(cfg: dict, get) -> dict:
+    """`Architecture` fields of the mixer from the `mamba_*` config keys (and transformers' defaults) that
+    Bamba, Granite 4.0-H and Falcon-H1 share; `get` is `config_getter(cfg)`."""
+    return {"n_groups": int(get("mamba_n_groups", 1)), "ssm_state_size": int(get("mamba_d_state", 256)),
+            "conv_kernel": int(get("mamba_d_conv", 4)), "use_conv_bias": bool(cfg.get("mamba_conv_bias", True)),
+            "use_bias": bool(cfg.get("mamba_proj_bias", False))}
+
+
 def mamba2_specs(a, m: str, i: int, *, norm: bool = True, out_bias: bool | None = None) -> list[TensorSpec]:
     """The tensors of one Mamba-2 mixer whose parameters live under `m` (e.g. `layers.3.mixer.`).
 

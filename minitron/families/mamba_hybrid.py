@@ -45,13 +45,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
-from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
 from minitron.families.parts import (
     attention_params,
     attention_specs,
     gated_mlp_params,
     gated_mlp_specs,
+    params_table,
     stacked_model_specs,
+    written_config,
 )
 from minitron.models.layer_types import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one
@@ -84,7 +86,6 @@ class MambaHybridFamily(Family):
     def __init__(self, variant: HybridVariant):
         self.v = variant
         self.name = variant.model_type
-        self.model_types = (variant.model_type,)
         self.modules = ModuleNames(embedding="embed_tokens", final_norm=variant.final_norm)
 
     # ------------------------------------------------------------------ config <-> architecture
@@ -116,12 +117,8 @@ class MambaHybridFamily(Family):
             head_dim=int(cfg.get("head_dim") or hidden // n_heads),  # `getattr(config, "head_dim", h // heads)`
             mamba_num_heads=m_heads,
             mamba_head_dim=d_head,
-            n_groups=int(get("mamba_n_groups", 1)),
-            ssm_state_size=int(get("mamba_d_state", 256)),
-            conv_kernel=int(get("mamba_d_conv", 4)),
+            **mamba2_config_fields(cfg, get),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            use_conv_bias=bool(cfg.get("mamba_conv_bias", True)),
-            use_bias=bool(cfg.get("mamba_proj_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)) and self.name == "bamba",
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 262144),
             mamba_ssm_cache_dtype="float32" if cfg.get("mamba_ssm_cache_dtype") is None
@@ -136,14 +133,9 @@ class MambaHybridFamily(Family):
         )
 
     def write(self, arch) -> dict:
-        cfg = dict(arch.raw)
-        cfg.update({
-            "hidden_size": arch.hidden_size, self.v.ffn_key: arch.intermediate_size,
-            "num_attention_heads": arch.num_attention_heads, "num_key_value_heads": arch.num_key_value_heads,
-            "mamba_n_heads": arch.mamba_num_heads, "mamba_d_head": arch.mamba_head_dim,
-            "mamba_expand": arch.mamba_intermediate // arch.hidden_size, "vocab_size": arch.vocab_size,
-            "num_hidden_layers": arch.num_layers,
-        })  # fmt: skip
+        cfg = written_config(arch, self.v.ffn_key, mamba_n_heads=arch.mamba_num_heads, mamba_d_head=arch.mamba_head_dim,
+                             mamba_expand=arch.mamba_intermediate // arch.hidden_size, vocab_size=arch.vocab_size,
+                             num_hidden_layers=arch.num_layers)  # fmt: skip
         if arch.n_routed_experts:
             cfg.update(num_local_experts=arch.n_routed_experts, intermediate_size=arch.moe_intermediate_size,
                        num_experts_per_tok=arch.num_experts_per_tok)
@@ -220,19 +212,11 @@ class MambaHybridFamily(Family):
         return 2 * arch.hidden_size + mixer + gated_mlp_params(arch, bias=arch.mlp_bias) + self._moe_params(arch)
 
     def params(self, arch) -> dict[str, int]:
-        h, n = arch.hidden_size, arch.num_layers
-        n_m = arch.count(MAMBA)
-        out = {
-            "embedding": arch.vocab_size * h,
-            "lm_head": 0 if arch.tie_word_embeddings else arch.vocab_size * h,
-            "mamba": n_m * mamba2_params(arch) if n_m else 0,
-            "attention": (n - n_m) * self._attention_params(arch),
-            "mlp": n * gated_mlp_params(arch, bias=arch.mlp_bias),
-            "moe": n * self._moe_params(arch),
-            "norm": h * (2 * n + 1),
-        }
-        out["total"] = sum(out[c] for c in COMPONENTS)
-        return out
+        n, n_m = arch.num_layers, arch.count(MAMBA)
+        return params_table(arch, COMPONENTS, mamba=n_m * mamba2_params(arch) if n_m else 0,
+                            attention=(n - n_m) * self._attention_params(arch),
+                            mlp=n * gated_mlp_params(arch, bias=arch.mlp_bias), moe=n * self._moe_params(arch),
+                            norm=arch.hidden_size * (2 * n + 1))  # fmt: skip
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
+from minitron.families.parts import written_config
 from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, KV, MOE_FFN, SHARED_FFN, Q, TensorSpec, fixed, one
 
@@ -23,7 +24,6 @@ COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm"
 
 class NemotronH(Family):
     name = "nemotron_h"
-    model_types = ("nemotron_h",)
     modules = ModuleNames(embedding="embeddings", final_norm="norm_f")
     _components = {MAMBA: frozenset({MAMBA_C}), MLP: frozenset({FFN_C}), ATTENTION: frozenset({ATTENTION_C}),
                    MOE: frozenset({MOE_C})}
@@ -71,12 +71,8 @@ class NemotronH(Family):
         )
 
     def write(self, arch) -> dict:
-        cfg = dict(arch.raw)
-        cfg.update(
-            hidden_size=arch.hidden_size,
-            intermediate_size=arch.intermediate_size,
-            num_attention_heads=arch.num_attention_heads,
-            num_key_value_heads=arch.num_key_value_heads,
+        cfg = written_config(
+            arch,
             # NVIDIA's remote code writes `attention_head_dim`, which transformers ignores: write `head_dim`.
             head_dim=arch.head_dim,
             mamba_num_heads=arch.mamba_num_heads,

@@ -26,6 +26,25 @@ def stacked_model_specs(family, arch, layout: str, final_norm: str) -> list[Tens
     return specs
 
 
+def written_config(arch, ffn_key: str = "intermediate_size", **fields) -> dict:
+    """The original config with the sizes every family with attention writes back (hidden, FFN width under
+    `ffn_key`, query and KV heads), then the family's own `fields`, in that order."""
+    cfg = dict(arch.raw)
+    cfg.update({"hidden_size": arch.hidden_size, ffn_key: arch.intermediate_size,
+                "num_attention_heads": arch.num_attention_heads, "num_key_value_heads": arch.num_key_value_heads,
+                **fields})  # fmt: skip
+    return cfg
+
+
+def params_table(arch, components: tuple[str, ...], norm: int, **blocks: int) -> dict[str, int]:
+    """Parameters per component: the embedding, `lm_head` (0 when tied: the embedding, counted once), the
+    family's `blocks`, the norms, and their `total` over `components`."""
+    emb = arch.vocab_size * arch.hidden_size
+    out = {"embedding": emb, "lm_head": 0 if arch.tie_word_embeddings else emb, **blocks, "norm": norm}
+    out["total"] = sum(out[c] for c in components)
+    return out
+
+
 def attention_specs(a, s: str, i: int, h_in, h_out, *, bias: bool = False, o_bias: bool = False) -> list[TensorSpec]:
     """q/k/v/o of one attention module under `s` (e.g. `layers.3.self_attn.`)."""
     q, kv = one(Q, a.num_attention_heads * a.head_dim), one(KV, a.num_key_value_heads * a.head_dim)

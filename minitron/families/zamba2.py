@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
-from minitron.families.parts import stacked_model_specs
+from minitron.families.parts import params_table, stacked_model_specs
 from minitron.models.layer_types import ATTENTION, MAMBA
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
@@ -53,7 +53,6 @@ _TYPES = {"mamba": MAMBA, "linear_attention": MAMBA, "hybrid": ATTENTION}
 
 class Zamba2(Family):
     name = "zamba2"
-    model_types = ("zamba2",)
     modules = ModuleNames(embedding="embed_tokens", final_norm="final_layernorm")
 
     # ------------------------------------------------------------------ config <-> architecture
@@ -166,19 +165,16 @@ class Zamba2(Family):
         lora = h * r + r * 2 * f  # gate_up adapter of each hybrid position (always built)
         if self._adapters(a):
             lora += (2 * h * r + r * q) + 2 * (2 * h * r + r * kv)  # q, k, v adapters (input [x | e])
-        out = {
-            "embedding": a.vocab_size * h,
-            "lm_head": 0 if a.tie_word_embeddings else a.vocab_size * h,
-            "mamba": a.num_layers * mamba2_params(a),
+        return params_table(
+            a, COMPONENTS,
+            mamba=a.num_layers * mamba2_params(a),
             # q/k/v read [x | e] (2h); o_proj writes h; plus each hybrid layer's own `linear` (h x h)
-            "attention": n_blocks * (2 * h * (q + 2 * kv) + q * h) + n_hybrid * h * h,
-            "mlp": n_blocks * (3 * h * f + ((2 * f + h) if a.mlp_bias else 0)),
-            "adapters": sum(len(self._adapter_slots(a, b)) for b in stored) * lora,
+            attention=n_blocks * (2 * h * (q + 2 * kv) + q * h) + n_hybrid * h * h,
+            mlp=n_blocks * (3 * h * f + ((2 * f + h) if a.mlp_bias else 0)),
+            adapters=sum(len(self._adapter_slots(a, b)) for b in stored) * lora,
             # every layer's (Mamba) input norm, the final norm; each block's input (2h) and pre-FF (h) norms
-            "norm": h * (a.num_layers + 1) + n_blocks * 3 * h,
-        }
-        out["total"] = sum(out[c] for c in COMPONENTS)
-        return out
+            norm=h * (a.num_layers + 1) + n_blocks * 3 * h,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:
