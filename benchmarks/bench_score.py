@@ -78,8 +78,8 @@ def bench_width(args) -> dict:
 
     from minitron.importance.aggregate import Aggregation
     from minitron.importance.engine import InMemorySource
-    from minitron.recipes.score import score_tensors
     from minitron.models.architecture import Architecture
+    from minitron.recipes.score import score_tensors
 
     model = medium_model(args.pattern or PATTERN_MOE, **MOE) if args.moe else medium_model(args.pattern or PATTERN_10)
     arch = Architecture.from_config(model.config.to_dict())

@@ -29,17 +29,9 @@ so a layer holds all three components (`attention`, `mamba`, `ffn`). Checked aga
 
 from __future__ import annotations
 
+from minitron.families import parts
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
-from minitron.families.parts import (
-    attention_params,
-    attention_specs,
-    gated_mlp_params,
-    gated_mlp_specs,
-    params_table,
-    stacked_model_specs,
-    written_config,
-)
 from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import HIDDEN, TensorSpec, one
 
@@ -89,7 +81,7 @@ class FalconH1(Family):
         return bool(arch.raw.get("projectors_bias", False))
 
     def write(self, arch) -> dict:
-        return written_config(
+        return parts.written_config(
             arch,
             head_dim=arch.head_dim,  # never derived from hidden ÷ heads after a cut
             mamba_n_heads=arch.mamba_num_heads, mamba_d_head=arch.mamba_head_dim,
@@ -111,14 +103,18 @@ class FalconH1(Family):
     def layer_params(self, arch, char: str) -> int:
         a = arch
         mamba = mamba2_params(a, norm=self._gated_norm(a), out_bias=self._out_bias(a))
-        attn = attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
-        return 2 * a.hidden_size + mamba + attn + gated_mlp_params(a, bias=a.mlp_bias)
+        attn = parts.attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
+        return 2 * a.hidden_size + mamba + attn + parts.gated_mlp_params(a, bias=a.mlp_bias)
 
     def params(self, arch) -> dict[str, int]:
         a, h, n = arch, arch.hidden_size, arch.num_layers
-        return params_table(a, COMPONENTS, mamba=n * mamba2_params(a, norm=self._gated_norm(a), out_bias=self._out_bias(a)),
-                            attention=n * attention_params(a, h, bias=a.qkv_bias, o_bias=a.o_bias),
-                            mlp=n * gated_mlp_params(a, bias=a.mlp_bias), norm=h * (2 * n + 1))  # fmt: skip
+        return parts.params_table(
+            a, COMPONENTS,
+            mamba=n * mamba2_params(a, norm=self._gated_norm(a), out_bias=self._out_bias(a)),
+            attention=n * parts.attention_params(a, h, bias=a.qkv_bias, o_bias=a.o_bias),
+            mlp=n * parts.gated_mlp_params(a, bias=a.mlp_bias),
+            norm=h * (2 * n + 1),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:
@@ -127,12 +123,12 @@ class FalconH1(Family):
             TensorSpec(p + "input_layernorm.weight", i, (h,)),
             TensorSpec(p + "pre_ff_layernorm.weight", i, (h,)),
             *mamba2_specs(a, p + "mamba.", i, norm=self._gated_norm(a), out_bias=self._out_bias(a)),
-            *attention_specs(a, p + "self_attn.", i, h, h, bias=a.qkv_bias, o_bias=a.o_bias),
-            *gated_mlp_specs(a, p + "feed_forward.", i, h, bias=a.mlp_bias),
+            *parts.attention_specs(a, p + "self_attn.", i, h, h, bias=a.qkv_bias, o_bias=a.o_bias),
+            *parts.gated_mlp_specs(a, p + "feed_forward.", i, h, bias=a.mlp_bias),
         ]
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        return stacked_model_specs(self, arch, layout, "final_layernorm")
+        return parts.stacked_model_specs(self, arch, layout, "final_layernorm")
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:

@@ -44,17 +44,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from minitron.families import parts
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
-from minitron.families.parts import (
-    attention_params,
-    attention_specs,
-    gated_mlp_params,
-    gated_mlp_specs,
-    params_table,
-    stacked_model_specs,
-    written_config,
-)
 from minitron.models.layer_types import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one
 
@@ -133,9 +125,12 @@ class MambaHybridFamily(Family):
         )
 
     def write(self, arch) -> dict:
-        cfg = written_config(arch, self.v.ffn_key, mamba_n_heads=arch.mamba_num_heads, mamba_d_head=arch.mamba_head_dim,
-                             mamba_expand=arch.mamba_intermediate // arch.hidden_size, vocab_size=arch.vocab_size,
-                             num_hidden_layers=arch.num_layers)  # fmt: skip
+        cfg = parts.written_config(
+            arch, self.v.ffn_key,
+            mamba_n_heads=arch.mamba_num_heads, mamba_d_head=arch.mamba_head_dim,
+            mamba_expand=arch.mamba_intermediate // arch.hidden_size, vocab_size=arch.vocab_size,
+            num_hidden_layers=arch.num_layers,
+        )  # fmt: skip
         if arch.n_routed_experts:
             cfg.update(num_local_experts=arch.n_routed_experts, intermediate_size=arch.moe_intermediate_size,
                        num_experts_per_tok=arch.num_experts_per_tok)
@@ -184,7 +179,7 @@ class MambaHybridFamily(Family):
 
     # ------------------------------------------------------------------ parameters
     def _attention_params(self, a) -> int:
-        return attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
+        return parts.attention_params(a, a.hidden_size, bias=a.qkv_bias, o_bias=a.o_bias)
 
     def expert_params(self, a) -> int:
         """One routed expert: gate_up [2Fe, h] and down [h, Fe], no bias."""
@@ -209,14 +204,18 @@ class MambaHybridFamily(Family):
 
     def layer_params(self, arch, char: str) -> int:
         mixer = mamba2_params(arch) if char == MAMBA else self._attention_params(arch)
-        return 2 * arch.hidden_size + mixer + gated_mlp_params(arch, bias=arch.mlp_bias) + self._moe_params(arch)
+        return 2 * arch.hidden_size + mixer + parts.gated_mlp_params(arch, bias=arch.mlp_bias) + self._moe_params(arch)
 
     def params(self, arch) -> dict[str, int]:
         n, n_m = arch.num_layers, arch.count(MAMBA)
-        return params_table(arch, COMPONENTS, mamba=n_m * mamba2_params(arch) if n_m else 0,
-                            attention=(n - n_m) * self._attention_params(arch),
-                            mlp=n * gated_mlp_params(arch, bias=arch.mlp_bias), moe=n * self._moe_params(arch),
-                            norm=arch.hidden_size * (2 * n + 1))  # fmt: skip
+        return parts.params_table(
+            arch, COMPONENTS,
+            mamba=n_m * mamba2_params(arch) if n_m else 0,
+            attention=(n - n_m) * self._attention_params(arch),
+            mlp=n * parts.gated_mlp_params(arch, bias=arch.mlp_bias),
+            moe=n * self._moe_params(arch),
+            norm=arch.hidden_size * (2 * n + 1),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ tensors
     def layer_specs(self, arch, i: int, char: str, layout: str = "checkpoint") -> list[TensorSpec]:
@@ -228,14 +227,14 @@ class MambaHybridFamily(Family):
         if char == MAMBA:
             specs += mamba2_specs(a, p + "mamba.", i)
         else:
-            specs += attention_specs(a, p + "self_attn.", i, h, h, bias=a.qkv_bias, o_bias=a.o_bias)
+            specs += parts.attention_specs(a, p + "self_attn.", i, h, h, bias=a.qkv_bias, o_bias=a.o_bias)
         m = p + self.v.mlp + "."
         if self.v.fused_gate_up:  # `input_linear` rows: [gate (F) | up (F)] (`chunk(2, dim=-1)`)
             f = a.intermediate_size
             specs += [TensorSpec(m + "input_linear.weight", i, (((FFN, f), (FFN, f)), h)),
                       TensorSpec(m + "output_linear.weight", i, (h, ffn))]
         else:
-            specs += gated_mlp_specs(a, m, i, h, bias=a.mlp_bias)
+            specs += parts.gated_mlp_specs(a, m, i, h, bias=a.mlp_bias)
         if a.n_routed_experts:  # fused in both layouts: [E, gate (Fe) | up (Fe), h], [E, h, Fe]; router [E, h]
             e, fe = one(EXPERTS, a.n_routed_experts), a.moe_intermediate_size
             shapes = {"input_linear.weight": ((e, ((MOE_FFN, fe), (MOE_FFN, fe)), h), True),
@@ -247,7 +246,7 @@ class MambaHybridFamily(Family):
         return specs
 
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
-        return stacked_model_specs(self, arch, layout, self.v.final_norm)
+        return parts.stacked_model_specs(self, arch, layout, self.v.final_norm)
 
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
