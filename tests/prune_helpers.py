@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 
-def load_streamed(out: Path, model, plan):
+def load_streamed(out: Path, model, plan, *, same_logits: bool = False):
     """Write `plan`'s config beside the shards in `out`, load it with stock transformers (strict keys),
-    check every tensor equals `prune_model(model, plan)` and the parameter count; return the model."""
+    check every tensor equals `prune_model(model, plan)` and the parameter count (with `same_logits`, the
+    logits too: buffers rebuilt from the pruned config); return the model."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -19,10 +20,14 @@ def load_streamed(out: Path, model, plan):
     open_checkpoint(out).check()  # headers agree with the new config
     loaded, li = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
     assert not li["missing_keys"] and not li["unexpected_keys"] and not li.get("mismatched_keys")
-    in_mem = prune_model(model, plan).state_dict()
-    got = loaded.state_dict()
+    pruned = prune_model(model, plan)
+    got, in_mem = loaded.state_dict(), pruned.state_dict()
     assert got.keys() == in_mem.keys()
     for k in got:
         assert torch.equal(got[k], in_mem[k]), k
     assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
+    if same_logits:
+        from family_helpers import logits
+
+        assert torch.equal(logits(loaded.eval()), logits(pruned))
     return loaded

@@ -10,33 +10,38 @@ import json
 import pytest
 import torch
 from family_helpers import (
-    IDS,
-    cache_bytes,
+    assert_equals_emulation,
+    assert_equals_reference,
+    assert_generates,
+    assert_keep_all_is_identity,
+    assert_specs_match,
+    cache_and_estimate,
+    dropped,
     engine_logits,
     logits,
     random_scores,
     scores,
     scores_streamed_equal_in_memory,
+    tiny_family,
+    zero_columns,
+    zero_dropped_ffn,
+    zero_dropped_heads,
     zeroed,
 )
+from prune_helpers import load_streamed
 
-from minitron.memory import estimate
 from minitron.models.architecture import Architecture
-from minitron.models.checkpoint import load_model, open_checkpoint
-from minitron.models.tensors import canonical_name, model_specs
+from minitron.models.checkpoint import open_checkpoint
+from minitron.models.tensors import model_specs
 from minitron.prune.apply import prune_model
-from minitron.prune.plan import PrunePlan
-from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.shard_writer import prune_checkpoint
-from minitron.testing import build_model, make_tiny_model_dir, tiny_falcon_h1_config
+from minitron.testing import build_model, tiny_falcon_h1_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("falcon_h1") / "model", tiny_falcon_h1_config())
-    arch = Architecture.from_path(path)
-    return path, load_model(path), arch, random_scores(arch)
+    return tiny_family(tmp_path_factory, "falcon_h1", tiny_falcon_h1_config())
 
 
 def test_reference_config_count_is_exact():
@@ -55,11 +60,8 @@ def test_reference_config_count_is_exact():
 def test_accounting_and_specs_match_the_module(tiny):
     path, model, arch, _ = tiny
     assert arch.pattern == "***" and arch.attention_layers() == arch.mamba_layers() == arch.ffn_layers() == [0, 1, 2]
-    assert arch.mamba_intermediate == 96 != 2 * arch.hidden_size
-    assert arch.total_params == sum(p.numel() for p in model.parameters())
-    got = {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    assert got == {k: s.shape for k, s in model_specs(arch, layout="module").items()}
-    assert {canonical_name(k) for k in open_checkpoint(path).tensors} == set(model_specs(arch))
+    assert arch.mamba_intermediate == 96 != 2 * arch.hidden_size and not arch.tie_word_embeddings
+    assert_specs_match(model, arch, path)
     # The module code's segment order: in_proj = [z | x | B | C | dt], split([d_ssm, conv_dim, heads]).
     mixer = model.model.layers[0].mamba
     assert (mixer.intermediate_size, mixer.conv_dim, mixer.num_heads) == (96, 96 + 2 * 2 * 16, 8)
@@ -68,34 +70,23 @@ def test_accounting_and_specs_match_the_module(tiny):
 
 def test_keep_all_is_bit_identical(tiny):
     _, model, arch, _ = tiny
-    assert torch.equal(logits(model), logits(prune_model(model, PrunePlan.keep_all(arch))))
+    assert_keep_all_is_identity(model, arch)
 
 
 def test_ffn_equals_zeroed_down_columns(tiny):
     _, model, arch, unit_scores = tiny
+    assert arch.intermediate_size == 96
     plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
-
-    def edit(m):
-        for i, kept in plan.ffn.items():
-            m.model.layers[i].feed_forward.down_proj.weight[:, sorted(set(range(96)) - set(kept))] = 0
-
-    pruned = prune_model(model, plan)
-    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(logits(pruned), logits(model), atol=1e-3)
+    edit = zero_dropped_ffn(plan, arch, lambda m, i: m.model.layers[i].feed_forward.down_proj)
+    assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2)])
 def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
     _, model, arch, unit_scores = tiny
     plan = make_plan(arch, shape, unit_scores)
-    d = arch.head_dim
-
-    def edit(m):
-        for i, kept in plan.q_heads.items():
-            for h in set(range(arch.num_attention_heads)) - set(kept):
-                m.model.layers[i].self_attn.o_proj.weight[:, h * d:(h + 1) * d] = 0
-
-    torch.testing.assert_close(logits(prune_model(model, plan)), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    edit = zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj)
+    assert_equals_emulation(prune_model(model, plan), model, edit)
 
 
 def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
@@ -105,32 +96,30 @@ def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
     model, arch = build_model(cfg), Architecture.from_config(cfg)
     assert "layers.0.mamba.norm.weight" not in model_specs(arch)
     plan = make_plan(arch, Shape(mamba_heads=4), random_scores(arch, 3))
-    p = arch.mamba_head_dim
 
     def edit(m):
         for i, kept in plan.mamba_heads.items():
-            for h in set(range(arch.mamba_num_heads)) - set(kept):
-                m.model.layers[i].mamba.out_proj.weight[:, h * p:(h + 1) * p] = 0
+            zero_columns(m.model.layers[i].mamba.out_proj.weight, dropped(arch.mamba_num_heads, kept), arch.mamba_head_dim)
 
     pruned = prune_model(model, plan)
     assert pruned.config.mamba_d_ssm == 48 and sum(x.numel() for x in pruned.parameters()) == plan.target().total_params
-    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    assert_equals_emulation(pruned, model, edit)
 
 
-@pytest.mark.parametrize("dropped", [[1], [0, 2]])
-def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
+@pytest.mark.parametrize("layers", [[1], [0, 2]])
+def test_dropped_layers_equal_zeroed_residual_writes(tiny, layers):
     _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, Shape(), unit_scores, dropped)
+    plan = make_plan(arch, Shape(), unit_scores, layers)
 
     def edit(m):
-        for i in dropped:
+        for i in layers:
             layer = m.model.layers[i]
             for lin in (layer.mamba.out_proj, layer.self_attn.o_proj, layer.feed_forward.down_proj):
                 lin.weight.zero_()
 
     pruned = prune_model(model, plan)
-    assert pruned.config.num_hidden_layers == 3 - len(dropped)
-    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    assert pruned.config.num_hidden_layers == 3 - len(layers)
+    assert_equals_emulation(pruned, model, edit)
 
 
 @pytest.mark.parametrize("shape", [
@@ -142,48 +131,22 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
 def test_hidden_and_mamba_cuts_equal_plain_reference(tiny, shape):
     """The gated norm and every RMSNorm read all their channels: the reference is the module-by-module copy."""
     _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, shape, unit_scores, [2] if shape.ffn_size else [])
-    pruned, ref = prune_model(model, plan), reference_prune(model, plan)
-    a, b = pruned.state_dict(), ref.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    for x, y in zip(pruned.buffers(), ref.buffers(), strict=True):  # mup_vector, rotary tables
-        assert torch.equal(x, y)
-    assert torch.equal(logits(pruned), logits(ref))
-    assert sum(p.numel() for p in pruned.parameters()) == plan.target().total_params
+    assert_equals_reference(model, make_plan(arch, shape, unit_scores, [2] if shape.ffn_size else []), buffers=True)
 
 
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path, model, arch, unit_scores = tiny
     plan = make_plan(arch, Shape(hidden_size=32, ffn_size=64, mamba_heads=4, attention_heads=4), unit_scores, [1])
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
     cfg = plan.target().to_config()
     assert (cfg["mamba_d_ssm"], cfg["mamba_n_heads"], cfg["head_dim"], cfg["num_hidden_layers"]) == (48, 4, 12, 2)
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    open_checkpoint(tmp_path).check()
-    loaded, li = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.float32)
-    assert not li["missing_keys"] and not li["unexpected_keys"] and not li.get("mismatched_keys")
-    in_mem = prune_model(model, plan)
-    got, want = loaded.state_dict(), in_mem.state_dict()
-    assert got.keys() == want.keys()
-    for k in got:
-        assert torch.equal(got[k], want[k]), k
-    assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
-    assert torch.equal(logits(loaded.eval()), logits(in_mem))  # mup_vector rebuilt from the pruned config
-    assert loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
+    assert_generates(load_streamed(tmp_path, model, plan, same_logits=True))  # mup_vector rebuilt from the pruned config
 
 
 def test_estimate_equals_transformers_cache(tiny):
     """Each layer holds a KV cache and a Mamba state (transformers' `LinearAttentionAndFullAttentionLayer`)."""
     _, model, arch, _ = tiny
-    batch, ctx = 3, 17
-    with torch.no_grad():
-        out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = cache_bytes(out.past_key_values)
-    est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
+    kv, state, est = cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0 and state > 0
 
 

@@ -9,31 +9,34 @@ import json
 import pytest
 import torch
 from family_helpers import (
-    IDS,
-    cache_bytes,
+    assert_equals_emulation,
+    assert_generates,
+    assert_keep_all_is_identity,
+    assert_specs_match,
+    cache_and_estimate,
     engine_logits,
     logits,
     scores,
     scores_streamed_equal_in_memory,
+    tiny_family,
     zeroed,
 )
+from prune_helpers import load_streamed
 
 from minitron.errors import InputError
-from minitron.memory import estimate
 from minitron.models.architecture import Architecture
-from minitron.models.checkpoint import load_model, open_checkpoint
-from minitron.models.tensors import canonical_name, model_specs
+from minitron.models.checkpoint import open_checkpoint
+from minitron.models.tensors import canonical_name
 from minitron.prune.apply import prune_model
-from minitron.prune.plan import PrunePlan
 from minitron.prune.select import SHAPE_FLAGS, Shape, check_drop, drop_sequence, make_plan, validate_shape
 from minitron.prune.shard_writer import prune_checkpoint
-from minitron.testing import build_model, make_tiny_model_dir, tiny_zamba2_config
+from minitron.testing import build_model, tiny_zamba2_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("zamba2") / "model", tiny_zamba2_config())
-    return path, load_model(path), Architecture.from_path(path)
+    path, model, arch, _ = tiny_family(tmp_path_factory, "zamba2", tiny_zamba2_config())
+    return path, model, arch
 
 
 def test_reference_config_count_is_exact():
@@ -55,21 +58,17 @@ def test_accounting_and_specs_match_the_module(tmp_path, tied, blocks):
     untied, transformers gives every hybrid layer a block of its own."""
     cfg = tiny_zamba2_config(tie_word_embeddings=tied, num_mem_blocks=blocks)
     arch, model = Architecture.from_config(cfg), build_model(cfg)
-    assert arch.total_params == sum(p.numel() for p in model.parameters())
-    got = {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    if tied:
-        got.pop("lm_head.weight")
-    assert got == {k: s.shape for k, s in model_specs(arch, layout="module").items()}
+    assert arch.tie_word_embeddings == tied
     model.save_pretrained(tmp_path)
+    assert_specs_match(model, arch, tmp_path)
     stored = {canonical_name(k) for k in open_checkpoint(tmp_path).tensors}
-    assert stored == set(model_specs(arch))
     owners = {int(k.split(".")[1]) for k in stored if ".shared_transformer." in k}
     assert owners == ({1, 3} if tied and blocks == 2 else {1} if tied else {1, 3, 5})
 
 
 def test_keep_all_is_bit_identical(tiny):
     _, model, arch = tiny
-    assert torch.equal(logits(model), logits(prune_model(model, PrunePlan.keep_all(arch))))
+    assert_keep_all_is_identity(model, arch)
 
 
 @pytest.mark.parametrize("dropped", [[0], [2, 4]])
@@ -85,7 +84,7 @@ def test_dropped_mamba_layers_equal_zeroed_residual_writes(tiny, dropped):
     pruned = prune_model(model, plan)
     assert pruned.config.layers_block_type == [t for i, t in enumerate(model.config.layers_block_type) if i not in dropped]
     assert pruned.config.hybrid_layer_ids == plan.target().layers_of("*")
-    torch.testing.assert_close(logits(pruned), logits(zeroed(model, edit)), rtol=1e-5, atol=1e-5)
+    assert_equals_emulation(pruned, model, edit)
     assert sum(p.numel() for p in pruned.parameters()) == plan.target().total_params
 
 
@@ -113,33 +112,16 @@ def test_axes_tied_through_the_shared_block_are_refused(tiny, key, value, reason
 
 
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path, model, arch = tiny
     plan = make_plan(arch, Shape(), None, [0, 4])
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
-    (tmp_path / "config.json").write_text(json.dumps(plan.target().to_config()))
-    open_checkpoint(tmp_path).check()
-    loaded, li = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.float32)
-    assert not li["missing_keys"] and not li["unexpected_keys"] and not li.get("mismatched_keys")
-    in_mem = prune_model(model, plan)
-    got, want = loaded.state_dict(), in_mem.state_dict()
-    assert got.keys() == want.keys()
-    for k in got:
-        assert torch.equal(got[k], want[k]), k
-    assert sum(p.numel() for p in loaded.parameters()) == plan.target().total_params
-    assert torch.equal(logits(loaded.eval()), logits(in_mem))
-    assert loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
+    assert_generates(load_streamed(tmp_path, model, plan, same_logits=True))
 
 
 def test_estimate_equals_transformers_cache(tiny):
     """KV in each hybrid layer (the shared block's heads of 2 × hidden / heads), Mamba state in every layer."""
     _, model, arch = tiny
-    batch, ctx = 3, 17
-    with torch.no_grad():
-        out = model(torch.randint(3, 300, (batch, ctx)), use_cache=True)
-    kv, state = cache_bytes(out.past_key_values)
-    est = estimate(arch, context_length=ctx, batch_size=batch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
+    kv, state, est = cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0
 
 
