@@ -151,6 +151,13 @@ def zero_dropped_heads(plan, arch, o_proj):
     return edit
 
 
+def ffn_down(layer):
+    """The down projection of a decoder layer's MLP: Llama's `mlp.down_proj`, Bamba's and Falcon-H1's
+    `feed_forward.down_proj`, Granite's `shared_mlp.output_linear`."""
+    mlp = next(m for m in (getattr(layer, a, None) for a in ("mlp", "shared_mlp", "feed_forward")) if m is not None)
+    return getattr(mlp, "output_linear", None) or mlp.down_proj
+
+
 def zero_dropped_ffn(plan, arch, down):
     """An edit: every FFN neuron `plan` drops gets its down-projection column zeroed (`down(model, layer)`)."""
 

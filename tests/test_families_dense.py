@@ -1,5 +1,6 @@
-"""Dense families (llama, mistral, qwen2, qwen3) on tiny random models: accounting, every axis's cut,
-streaming == in memory, stock loading, the memory model against transformers' cache, scoring."""
+"""Dense families (llama, mistral, qwen2, qwen3) on tiny random models: accounting, depth and hidden cuts,
+streaming == in memory, stock loading, the memory model against transformers' cache, scoring; the scoring
+engine's block-by-block pass of every family. (Keep-all, FFN and head cuts: `test_families_common.py`.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from family_helpers import (
     assert_equals_emulation,
     assert_equals_reference,
     assert_generates,
-    assert_keep_all_is_identity,
     assert_specs_match,
     cache_and_estimate,
     engine_logits,
@@ -20,8 +20,6 @@ from family_helpers import (
     scores,
     scores_streamed_equal_in_memory,
     tiny_family,
-    zero_dropped_ffn,
-    zero_dropped_heads,
     zeroed,
 )
 from prune_helpers import load_streamed
@@ -31,7 +29,15 @@ from minitron.models.checkpoint import open_checkpoint
 from minitron.prune.apply import prune_model
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.shard_writer import prune_checkpoint
-from minitron.testing import DENSE_TINY, HYBRID_TINY, build_model, tiny_dense_config, tiny_hybrid_config
+from minitron.testing import (
+    DENSE_TINY,
+    HYBRID_TINY,
+    build_model,
+    tiny_dense_config,
+    tiny_falcon_h1_config,
+    tiny_hybrid_config,
+    tiny_zamba2_config,
+)
 
 FAMILIES = sorted(DENSE_TINY)
 
@@ -54,27 +60,6 @@ def test_family_details_are_read(tiny):
               "qwen3": (False, False, True)}[a.family]
     assert (a.qkv_bias, a.o_bias, a.qk_norm) == expect
     assert a.head_dim == 12 != a.hidden_size // a.num_attention_heads
-
-
-def test_keep_all_is_bit_identical(tiny):
-    _, model, arch, _ = tiny
-    assert_keep_all_is_identity(model, arch)
-
-
-def test_ffn_equals_zeroed_down_proj_columns(tiny):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
-    edit = zero_dropped_ffn(plan, arch, lambda m, i: m.model.layers[i].mlp.down_proj)
-    assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)  # the cut matters
-
-
-@pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2), Shape(attention_heads=2, kv_heads=2)])
-def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, shape, unit_scores)
-    pruned = prune_model(model, plan)
-    assert pruned.config.num_key_value_heads == (shape.kv_heads or arch.num_key_value_heads)
-    assert_equals_emulation(pruned, model, zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj))
 
 
 @pytest.mark.parametrize("dropped", [[0], [2], [1, 3]])
@@ -146,6 +131,8 @@ def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
     tiny_dense_config("mistral", sliding_window=8),  # windowed masks
     tiny_dense_config("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=2),
     *(tiny_hybrid_config(f) for f in sorted(HYBRID_TINY)),  # Granite: µP embedding and logit scales
+    tiny_falcon_h1_config(),  # µP embedding and lm_head multipliers
+    tiny_zamba2_config(),  # each block is called with the embeddings the shared block concatenates to its input
 ], ids=lambda c: c["model_type"] + ("-window" if c.get("sliding_window") else ""))
 def test_the_engines_block_by_block_pass_equals_the_model(cfg):
     """What scoring runs (embedding, each block called on its own by the family, head) is the model's forward."""

@@ -1,31 +1,24 @@
 """Falcon-H1 on a tiny random model: attention and Mamba-2 side by side in every layer, `mamba_d_ssm`
 (a Mamba width that is not expand × hidden), the optional gated norm, µP multipliers. Accounting,
-every axis's cut, streaming == in memory, stock loading, the memory model against transformers'
-cache, scoring, and the reference config's exact count."""
+depth, hidden and Mamba cuts, streaming == in memory, stock loading, the memory model against
+transformers' cache, scoring. (Keep-all, FFN and head cuts, the reference config's exact count and the
+engine's block-by-block pass: `test_families_common.py`, `test_families_dense.py`.)"""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
 from family_helpers import (
     assert_equals_emulation,
     assert_equals_reference,
     assert_generates,
-    assert_keep_all_is_identity,
     assert_specs_match,
     cache_and_estimate,
     dropped,
-    engine_logits,
-    logits,
     random_scores,
     scores,
     scores_streamed_equal_in_memory,
     tiny_family,
     zero_columns,
-    zero_dropped_ffn,
-    zero_dropped_heads,
     zeroed,
 )
 from prune_helpers import load_streamed
@@ -44,19 +37,6 @@ def tiny(tmp_path_factory):
     return tiny_family(tmp_path_factory, "falcon_h1", tiny_falcon_h1_config())
 
 
-def test_reference_config_count_is_exact():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from minitron.assets import CONFIGS
-
-    cfg = json.loads((CONFIGS / "falcon-h1-0.5b-base" / "config.json").read_text())
-    arch = Architecture.from_config(cfg)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
-    assert arch.total_params == sum(p.numel() for p in model.parameters()) == 521_411_104
-    assert (arch.mamba_intermediate, arch.hidden_size, arch.head_dim) == (1536, 1024, 64)  # d_ssm, not 2 × 1024
-
-
 def test_accounting_and_specs_match_the_module(tiny):
     path, model, arch, _ = tiny
     assert arch.pattern == "***" and arch.attention_layers() == arch.mamba_layers() == arch.ffn_layers() == [0, 1, 2]
@@ -66,27 +46,6 @@ def test_accounting_and_specs_match_the_module(tiny):
     mixer = model.model.layers[0].mamba
     assert (mixer.intermediate_size, mixer.conv_dim, mixer.num_heads) == (96, 96 + 2 * 2 * 16, 8)
     assert mixer.in_proj.out_features == 96 + mixer.conv_dim + 8 and mixer.norm.n_groups == 2
-
-
-def test_keep_all_is_bit_identical(tiny):
-    _, model, arch, _ = tiny
-    assert_keep_all_is_identity(model, arch)
-
-
-def test_ffn_equals_zeroed_down_columns(tiny):
-    _, model, arch, unit_scores = tiny
-    assert arch.intermediate_size == 96
-    plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
-    edit = zero_dropped_ffn(plan, arch, lambda m, i: m.model.layers[i].feed_forward.down_proj)
-    assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)
-
-
-@pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2)])
-def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, shape, unit_scores)
-    edit = zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj)
-    assert_equals_emulation(prune_model(model, plan), model, edit)
 
 
 def test_mamba_heads_without_the_gated_norm_equal_zeroed_out_proj_columns():
@@ -148,11 +107,6 @@ def test_estimate_equals_transformers_cache(tiny):
     _, model, arch, _ = tiny
     kv, state, est = cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0 and state > 0
-
-
-def test_the_engines_block_by_block_pass_equals_the_model(tiny):
-    _, model, _, _ = tiny
-    assert torch.equal(engine_logits(model), logits(model))
 
 
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):

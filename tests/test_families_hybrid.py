@@ -1,6 +1,7 @@
-"""Mamba-2 hybrids (bamba, granitemoehybrid with and without routed experts) on tiny random models: accounting, every axis's cut,
-streaming == in memory, stock loading, the memory model against transformers' cache, scoring,
-and the cuts their configs cannot express refused with the reason."""
+"""Mamba-2 hybrids (bamba, granitemoehybrid with and without routed experts) on tiny random models: accounting,
+depth, hidden and Mamba cuts, streaming == in memory, stock loading, the memory model against transformers'
+cache, scoring, and the cuts their configs cannot express refused with the reason. (Keep-all, FFN and head
+cuts: `test_families_common.py`.)"""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from family_helpers import (
     assert_equals_emulation,
     assert_equals_reference,
     assert_generates,
-    assert_keep_all_is_identity,
     assert_specs_match,
     cache_and_estimate,
     scores,
     scores_streamed_equal_in_memory,
     tiny_family,
-    zero_dropped_ffn,
-    zero_dropped_heads,
     zeroed,
 )
 from prune_helpers import load_streamed
@@ -44,26 +42,6 @@ def test_accounting_and_specs_match_the_module(tiny):
     path, model, arch, _ = tiny
     assert arch.pattern == "M*MM" and arch.ffn_layers() == [0, 1, 2, 3] and arch.mamba_layers() == [0, 2, 3]
     assert_specs_match(model, arch, path)
-
-
-def test_keep_all_is_bit_identical(tiny):
-    _, model, arch, _ = tiny
-    assert_keep_all_is_identity(model, arch)
-
-
-def test_ffn_equals_zeroed_down_columns(tiny):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
-    edit = zero_dropped_ffn(plan, arch, lambda m, i: _down(m.model.layers[i]))
-    assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)
-
-
-@pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2)])
-def test_heads_equal_zeroed_o_proj_columns(tiny, shape):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, shape, unit_scores)
-    edit = zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj)
-    assert_equals_emulation(prune_model(model, plan), model, edit)
 
 
 @pytest.mark.parametrize("dropped", [[1], [0, 3]])
