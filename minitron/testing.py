@@ -24,6 +24,11 @@ commas, colons; semicolons! question marks? (parentheses) [brackets] {braces} "q
 """
 
 
+# What every released Nemotron-H fixes: a conv bias and SiLU in Mamba-2, relu² MLPs, no projection biases.
+NEMOTRON_H_FIXED = {"use_conv_bias": True, "mamba_hidden_act": "silu", "mamba_proj_bias": False,
+                    "mlp_hidden_act": "relu2", "mlp_bias": False, "use_bias": False}  # fmt: skip
+
+
 def tiny_config(**overrides) -> dict:
     cfg = {
         "architectures": ["NemotronHForCausalLM"],
@@ -41,12 +46,7 @@ def tiny_config(**overrides) -> dict:
         "conv_kernel": 4,
         "expand": 2,
         "chunk_size": 16,
-        "use_conv_bias": True,
-        "mamba_hidden_act": "silu",
-        "mamba_proj_bias": False,
-        "mlp_hidden_act": "relu2",
-        "mlp_bias": False,
-        "use_bias": False,
+        **NEMOTRON_H_FIXED,
         "n_routed_experts": 4,
         "num_experts_per_tok": 2,
         "moe_intermediate_size": 32,

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from minitron.testing import NEMOTRON_H_FIXED
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "minitron" / "assets" / "demo" / "corpus"
 DEFAULT_OUT = REPO / "minitron" / "assets" / "demo" / "teacher"
@@ -52,12 +54,7 @@ def teacher_config(vocab_size: int, hidden: int, pattern: str, ffn: int, heads: 
         "conv_kernel": 4,
         "expand": 2,
         "chunk_size": 64,
-        "use_conv_bias": True,
-        "mamba_hidden_act": "silu",
-        "mamba_proj_bias": False,
-        "mlp_hidden_act": "relu2",
-        "mlp_bias": False,
-        "use_bias": False,
+        **NEMOTRON_H_FIXED,
         "attention_bias": False,
         "layer_norm_epsilon": 1e-5,
         "residual_in_fp32": False,

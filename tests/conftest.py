@@ -12,6 +12,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of this repository (`benchmarks/x.py`, `scripts/x.py`: not a package) imported by its path."""
+    import importlib.util
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # The reference configs of ../shared/reference (identical copies ship in minitron/assets/configs).
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 if not REFERENCE.is_dir():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 STUDENT_PATTERN_KEEP = [0, 1, 2, 3, 5, 6, 8]  # drop the MoE block (4) and the second attention block (7)
@@ -54,6 +56,19 @@ def run_cli(args: list[str], *, torchrun: int = 0, timeout: int = 180) -> subpro
     else:
         cmd = [sys.executable, "-m", "minitron", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout)
+
+
+def run_cli_killed(args: list[str], partial: Path, step: int = 4, timeout: int = 120) -> None:
+    """Start `minitron *args` and SIGKILL it as soon as its checkpoint of `step` is in `partial`; it must have
+    been killed, not have finished."""
+    cmd = [sys.executable, "-m", "minitron", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    ckpt = partial / "checkpoints" / f"step-{step:08d}.pt"
+    deadline = time.time() + timeout
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
 
 
 def weights(out: Path) -> dict:

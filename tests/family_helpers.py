@@ -47,6 +47,18 @@ def engine_logits(model, ids=IDS):
             return head(norm(h)) / src.family.logits_divisor(src.config)
 
 
+def captured_input(model, module, toks):
+    """What `module` receives in one no-grad forward of `model` on `toks`, as [tokens, features]."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
+    try:
+        with torch.no_grad():
+            model(toks, use_cache=False)
+    finally:
+        handle.remove()
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
+
+
 def cache_bytes(cache) -> tuple[int, int]:
     """(KV bytes, Mamba conv + SSM state bytes) that a transformers cache holds."""
     kv = state = 0
@@ -156,6 +168,26 @@ def ffn_down(layer):
     `feed_forward.down_proj`, Granite's `shared_mlp.output_linear`."""
     mlp = next(m for m in (getattr(layer, a, None) for a in ("mlp", "shared_mlp", "feed_forward")) if m is not None)
     return getattr(mlp, "output_linear", None) or mlp.down_proj
+
+
+def zero_residual_writes(layers):
+    """An edit: the blocks `layers` write nothing into the residual stream - every mixer's output projection
+    (`mamba.out_proj`, `self_attn.o_proj`), the MLP's down projection and the routed experts' down
+    projections zeroed, biases too - so each is the identity, as a dropped block is."""
+
+    def edit(m):
+        for i in layers:
+            layer = m.model.layers[i]
+            mixers = (getattr(getattr(layer, "mamba", None), "out_proj", None),
+                      getattr(getattr(layer, "self_attn", None), "o_proj", None))
+            for lin in (*(x for x in mixers if x is not None), ffn_down(layer)):
+                lin.weight.zero_()
+                if lin.bias is not None:
+                    lin.bias.zero_()
+            if getattr(layer, "block_sparse_moe", None) is not None:  # Granite's routed experts write too
+                layer.block_sparse_moe.experts.down_proj.zero_()
+
+    return edit
 
 
 def zero_dropped_ffn(plan, arch, down):

@@ -31,3 +31,22 @@ def load_streamed(out: Path, model, plan, *, same_logits: bool = False):
 
         assert torch.equal(logits(loaded.eval()), logits(pruned))
     return loaded
+
+
+# Bad values of the routed-expert flags on a model with 4 experts of width 32, top-2 (the tiny Nemotron-H
+# and the tiny Granite 4.0-H): (arguments, the flag the error names, what it says).
+BAD_EXPERT_ARGS = [
+    (["--experts", 5], "--experts", "larger than the model's 4"),
+    (["--experts", 1], "--experts", "below num_experts_per_tok"),
+    (["--experts-per-token", 0], "--experts-per-token", ">= 1"),
+    (["--experts", 2, "--experts-per-token", 3], "--experts-per-token", "above the 2 experts"),
+    (["--moe-ffn-size", 33], "--moe-ffn-size", "larger than the model's 32"),
+]
+
+
+def assert_refused(result, flag: str, match: str, out: Path) -> None:
+    """A CLI `result` of bad input: exit 2, one line on stderr naming `flag` and saying `match`, and nothing
+    written: no `out`, and its directory (the test's own) still empty."""
+    assert result.exit_code == 2, result.output
+    assert flag in result.stderr and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(out.parent.iterdir()) == []

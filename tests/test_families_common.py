@@ -1,21 +1,15 @@
 """What every family's tiny model passes, parametrised over the families: pruning that keeps everything is
 the identity, an FFN cut equals its down-projection columns zeroed, a head cut equals its o_proj columns
-zeroed, and a reference config's parameter count is exact. Each family's own file tests what differs."""
+zeroed, dropped blocks equal blocks that write nothing into the residual stream, and a reference config's
+parameter count is exact. Each family's own file tests what differs."""
 
 from __future__ import annotations
 
 import json
 
+import family_helpers as fam
 import pytest
 import torch
-from family_helpers import (
-    assert_equals_emulation,
-    assert_keep_all_is_identity,
-    ffn_down,
-    tiny_family,
-    zero_dropped_ffn,
-    zero_dropped_heads,
-)
 
 from minitron.models.architecture import Architecture
 from minitron.prune.apply import prune_model
@@ -35,8 +29,11 @@ CONFIGS = {
     "falcon_h1": tiny_falcon_h1_config(),
     "zamba2": tiny_zamba2_config(),
 }
-# Zamba2's shared transformer block serves every hybrid layer: its FFN and heads are refused (test_families_zamba2).
+# Zamba2's shared transformer block serves every hybrid layer: its FFN and heads are refused, and its
+# hybrid layers are never dropped (test_families_zamba2.py).
 WIDTH_CUT = [f for f in CONFIGS if f != "zamba2"]
+DROPS = {**{f: [[0], [2], [1, 3]] for f in DENSE_TINY}, **{f: [[1], [0, 3]] for f in HYBRID_TINY},
+         "falcon_h1": [[1], [0, 2]]}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +43,7 @@ def tiny(tmp_path_factory):
 
     def get(name):
         if name not in built:
-            built[name] = tiny_family(tmp_path_factory, name, CONFIGS[name])
+            built[name] = fam.tiny_family(tmp_path_factory, name, CONFIGS[name])
         return built[name]
 
     return get
@@ -55,15 +52,15 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_keep_all_is_bit_identical(tiny, family):
     _, model, arch, _ = tiny(family)
-    assert_keep_all_is_identity(model, arch)
+    fam.assert_keep_all_is_identity(model, arch)
 
 
 @pytest.mark.parametrize("family", WIDTH_CUT)
 def test_ffn_equals_zeroed_down_proj_columns(tiny, family):
     _, model, arch, unit_scores = tiny(family)
     plan = make_plan(arch, Shape(ffn_size=40), unit_scores)
-    edit = zero_dropped_ffn(plan, arch, lambda m, i: ffn_down(m.model.layers[i]))
-    assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)  # the cut matters
+    edit = fam.zero_dropped_ffn(plan, arch, lambda m, i: fam.ffn_down(m.model.layers[i]))
+    fam.assert_equals_emulation(prune_model(model, plan), model, edit, changed_atol=1e-3)  # the cut matters
 
 
 @pytest.mark.parametrize("shape", [Shape(attention_heads=4), Shape(kv_heads=2), Shape(attention_heads=2, kv_heads=2)])
@@ -73,7 +70,17 @@ def test_heads_equal_zeroed_o_proj_columns(tiny, family, shape):
     plan = make_plan(arch, shape, unit_scores)
     pruned = prune_model(model, plan)
     assert pruned.config.num_key_value_heads == (shape.kv_heads or arch.num_key_value_heads)
-    assert_equals_emulation(pruned, model, zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj))
+    fam.assert_equals_emulation(pruned, model, fam.zero_dropped_heads(plan, arch, lambda m, i: m.model.layers[i].self_attn.o_proj))
+
+
+@pytest.mark.parametrize(("family", "dropped"), [(f, d) for f in WIDTH_CUT for d in DROPS[f]])
+def test_dropped_layers_equal_zeroed_residual_writes(tiny, family, dropped):
+    _, model, arch, unit_scores = tiny(family)
+    pruned = prune_model(model, make_plan(arch, Shape(), unit_scores, dropped))
+    assert pruned.config.num_hidden_layers == arch.num_layers - len(dropped)
+    assert Architecture.from_config(pruned.config.to_dict()).pattern == "".join(
+        c for i, c in enumerate(arch.pattern) if i not in dropped)
+    fam.assert_equals_emulation(pruned, model, fam.zero_residual_writes(dropped))
 
 
 @pytest.mark.parametrize(("name", "total", "facts"), [

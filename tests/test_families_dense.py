@@ -1,27 +1,14 @@
-"""Dense families (llama, mistral, qwen2, qwen3) on tiny random models: accounting, depth and hidden cuts,
+"""Dense families (llama, mistral, qwen2, qwen3) on tiny random models: accounting, hidden cuts,
 streaming == in memory, stock loading, the memory model against transformers' cache, scoring; the scoring
-engine's block-by-block pass of every family. (Keep-all, FFN and head cuts: `test_families_common.py`.)"""
+engine's block-by-block pass of every family. (Keep-all, FFN, head and depth cuts: `test_families_common.py`.)"""
 
 from __future__ import annotations
 
 import copy
 
+import family_helpers as fam
 import pytest
 import torch
-from family_helpers import (
-    IDS,
-    assert_equals_emulation,
-    assert_equals_reference,
-    assert_generates,
-    assert_specs_match,
-    cache_and_estimate,
-    engine_logits,
-    logits,
-    scores,
-    scores_streamed_equal_in_memory,
-    tiny_family,
-    zeroed,
-)
 from prune_helpers import load_streamed
 
 from minitron.models.architecture import Architecture
@@ -45,13 +32,13 @@ FAMILIES = sorted(DENSE_TINY)
 @pytest.fixture(scope="module", params=FAMILIES)
 def tiny(request, tmp_path_factory):
     """(model dir, loaded model, architecture, random scores) of one family."""
-    return tiny_family(tmp_path_factory, request.param, tiny_dense_config(request.param))
+    return fam.tiny_family(tmp_path_factory, request.param, tiny_dense_config(request.param))
 
 
 def test_accounting_and_specs_match_the_module(tiny):
     path, model, arch, _ = tiny
     assert arch.family == model.config.model_type
-    assert_specs_match(model, arch, path)  # a tied head counted once
+    fam.assert_specs_match(model, arch, path)  # a tied head counted once
 
 
 def test_family_details_are_read(tiny):
@@ -62,30 +49,12 @@ def test_family_details_are_read(tiny):
     assert a.head_dim == 12 != a.hidden_size // a.num_attention_heads
 
 
-@pytest.mark.parametrize("dropped", [[0], [2], [1, 3]])
-def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, Shape(), unit_scores, dropped)
-
-    def edit(m):  # a block whose o_proj and down_proj write nothing is the identity
-        for i in dropped:
-            layer = m.model.layers[i]
-            for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                lin.weight.zero_()
-                if lin.bias is not None:
-                    lin.bias.zero_()
-
-    pruned = prune_model(model, plan)
-    assert pruned.config.num_hidden_layers == arch.num_layers - len(dropped)
-    assert_equals_emulation(pruned, model, edit)
-
-
 @pytest.mark.parametrize("shape", [Shape(hidden_size=40), Shape(hidden_size=48, ffn_size=64, attention_heads=4,
                                                                  kv_heads=2)])
 def test_hidden_cut_equals_plain_reference(tiny, shape):
     """Every RMSNorm reads all hidden channels, so the reference is the plain module-by-module copy."""
     _, model, arch, unit_scores = tiny
-    assert_equals_reference(model, make_plan(arch, shape, unit_scores, [1] if shape.ffn_size else []))
+    fam.assert_equals_reference(model, make_plan(arch, shape, unit_scores, [1] if shape.ffn_size else []))
 
 
 def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path):
@@ -95,21 +64,21 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     assert len(info["files"]) > 1
     cfg = plan.target().to_config()
     assert cfg["head_dim"] == 12 and cfg["hidden_size"] == 48 and cfg["num_hidden_layers"] == 3
-    assert_generates(load_streamed(tmp_path, model, plan))
+    fam.assert_generates(load_streamed(tmp_path, model, plan))
 
 
 @pytest.mark.parametrize(("dtype", "torch_dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_estimate_equals_transformers_cache(tiny, dtype, torch_dtype):
     _, model, arch, _ = tiny
     m = copy.deepcopy(model).to(torch_dtype)
-    kv, _, est = cache_and_estimate(m, arch, dtype=dtype)
+    kv, _, est = fam.cache_and_estimate(m, arch, dtype=dtype)
     assert est.kv_cache_bytes == kv and est.mamba_state_bytes == 0
     assert est.weights_bytes == sum(p.numel() * p.element_size() for p in m.parameters())
 
 
 def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
     path, model, arch, _ = tiny
-    mem = scores_streamed_equal_in_memory(path, model, arch)
+    mem = fam.scores_streamed_equal_in_memory(path, model, arch)
     assert mem["ffn"].shape == (arch.num_layers, arch.intermediate_size)
     assert mem["attention_heads"].shape == (arch.num_layers, arch.num_attention_heads)
 
@@ -121,7 +90,7 @@ def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
         if m.model.layers[2].self_attn.v_proj.bias is not None:
             m.model.layers[2].self_attn.v_proj.bias.zero_()
 
-    z = scores(zeroed(model, edit), arch)
+    z = fam.scores(fam.zeroed(model, edit), arch)
     assert z["ffn"][1, 17] == 0 and (z["ffn"][1] > 0).sum() == arch.intermediate_size - 1
     assert (z["attention_heads"][2] == 0).all() and (z["attention_heads"][1] > 0).all()
 
@@ -137,7 +106,7 @@ def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
 def test_the_engines_block_by_block_pass_equals_the_model(cfg):
     """What scoring runs (embedding, each block called on its own by the family, head) is the model's forward."""
     model = build_model(cfg)
-    assert torch.equal(engine_logits(model, IDS), logits(model))
+    assert torch.equal(fam.engine_logits(model, fam.IDS), fam.logits(model))
 
 
 @pytest.mark.parametrize("cfg", [
@@ -150,7 +119,7 @@ def test_sliding_window_cache_bytes_and_depth(cfg, ctx):
     """Windowed layers hold min(context, window - 1) tokens in transformers' cache; depth keeps each layer's type."""
     arch = Architecture.from_config(cfg)
     model = build_model(cfg)
-    kv, _, est = cache_and_estimate(model, arch, batch=2, ctx=ctx, dtype="fp32")
+    kv, _, est = fam.cache_and_estimate(model, arch, batch=2, ctx=ctx, dtype="fp32")
     assert est.kv_cache_bytes == kv
     plan = make_plan(arch, Shape(), None, [1])
     pruned = prune_model(model, plan)

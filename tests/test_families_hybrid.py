@@ -1,26 +1,15 @@
 """Mamba-2 hybrids (bamba, granitemoehybrid with and without routed experts) on tiny random models: accounting,
-depth, hidden and Mamba cuts, streaming == in memory, stock loading, the memory model against transformers'
-cache, scoring, and the cuts their configs cannot express refused with the reason. (Keep-all, FFN and head
-cuts: `test_families_common.py`.)"""
+hidden and Mamba cuts, streaming == in memory, stock loading, the memory model against transformers'
+cache, scoring, and the cuts their configs cannot express refused with the reason. (Keep-all, FFN, head and
+depth cuts: `test_families_common.py`.)"""
 
 from __future__ import annotations
 
+import family_helpers as fam
 import pytest
-from family_helpers import (
-    assert_equals_emulation,
-    assert_equals_reference,
-    assert_generates,
-    assert_specs_match,
-    cache_and_estimate,
-    scores,
-    scores_streamed_equal_in_memory,
-    tiny_family,
-    zeroed,
-)
 from prune_helpers import load_streamed
 
 from minitron.errors import InputError
-from minitron.models.architecture import Architecture
 from minitron.models.checkpoint import open_checkpoint
 from minitron.prune.apply import prune_model
 from minitron.prune.select import Shape, make_plan
@@ -30,40 +19,13 @@ from minitron.testing import HYBRID_TINY, tiny_hybrid_config
 
 @pytest.fixture(scope="module", params=sorted(HYBRID_TINY))
 def tiny(request, tmp_path_factory):
-    return tiny_family(tmp_path_factory, request.param, tiny_hybrid_config(request.param))
-
-
-def _down(layer):
-    mlp = getattr(layer, "shared_mlp", None) or layer.feed_forward
-    return getattr(mlp, "output_linear", None) or mlp.down_proj
+    return fam.tiny_family(tmp_path_factory, request.param, tiny_hybrid_config(request.param))
 
 
 def test_accounting_and_specs_match_the_module(tiny):
     path, model, arch, _ = tiny
     assert arch.pattern == "M*MM" and arch.ffn_layers() == [0, 1, 2, 3] and arch.mamba_layers() == [0, 2, 3]
-    assert_specs_match(model, arch, path)
-
-
-@pytest.mark.parametrize("dropped", [[1], [0, 3]])
-def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
-    _, model, arch, unit_scores = tiny
-    plan = make_plan(arch, Shape(), unit_scores, dropped)
-
-    def edit(m):
-        for i in dropped:
-            layer = m.model.layers[i]
-            mixer_out = layer.mamba.out_proj if getattr(layer, "mamba", None) is not None else layer.self_attn.o_proj
-            for lin in (mixer_out, _down(layer)):
-                lin.weight.zero_()
-                if lin.bias is not None:
-                    lin.bias.zero_()
-            if getattr(layer, "block_sparse_moe", None) is not None:  # Granite's routed experts write too
-                layer.block_sparse_moe.experts.down_proj.zero_()
-
-    pruned = prune_model(model, plan)
-    assert Architecture.from_config(pruned.config.to_dict()).pattern == "".join(
-        c for i, c in enumerate(arch.pattern) if i not in dropped)
-    assert_equals_emulation(pruned, model, edit)
+    fam.assert_specs_match(model, arch, path)
 
 
 @pytest.mark.parametrize("shape", [
@@ -75,7 +37,7 @@ def test_dropped_layers_equal_zeroed_residual_writes(tiny, dropped):
 def test_hidden_and_mamba_cuts_equal_plain_reference(tiny, shape):
     """The gated norm and every RMSNorm read all their channels: the reference is the module-by-module copy."""
     _, model, arch, unit_scores = tiny
-    assert_equals_reference(model, make_plan(arch, shape, unit_scores, [3] if shape.ffn_size else []))
+    fam.assert_equals_reference(model, make_plan(arch, shape, unit_scores, [3] if shape.ffn_size else []))
 
 
 def test_a_mamba_width_the_config_cannot_express_is_refused(tiny):
@@ -92,25 +54,25 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
     cfg = plan.target().to_config()
     assert cfg["mamba_expand"] == 2 and cfg["mamba_n_heads"] == 4 and cfg["head_dim"] == 12
-    assert_generates(load_streamed(tmp_path, model, plan))
+    fam.assert_generates(load_streamed(tmp_path, model, plan))
 
 
 def test_estimate_equals_transformers_cache(tiny):
     _, model, arch, _ = tiny
-    kv, state, est = cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
+    kv, state, est = fam.cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state)
 
 
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     path, model, arch, _ = tiny
-    mem = scores_streamed_equal_in_memory(path, model, arch)
+    mem = fam.scores_streamed_equal_in_memory(path, model, arch)
     assert mem["ffn"].shape == (4, 96) and mem["mamba_heads"].shape == (3, 8)
 
     def edit(m):  # Mamba head 5 of layer 2 (the second Mamba layer): its x-slice rows of in_proj
         p, inner = arch.mamba_head_dim, arch.mamba_intermediate
         m.model.layers[2].mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
 
-    z = scores(zeroed(model, edit), arch)
+    z = fam.scores(fam.zeroed(model, edit), arch)
     assert z["mamba_heads"][1, 5] == 0 and (z["mamba_heads"][1] > 0).sum() == 7
 
 

@@ -6,17 +6,8 @@ reference config's exact count and the engine's block-by-block pass: `test_famil
 
 from __future__ import annotations
 
+import family_helpers as fam
 import pytest
-from family_helpers import (
-    assert_equals_emulation,
-    assert_generates,
-    assert_specs_match,
-    cache_and_estimate,
-    scores,
-    scores_streamed_equal_in_memory,
-    tiny_family,
-    zeroed,
-)
 from prune_helpers import load_streamed
 
 from minitron.errors import InputError
@@ -31,7 +22,7 @@ from minitron.testing import build_model, tiny_zamba2_config
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path, model, arch, _ = tiny_family(tmp_path_factory, "zamba2", tiny_zamba2_config())
+    path, model, arch, _ = fam.tiny_family(tmp_path_factory, "zamba2", tiny_zamba2_config())
     return path, model, arch
 
 
@@ -43,7 +34,7 @@ def test_accounting_and_specs_match_the_module(tmp_path, tied, blocks):
     arch, model = Architecture.from_config(cfg), build_model(cfg)
     assert arch.tie_word_embeddings == tied
     model.save_pretrained(tmp_path)
-    assert_specs_match(model, arch, tmp_path)
+    fam.assert_specs_match(model, arch, tmp_path)
     stored = {canonical_name(k) for k in open_checkpoint(tmp_path).tensors}
     owners = {int(k.split(".")[1]) for k in stored if ".shared_transformer." in k}
     assert owners == ({1, 3} if tied and blocks == 2 else {1} if tied else {1, 3, 5})
@@ -62,7 +53,7 @@ def test_dropped_mamba_layers_equal_zeroed_residual_writes(tiny, dropped):
     pruned = prune_model(model, plan)
     assert pruned.config.layers_block_type == [t for i, t in enumerate(model.config.layers_block_type) if i not in dropped]
     assert pruned.config.hybrid_layer_ids == plan.target().layers_of("*")
-    assert_equals_emulation(pruned, model, edit)
+    fam.assert_equals_emulation(pruned, model, edit)
     assert sum(p.numel() for p in pruned.parameters()) == plan.target().total_params
 
 
@@ -93,24 +84,24 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     path, model, arch = tiny
     plan = make_plan(arch, Shape(), None, [0, 4])
     assert len(prune_checkpoint(open_checkpoint(path), plan, tmp_path, max_shard_bytes=60_000)["files"]) > 1
-    assert_generates(load_streamed(tmp_path, model, plan, same_logits=True))
+    fam.assert_generates(load_streamed(tmp_path, model, plan, same_logits=True))
 
 
 def test_estimate_equals_transformers_cache(tiny):
     """KV in each hybrid layer (the shared block's heads of 2 × hidden / heads), Mamba state in every layer."""
     _, model, arch = tiny
-    kv, state, est = cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
+    kv, state, est = fam.cache_and_estimate(model, arch, dtype="fp32", engine="hf")  # transformers keeps conv_kernel columns
     assert (est.kv_cache_bytes, est.mamba_state_bytes) == (kv, state) and kv > 0
 
 
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     path, model, arch = tiny
-    mem = scores_streamed_equal_in_memory(path, model, arch)  # streamed: layer 5 reads its block from layer 1
+    mem = fam.scores_streamed_equal_in_memory(path, model, arch)  # streamed: layer 5 reads its block from layer 1
     assert mem["mamba_heads"].shape == (6, 8) and mem["ffn"].shape == (3, 96) and (mem["ffn"] > 0).all()
 
     def edit(m):  # Mamba head 5 of hybrid layer 3 (the 4th Mamba mixer): its x-slice rows of in_proj
         p, inner = arch.mamba_head_dim, arch.mamba_intermediate
         m.model.layers[3].mamba_decoder.mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
 
-    z = scores(zeroed(model, edit), arch)
+    z = fam.scores(fam.zeroed(model, edit), arch)
     assert z["mamba_heads"][3, 5] == 0 and (z["mamba_heads"][3] > 0).sum() == 7

@@ -1,7 +1,8 @@
 """Granite 4.0-H routed experts (`granitemoehybrid`, `num_local_experts > 0`): `--experts`, `--moe-ffn-size` and
 `--experts-per-token` on transformers' own tiny model. The pruned model equals the original restricted to the
 kept units (a router that never selects the dropped experts, zeroed output columns, a smaller top-k), in memory
-and streamed; it loads with stock transformers; expert scores come from the hooks; bad input is one line, exit 2."""
+and streamed; it loads with stock transformers; expert scores come from the hooks; bad input is one line, exit 2.
+(Keep-all, expert tensors included, runs with every family in `test_families_common.py`.)"""
 
 from __future__ import annotations
 
@@ -9,40 +10,37 @@ import json
 
 import pytest
 import torch
-from prune_helpers import load_streamed
+from family_helpers import (
+    assert_equals_emulation,
+    assert_generates,
+    captured_input,
+    logits,
+    tiny_family,
+)
+from prune_helpers import BAD_EXPERT_ARGS, assert_refused, load_streamed
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.recipes.score import score_tensors
-from minitron.importance.scores import Scores, expected_shapes
+from minitron.importance.scores import Scores
 from minitron.models.architecture import Architecture
-from minitron.models.checkpoint import load_model, open_checkpoint
+from minitron.models.checkpoint import open_checkpoint
 from minitron.models.tensors import canonical_name
 from minitron.prune.apply import prune_model
-from minitron.prune.plan import PrunePlan
 from minitron.prune.select import Shape, make_plan
 from minitron.prune.shard_writer import prune_checkpoint
-from minitron.testing import make_tiny_model_dir, tiny_hybrid_config
+from minitron.recipes.score import score_tensors
+from minitron.testing import tiny_hybrid_config
 
 CFG = tiny_hybrid_config("granitemoehybrid_moe")  # M*MM, 4 experts of width 32, top-2, shared MLP
-IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
 runner = CliRunner()
-
-
-def logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("granite-moe") / "model", CFG)
-    arch = Architecture.from_path(path)
-    g = torch.Generator().manual_seed(4)
-    scores = Scores({k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()})
-    return load_model(path), arch, scores, path
+    path, model, arch, scores = tiny_family(tmp_path_factory, "granite-moe", CFG, seed=4)
+    return model, arch, scores, path
 
 
 def _masked_router(model, gone: dict[int, list[int]]):
@@ -62,15 +60,6 @@ def _masked_router(model, gone: dict[int, list[int]]):
     return handles
 
 
-def _zeroed(model, edit):
-    import copy
-
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        edit(m)
-    return m
-
-
 def test_moe_is_a_component_of_every_layer_with_exact_active_accounting(tiny):
     model, arch, _, _ = tiny
     assert arch.moe_layers() == [0, 1, 2, 3] and arch.num_experts_per_tok == 2
@@ -79,14 +68,6 @@ def test_moe_is_a_component_of_every_layer_with_exact_active_accounting(tiny):
     assert arch.total_params - arch.total_active_params == 4 * (4 - 2) * expert
     plain = Architecture.from_config(tiny_hybrid_config("granitemoehybrid"))
     assert plain.moe_layers() == [] and plain.total_active_params == plain.total_params
-
-
-def test_keep_all_is_bit_identical_including_expert_tensors(tiny):
-    model, arch, _, _ = tiny
-    pruned = prune_model(model, PrunePlan.keep_all(arch))
-    a, b = model.state_dict(), pruned.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(logits(model), logits(pruned))
 
 
 @pytest.mark.parametrize("n", [3, 2])
@@ -103,8 +84,7 @@ def test_dropped_experts_equal_a_router_that_never_selects_them(tiny, n):
     finally:
         for h in handles:
             h.remove()
-    torch.testing.assert_close(logits(pruned), want, rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(logits(pruned), logits(model), atol=1e-4)  # the cut matters
+    assert_equals_emulation(pruned, model, want=want, tol=1e-6, changed_atol=1e-4)  # the cut matters
 
 
 def test_expert_width_cut_equals_zeroed_output_linear_columns(tiny):
@@ -122,8 +102,7 @@ def test_expert_width_cut_equals_zeroed_output_linear_columns(tiny):
                 gone = sorted(set(range(32)) - set(neurons))
                 m.model.layers[i].block_sparse_moe.experts.down_proj[e][:, gone] = 0
 
-    torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(logits(pruned), logits(model), atol=1e-4)
+    assert_equals_emulation(pruned, model, edit, changed_atol=1e-4)
     # The gate and up halves of `input_linear` keep the same neurons.
     src = model.model.layers[2].block_sparse_moe.experts.gate_up_proj[1]
     e1 = list(kept[1])
@@ -141,7 +120,7 @@ def test_experts_per_token_equals_the_original_router_with_that_top_k(tiny):
         for layer in m.model.layers:
             layer.block_sparse_moe.router.top_k = 1
 
-    torch.testing.assert_close(logits(pruned), logits(_zeroed(model, edit)), rtol=1e-6, atol=1e-6)
+    assert_equals_emulation(pruned, model, edit, tol=1e-6)
     assert plan.target().total_params == arch.total_params
     assert plan.target().total_active_params < arch.total_active_params
 
@@ -159,7 +138,7 @@ def test_streaming_equals_in_memory_loads_strictly_and_generates(tiny, tmp_path)
     assert "layers.2.block_sparse_moe.input_linear.weight" in {canonical_name(k) for k in written}  # stored names
     loaded = load_streamed(tmp_path, model, plan)  # strict keys, == in memory, params == params_after
     assert loaded.model.layers[0].block_sparse_moe.experts.gate_up_proj.shape == (3, 40, 32)
-    assert loaded.generate(IDS[:1, :8], max_new_tokens=4, do_sample=False).shape == (1, 12)
+    assert_generates(loaded, prompt=8)
 
 
 # ---------------------------------------------------------------------- scores
@@ -177,12 +156,7 @@ def test_expert_scores_equal_a_hand_run_router(tiny):
     model, arch, _, _ = tiny
     toks = _tokens()
     moe = model.model.layers[2].block_sparse_moe
-    seen = []
-    handle = moe.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().reshape(-1, 64)))
-    with torch.no_grad():
-        model(toks, use_cache=False)
-    handle.remove()
-    h = torch.cat(seen)
+    h = captured_input(model, moe, toks)
     got = _score(model, arch, toks)
     with torch.no_grad():
         _, w, idx = moe.router(h)  # transformers' own router on the captured input
@@ -237,17 +211,10 @@ def test_score_then_prune_keeps_the_top_experts(tiny, text_file, tmp_path):
 
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("args,flag,match", [
-    (["--experts", 5], "--experts", "larger than the model's 4"),
-    (["--experts", 1], "--experts", "below num_experts_per_tok"),
-    (["--experts-per-token", 0], "--experts-per-token", ">= 1"),
-    (["--experts", 2, "--experts-per-token", 3], "--experts-per-token", "above the 2 experts"),
-    (["--moe-ffn-size", 33], "--moe-ffn-size", "larger than the model's 32"),
+    *BAD_EXPERT_ARGS,
     (["--shared-expert-ffn-size", 8], "--shared-expert-ffn-size", "use --ffn-size"),
 ])
 def test_bad_expert_input_one_line_exit_2_nothing_written(tiny, tmp_path, args, flag, match):
     _, _, _, path = tiny
     out = tmp_path / "out"
-    r = runner.invoke(app, ["prune", str(path), *map(str, args), "--out", str(out)])
-    assert r.exit_code == 2, r.output
-    assert flag in r.stderr and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert_refused(runner.invoke(app, ["prune", str(path), *map(str, args), "--out", str(out)]), flag, match, out)

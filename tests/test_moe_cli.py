@@ -8,6 +8,7 @@ import random
 
 import pytest
 from conftest import REF_9B, REFERENCE
+from prune_helpers import BAD_EXPERT_ARGS, assert_refused
 from test_moe_accounting import _meta_model, counted_active
 from typer.testing import CliRunner
 
@@ -108,19 +109,12 @@ def test_written_moe_model_loads_with_stock_transformers_and_generates(tiny_mode
 
 
 @pytest.mark.parametrize("args,flag,match", [
-    (["--experts", 5], "--experts", "larger than the model's 4"),
-    (["--experts", 1], "--experts", "below num_experts_per_tok"),
-    (["--experts-per-token", 0], "--experts-per-token", ">= 1"),
-    (["--experts", 2, "--experts-per-token", 3], "--experts-per-token", "above the 2 experts"),
-    (["--moe-ffn-size", 33], "--moe-ffn-size", "larger"),
+    *BAD_EXPERT_ARGS,
     (["--shared-expert-ffn-size", 0], "--shared-expert-ffn-size", ">= 1"),
 ])
 def test_bad_moe_input_one_line_exit_2_nothing_written(tiny_model_dir, random_scores_dir, tmp_path, args, flag, match):
     out = tmp_path / "out"
-    r = invoke(tiny_model_dir, "--scores", random_scores_dir, *args, "--out", out)
-    assert r.exit_code == 2, r.output
-    assert flag in r.stderr and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert_refused(invoke(tiny_model_dir, "--scores", random_scores_dir, *args, "--out", out), flag, match, out)
 
 
 @pytest.mark.parametrize("flag", ["--experts", "--moe-ffn-size", "--shared-expert-ffn-size", "--experts-per-token"])

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from family_helpers import captured_input
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
@@ -88,12 +89,7 @@ def test_hooks_on_the_tiny_model_equal_a_hand_run_router():
     model = build_model(CFG)
     toks = tokens()
     mixer = model.model.layers[MOE].mixer
-    seen = []
-    handle = mixer.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().reshape(-1, 64)))
-    with torch.no_grad():
-        model(toks, use_cache=False)
-    handle.remove()
-    h = torch.cat(seen)
+    h = captured_input(model, mixer, toks)
     with torch.no_grad():
         _, w, idx = mixer.gate(h)  # transformers' own router on the captured MoE input
     e = mixer.experts

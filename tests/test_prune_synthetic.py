@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from minitron.models.architecture import Architecture
 from minitron.models.checkpoint import load_model, open_checkpoint
@@ -16,15 +15,10 @@ from minitron.prune.select import Shape, make_plan
 from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import tiny_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic_checkpoint.py"
-
 
 @pytest.fixture(scope="module")
 def synth():
-    spec = importlib.util.spec_from_file_location("make_synthetic_checkpoint", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/make_synthetic_checkpoint.py")
 
 
 @pytest.mark.parametrize("prefix", ["backbone.", "model."])

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
 from minitron.importance.scores import Scores
 from minitron.models.checkpoint import open_checkpoint
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_scores.py"
-
 
 @pytest.fixture(scope="module")
 def qs():
-    spec = importlib.util.spec_from_file_location("quality_scores", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/quality_scores.py")
 
 
 def _layers(arch, char):
@@ -62,8 +55,8 @@ def test_magnitude_scores_follow_their_definitions(qs, tiny_model_dir):
 
 
 def test_random_scores_are_seeded_and_prune_accepts_saved_scores(qs, tiny_model_dir, tmp_path):
-    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.select import Shape
+    from minitron.recipes.prune import PruneOptions, prune
 
     arch = open_checkpoint(tiny_model_dir).arch
     a, b, c = qs.random_scores(arch, 0), qs.random_scores(arch, 0), qs.random_scores(arch, 1)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from distill_helpers import base_args, make_pruned_student, run_cli, subprocess_env, weights
+from distill_helpers import base_args, make_pruned_student, run_cli, run_cli_killed, weights
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
@@ -167,14 +163,7 @@ def test_cached_run_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, stu
     r = run_cli(base_args(tiny_model_dir, student_dir, text_file, ref, *steps))
     assert r.returncode == 0, r.stderr
     out, part = tmp_path / "run", tmp_path / "run.partial"
-    cmd = [sys.executable, "-m", "minitron", *base_args(tiny_model_dir, student_dir, text_file, out, *steps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    ckpt = part / "checkpoints" / "step-00000004.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    run_cli_killed(base_args(tiny_model_dir, student_dir, text_file, out, *steps), part, step=4)
     assert not out.exists()
     r = run_cli(base_args(tiny_model_dir, student_dir, text_file, out, *steps))
     assert r.returncode == 0, r.stderr
