@@ -29,7 +29,7 @@ so a layer holds all three components (`attention`, `mamba`, `ffn`). Checked aga
 
 from __future__ import annotations
 
-from minitron.families import parts
+import minitron.families.parts as parts
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames, config_getter
 from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
 from minitron.models.layer_types import ATTENTION
