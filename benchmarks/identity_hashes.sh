@@ -3,7 +3,7 @@
 # Runs score and three prunes on the bundled teacher and prints the sha256 of every output: the same
 # commands on two versions of minitron must print the same hashes (BENCHMARKS.md, "Restructuring").
 set -e
-B=$1; O=$2; rm -rf $O; mkdir -p $O; cd $O
+B=$(cd "$1" && pwd); O=$2; rm -rf "$O"; mkdir -p "$O"; cd "$O"
 A=$($B/python -c "import minitron.assets as a;print(a.ASSETS)")
 export OMP_NUM_THREADS=1
 $B/minitron score demo-teacher --data $A/demo/corpus/train.txt --samples 8 --seq-len 128 --batch-size 4 --device cpu --dtype fp32 --no-streaming --out s >/dev/null 2>&1 || $B/minitron score demo-teacher --data $A/demo/corpus/train.txt --samples 8 --seq-len 128 --batch-size 4 --device cpu --dtype fp32 --out s
