@@ -32,6 +32,7 @@ from minitron.prune.select import (
     shape_arch,
     validate_shape,
 )
+from minitron.prune.shortlist import DEFAULT_BAND, DEFAULT_DISTILL_CANDIDATES
 from minitron.prune.stream import DEFAULT_SHARD_BYTES
 from minitron.tensor_parallel import impossible as tp_impossible
 from minitron.tensor_parallel import problems as tp_problems
@@ -65,7 +66,9 @@ class PruneOptions:
     proxy_samples: int = 8
     proxy: str = "kl"
     shortlist: int = 8
+    band: float | None = None  # None: shortlist.DEFAULT_BAND (searches only: --band)
     candidate_distill_steps: int = 0
+    distill_candidates: int = DEFAULT_DISTILL_CANDIDATES  # the proxy's best, distilled (--distill-candidates)
     distill_samples: int = 32
     lr: float = 1e-4
     top_k: int = 10  # candidates shown (and distilled): --candidates
@@ -106,6 +109,22 @@ def _validate_kind(o: PruneOptions) -> None:
     if o.top_k < 0 or o.shortlist < 0 or o.candidate_distill_steps < 0:
         flag = "--candidates" if o.top_k < 0 else "--shortlist" if o.shortlist < 0 else "--candidate-distill-steps"
         raise InputError("must be >= 0", flag=flag)
+    _validate_shortlist(o)
+
+
+def _validate_shortlist(o: PruneOptions) -> None:
+    """The shortlist's options (`minitron.prune.shortlist`): ranges, and only where a search runs."""
+    from minitron.prune.shortlist import check_band
+
+    if o.band is not None:
+        if not o.searching:
+            raise InputError("only used with --target-params, --target-active-params or a memory budget", flag="--band")
+        check_band(o.band)
+    if o.distill_candidates < 1:
+        raise InputError(f"must be >= 1, got {o.distill_candidates}", flag="--distill-candidates")
+    if o.candidate_distill_steps and not o.data:
+        raise InputError("ranking candidates by a short distillation needs calibration text (--data)",
+                         flag="--candidate-distill-steps")
 
 
 def _load_scores(o: PruneOptions, ckpt: Checkpoint):
@@ -317,7 +336,7 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
         order = parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
     elif scores is not None:
         order = least_important(scores["layers"], arch, keep_min)
-    space = default_space(arch, depth=order is not None)
+    space = default_space(arch, depth=order is not None, tensor_parallel=o.tensor_parallel)
     asked = parse_search(o.search)
     if order is None and "num_layers" in asked and asked["num_layers"].lo < arch.num_layers:
         raise InputError("searching depth needs a drop order: --drop-order or the layer scores of --scores",
@@ -334,47 +353,74 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
                          "(widen --search to multiples of it)", flag="--tensor-parallel")
     require_feasible(cands, budget=o.budget, target_params=o.target_params,
                      target_active_params=o.target_active_params)
-    ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
-    doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)
-    doc["ranking"] = "params"
-    use_proxy = scores is not None and ckpt.has_weights and bool(o.data) and o.shortlist > 0
-    if use_proxy:
-        ranked = _rank_with_model(o, ckpt, scores, ranked, progress, log)
-        doc["ranking"] = f"distill_kl after {o.candidate_distill_steps} steps" if o.candidate_distill_steps \
-            else f"proxy_{o.proxy}"
-    elif scores is not None and ckpt.has_weights:
-        log("ranking candidates by parameters (give --data to rank a shortlist by a zero-shot proxy)")
-    best = ranked[0]["_c"]
-    shown = ranked if o.top_k == 0 else ranked[: o.top_k]
-    for rank, d in enumerate(ranked, 1):
+    feasible = rank_by_params(cands)
+    doc["n_candidates"], doc["n_feasible"] = len(cands), len(feasible)
+    rows, info = _shortlist_and_rank(o, ckpt, scores, feasible, progress, log)
+    doc["ranking"], doc["shortlist"], doc["winner_reason"] = info["ranking"], info["shortlist"], info["reason"]
+    best = rows[0]["_c"]
+    for rank, d in enumerate(rows, 1):
         d["rank"] = rank
+    shown = rows if o.top_k == 0 else rows[: o.top_k]
     cands_out = [{k: v for k, v in d.items() if k != "_c"} for d in shown]
     return make_plan(arch, best.shape(), scores, best.dropped_layers), cands_out
 
 
-def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress, log):
+def _shortlist_and_rank(o: PruneOptions, ckpt: Checkpoint, scores, feasible, progress, log):
+    """Rows of every feasible candidate, the ranked shortlist first (winner on top), then the others
+    largest first; and what the JSON document says of the ranking (`minitron.prune.shortlist`)."""
+    from minitron.prune import shortlist as sl
+
+    limits = sl.limits_of(budget_bytes=o.budget.budget_bytes if o.budget is not None else None,
+                          target_params=o.target_params, target_active_params=o.target_active_params)
+    short = sl.take(feasible, n=o.shortlist, band=DEFAULT_BAND if o.band is None else o.band, limits=limits)
+    picked = {id(c) for c in short.members}
+
+    def row(c, shortlisted):
+        return c.to_dict() | {"budget_use": round(sl.budget_use(c, limits), 6), "shortlisted": shortlisted, "_c": c}
+
+    top = [row(c, True) for c in short.members]
+    rest = [row(c, False) for c in feasible if id(c) not in picked]
+    info = {"shortlist": short.to_dict(), "ranking": "params"}
+    key, distilled = None, 0
+    if scores is not None and ckpt.has_weights and o.data and top:
+        key, distilled = _rank_with_model(o, ckpt, scores, top, progress, log)
+        info["ranking"] = f"{key} after {o.candidate_distill_steps} steps" if distilled else key
+        info["shortlist"] |= {"proxy": f"proxy_{o.proxy}", "distilled": distilled,
+                              "distill_steps": o.candidate_distill_steps}
+    elif scores is not None and ckpt.has_weights:
+        log("ranking candidates by parameters (give --data to rank the shortlist by a zero-shot proxy)")
+    rows = top + rest
+    info["reason"] = sl.reason(rows, key=key, shortlist=len(top), distilled=distilled, steps=o.candidate_distill_steps)
+    return rows, info
+
+
+def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict], progress, log):
+    """Rank `short` in place by the zero-shot proxy (all of it), then the best `--distill-candidates` by the
+    same figure after `--candidate-distill-steps` of distillation. Returns (the field ranked by, how many
+    were distilled)."""
     from minitron.prune.proxy import distill_scores, proxy_scores
 
-    short = ranked[: o.shortlist]
     n_train = o.distill_samples if o.candidate_distill_steps else 0
     model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
-    log(f"zero-shot proxy on the {len(short)} largest feasible candidates ({len(eval_blocks)} held-back blocks)")
+    log(f"zero-shot proxy on all {len(short)} shortlisted candidates ({len(eval_blocks)} held-back blocks)")
     figs = proxy_scores(model, ckpt.arch, [d["_c"] for d in short], scores, eval_blocks,
                         progress=(lambda n, t: progress("proxy", n, t)) if progress else None)
     for d, f in zip(short, figs, strict=True):
         d.update(f)
     key = f"proxy_{o.proxy}"
     short.sort(key=lambda d: d[key])
-    if o.candidate_distill_steps:
-        k = len(short) if o.top_k == 0 else min(o.top_k, len(short))
-        log(f"short distillation ({o.candidate_distill_steps} steps) of the best {k}")
-        figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
-                              steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
-                              progress=(lambda n, t: progress("distill", n, t)) if progress else None)
-        for d, f in zip(short[:k], figs, strict=True):
-            d.update(f)
-        short = sorted(short[:k], key=lambda d: d["distill_kl"]) + short[k:]
-    return short + ranked[o.shortlist:]
+    if not o.candidate_distill_steps:
+        return key, 0
+    k = min(o.distill_candidates, len(short))
+    log(f"short distillation ({o.candidate_distill_steps} steps) of the {k} best by the proxy")
+    figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
+                          steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
+                          progress=(lambda n, t: progress("distill", n, t)) if progress else None)
+    for d, f in zip(short[:k], figs, strict=True):
+        d.update(f)
+    key = f"distill_{o.proxy}"
+    short[:k] = sorted(short[:k], key=lambda d: d[key])
+    return key, k
 
 
 def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None:
