@@ -83,8 +83,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline")
     ap.add_argument("--work", type=Path, help="scores directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--target-params", help="the search's parameter target (default 3.5M; quick 3.2M)")
+    ap.add_argument("--memory-budget", help="search under this memory budget instead (engine none, 1,024 tokens), "
+                                            "e.g. 4913904B: half the teacher's, as the demo")
     args = ap.parse_args()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.target_params:
+        cfg["target_params"] = args.target_params
+    if args.memory_budget:
+        cfg["target_params"], cfg["memory_budget"] = None, args.memory_budget
     torch.manual_seed(0)
     from minitron.importance.run import ScoreOptions, score_model
     from minitron.models.checkpoint import open_checkpoint
@@ -104,7 +111,11 @@ def main() -> None:
                     layer_metric="kl", device="cpu", dtype="fp32", streaming=False)).scores.save(scores_dir)
     score_s = time.perf_counter() - t
 
-    opts = dict(model=TEACHER, scores=scores_dir, target_params=parse_params(cfg["target_params"]),
+    from minitron.memory import make_budget
+
+    budget = make_budget(memory_budget=cfg["memory_budget"], engine="none") if cfg.get("memory_budget") else None
+    opts = dict(model=TEACHER, scores=scores_dir, budget=budget, engine="none", context_length=1024,
+                target_params=parse_params(cfg["target_params"]) if cfg["target_params"] else None,
                 keep_layer_types="attention=1", data=[TRAIN], seq_len=cfg["seq_len"],
                 proxy_samples=cfg["proxy_samples"], shortlist=cfg["shortlist"], band=cfg["band"],
                 candidate_distill_steps=cfg["steps"], distill_candidates=cfg["distill_candidates"],
@@ -139,7 +150,8 @@ def main() -> None:
     from minitron.prune.search import Range
 
     cands = enumerate_candidates(arch, {a: Range(*v) for a, v in space.items()}, drop_order=order, keep_min=keep_min,
-                                 target_params=o.target_params, context_length=o.context_length or 1024)
+                                 target_params=o.target_params, budget=o.budget, engine=o.engine,
+                                 context_length=o.context_length)
     feasible = rank_by_params(cands)
     assert len(feasible) == doc["n_feasible"], (len(feasible), doc["n_feasible"])
     w0, c0 = time.perf_counter(), time.process_time()
@@ -199,7 +211,10 @@ def main() -> None:
 def render(r: dict) -> str:
     s = r["settings"]
     lines = [
-        f"teacher {r['teacher']}, --target-params {s['target_params']}: {r['n_feasible']} feasible of "
+        f"teacher {r['teacher']}, "
+        + (f"--target-params {s['target_params']}" if s["target_params"] else
+           f"--memory-budget {s['memory_budget']} (engine none, 1,024 tokens)")
+        + f": {r['n_feasible']} feasible of "
         f"{r['n_candidates']} candidates; shortlist {r['shortlist']['size']} of {r['shortlist']['in_band']} in the "
         f"{100 * s['band']:g}% band, spread over {', '.join(r['shortlist']['spread_axes'])}",
         f"every candidate judged after {s['steps']} distillation steps (lr {s['lr']}, {s['distill_samples']} blocks of "
