@@ -13,7 +13,7 @@ Mamba heads in multiples of the 4 groups; one attention layer kept):
    `--candidate-distill-steps S` on the best `--distill-candidates`; its winner. Timed `--repeats` times
    (median wall and process CPU).
 2. **sweep**: every feasible candidate of the same space, pruned with the same scores and distilled
-   with the same procedure (the same training blocks, S steps, lr, seed: `proxy.distill_scores`), each
+   with the same procedure (the same training blocks, S steps, lr, seed: `recipes.candidates.distill_scores`), each
    judged on held-out blocks of `heldout.txt` that neither the search nor the training saw.
 
 Regret = the winner's judged KL (and LM loss) minus the sweep's best. Beside it, from the same sweep:
@@ -93,10 +93,10 @@ def main() -> None:
     if args.memory_budget:
         cfg["target_params"], cfg["memory_budget"] = None, args.memory_budget
     torch.manual_seed(0)
-    from minitron.importance.run import ScoreOptions, score_model
+    from minitron.recipes.score import ScoreOptions, score_model
     from minitron.models.checkpoint import open_checkpoint
-    from minitron.prune.proxy import distill_scores, proxy_scores
-    from minitron.prune.run import PruneOptions, _model_and_blocks, prune
+    from minitron.recipes.candidates import distill_scores, proxy_scores
+    from minitron.recipes.prune import PruneOptions, _model_and_blocks, prune
     from minitron.prune.search import enumerate_candidates, parse_params, rank_by_params
     from minitron.prune.select import least_important, parse_keep_types
 

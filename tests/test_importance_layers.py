@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minitron.importance.layers import (
+from minitron.importance.depth import (
     cosine_distance,
     kl_per_token,
     layer_scores,

@@ -8,7 +8,7 @@ import torch
 
 from minitron.evaluate.perplexity import nll_sum_reference
 from minitron.models.architecture import Architecture
-from minitron.prune.proxy import proxy_scores
+from minitron.recipes.candidates import proxy_scores
 from minitron.prune.search import Candidate
 from minitron.testing import build_model, tiny_config
 

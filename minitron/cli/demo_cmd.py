@@ -137,7 +137,7 @@ def made_by_demo(out: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------ stages
 def _inspect(teacher: Path, fraction: float) -> tuple[dict, int]:
-    from minitron.models.describe import describe
+    from minitron.recipes.inspect import describe
 
     doc = describe(teacher, context_length=CONTEXT, dtype="bf16", engine=None)  # weights + KV + state: no engine terms
     total = doc["memory"]["total_bytes"]

@@ -186,7 +186,7 @@ def command(
 
       minitron eval --task-dir
     """
-    from minitron.evaluate.compare import EvalOptions, evaluate_models
+    from minitron.recipes.eval import EvalOptions, evaluate_models
     from minitron.evaluate.throughput import ThroughputSettings
     from minitron.evaluate.vllm_check import VllmSettings
     from minitron.memory import make_budget

@@ -78,7 +78,7 @@ def command(
       torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
     """
     from minitron import distributed
-    from minitron.importance.run import ScoreOptions, prepare, run
+    from minitron.recipes.score import ScoreOptions, prepare, run
     from minitron.io import check_output_dir
 
     opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,

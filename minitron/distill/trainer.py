@@ -1,7 +1,7 @@
 """The distillation loop: a frozen teacher, a training student, AdamW, a schedule, evaluation.
 
 In-memory only: models and token blocks in, metrics out; files (checkpoints, metrics.jsonl, the
-final model) are the business of `minitron.distill.run`, which calls `Trainer.train` with callbacks.
+final model) are the business of `minitron.recipes.distill`, which calls `Trainer.train` with callbacks.
 
 One optimiser step reads `global_batch_size` blocks. Under torchrun each of the `world` ranks takes
 a contiguous `global / world` share of them, in micro-batches of `micro_batch_size`, so gradient

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, ModuleNames
 from minitron.families.parts import stacked_model_specs
-from minitron.models.layers import ATTENTION
+from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "attention", "mlp", "norm")

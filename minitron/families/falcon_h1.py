@@ -38,7 +38,7 @@ from minitron.families.parts import (
     gated_mlp_specs,
     stacked_model_specs,
 )
-from minitron.models.layers import ATTENTION
+from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import HIDDEN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")

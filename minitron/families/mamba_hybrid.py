@@ -53,7 +53,7 @@ from minitron.families.parts import (
     gated_mlp_specs,
     stacked_model_specs,
 )
-from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
+from minitron.models.layer_types import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, KV, MOE_FFN, SHARED_FFN, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")

@@ -44,7 +44,7 @@ from __future__ import annotations
 from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import stacked_model_specs
-from minitron.models.layers import ATTENTION, MAMBA
+from minitron.models.layer_types import ATTENTION, MAMBA
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "adapters", "norm")

@@ -3,7 +3,7 @@ skip-one-block layer metrics in one go.
 
 A *source* provides the model's pieces as context managers, so the same loop runs an in-memory model
 (`InMemorySource`, batch-major: each micro-batch goes through every layer) and a model streamed from
-its safetensors files (`minitron.streaming.StreamingSource`, layer-major: each block is materialised
+its safetensors files (`minitron.models.block_stream.StreamingSource`, layer-major: each block is materialised
 once and applied to every micro-batch, then freed).
 
 Per micro-batch, with h the running hidden state [B, T, hidden]:
@@ -25,7 +25,7 @@ import contextlib
 
 import torch
 
-from minitron.importance.layers import (
+from minitron.importance.depth import (
     LOGIT_METRICS,
     cosine_distance,
     kl_from_logp,

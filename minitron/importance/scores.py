@@ -24,36 +24,20 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minitron.axes import SCORED
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
 
 SCORES_FILE = "scores.safetensors"
-WIDTH_AXES = ("hidden", "ffn", "attention_heads", "kv_heads", "mamba_heads", "mamba_head_dim")
-MOE_AXES = ("experts", "moe_ffn", "shared_expert_ffn")  # only in the scores of a model with MoE layers
+WIDTH_AXES = tuple(ax.unit for ax in SCORED if ax.component != "moe")
+MOE_AXES = tuple(ax.unit for ax in SCORED if ax.component == "moe")  # only in the scores of a model with MoE layers
 
 
 def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    n_ffn, n_attn, n_mamba = len(arch.ffn_layers()), len(arch.attention_layers()), len(arch.mamba_layers())
-    return {
-        "hidden": (arch.hidden_size,),
-        "ffn": (n_ffn, arch.intermediate_size if n_ffn else 0),
-        "attention_heads": (n_attn, arch.num_attention_heads if n_attn else 0),
-        "kv_heads": (n_attn, arch.num_key_value_heads if n_attn else 0),
-        "mamba_heads": (n_mamba, arch.mamba_num_heads if n_mamba else 0),
-        "mamba_head_dim": (n_mamba, arch.mamba_head_dim if n_mamba else 0),
-        "layers": (arch.num_layers,),
-        **moe_shapes(arch),
-    }
-
-
-def moe_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    """The MoE score tensors (none for a model without MoE layers)."""
-    n = len(arch.moe_layers())
-    if not n:
-        return {}
-    e = arch.n_routed_experts
-    return {"experts": (n, e), "moe_ffn": (n, e, arch.moe_intermediate_size),
-            "shared_expert_ffn": (n, arch.moe_shared_expert_intermediate_size)}
+    """Name -> shape of every tensor `scores.safetensors` must hold for `arch` (the MoE ones only with MoE layers)."""
+    out = {ax.unit: ax.score_shape(arch) for ax in SCORED if ax.component != "moe" or ax.present(arch)}
+    out["layers"] = (arch.num_layers,)
+    return out
 
 
 @dataclass

@@ -12,7 +12,7 @@ an MLP), so the shared code asks `attention_layers()`, `ffn_layers()`, `mamba_la
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from minitron.errors import InputError
@@ -109,11 +109,6 @@ class Architecture:
         """The config dict of this architecture: the original config with sizes and layers rewritten."""
         return self.impl.write(self)
 
-    def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("raw")
-        return d
-
     # ------------------------------------------------------------------ layers
     @property
     def num_layers(self) -> int:
@@ -180,18 +175,10 @@ class Architecture:
 
     # ------------------------------------------------------------------ prunable units
     def unit_counts(self) -> dict[str, int]:
-        """How many units each prunable axis has (per layer where the axis is per layer)."""
-        attn, mamba = bool(self.attention_layers()), bool(self.mamba_layers())
-        return {
-            "hidden": self.hidden_size,
-            "ffn": self.intermediate_size if self.ffn_layers() else 0,
-            "attention_heads": self.num_attention_heads if attn else 0,
-            "kv_heads": self.num_key_value_heads if attn else 0,
-            "mamba_heads": self.mamba_num_heads if mamba else 0,
-            "mamba_head_dim": self.mamba_head_dim if mamba else 0,
-            **self.impl.moe_unit_counts(self),
-            "layers": self.num_layers,
-        }
+        """How many units each prunable axis has (per layer where the axis is per layer; 0: none of its layers)."""
+        from minitron.axes import AXES
+
+        return {**{ax.unit: ax.units(self) for ax in AXES}, "layers": self.num_layers}
 
 
 def config_getter(cfg: dict):

@@ -19,17 +19,17 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from minitron.axes import AXES as REGISTRY
+from minitron.axes import BY_NAME, NAMES
 from minitron.errors import InfeasibleError, InputError
 from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype, prefill_activation_bytes
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
 from minitron.tensor_parallel import problems as tp_problems
 
-AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads",
-        "experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
+AXES = ("num_layers", *NAMES)  # the search axes: depth, then every axis of the registry
 LINEAR = ("ffn_size", "moe_ffn_size", "shared_expert_ffn_size")  # swept in closed form
-_ARCH_FIELD = {"ffn_size": "intermediate_size", "moe_ffn_size": "moe_intermediate_size",
-               "shared_expert_ffn_size": "moe_shared_expert_intermediate_size"}
+_ARCH_FIELD = {x: BY_NAME[x].field for x in LINEAR}
 EXPERT_STEP = 8
 WIDTH_CUT, DEPTH_CUT = 0.4, 0.2
 
@@ -174,16 +174,11 @@ def _moe_space(a: Architecture, tp: int = 1) -> dict[str, Range]:
 
 def check_space(arch: Architecture, space: dict[str, Range]) -> None:
     a = arch
-    limits = {"num_layers": a.num_layers, "hidden_size": a.hidden_size, "ffn_size": a.intermediate_size,
-              "mamba_heads": a.mamba_num_heads, "mamba_head_dim": a.mamba_head_dim,
-              "attention_heads": a.num_attention_heads, "kv_heads": a.num_key_value_heads,
-              "experts": a.n_routed_experts, "moe_ffn_size": a.moe_intermediate_size,
-              "shared_expert_ffn_size": a.moe_shared_expert_intermediate_size,
-              "experts_per_token": a.n_routed_experts}  # fmt: skip
+    limits = {"num_layers": a.num_layers, **{ax.name: ax.size(a) for ax in REGISTRY}}
+    limits["experts_per_token"] = a.n_routed_experts  # top-k may rise up to the experts
     refused = a.impl.unsupported_axes(a)
     for axis, r in space.items():
-        if axis in ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token") and r.hi \
-                and not a.moe_layers():
+        if axis in BY_NAME and BY_NAME[axis].component == "moe" and r.hi and not a.moe_layers():
             raise InputError(f"{axis}: this {a.family} model has no MoE layer", flag="--search")
         if r.hi > limits[axis]:
             raise InputError(f"{axis} max {r.hi} is larger than the model's {limits[axis]}", flag="--search")

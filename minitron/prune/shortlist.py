@@ -16,7 +16,7 @@ steps, both pure arithmetic on the candidates:
    extremes of the trade-off (deep and narrow, shallow and wide, Mamba-heavy, FFN-heavy, ...) before
    any two near neighbours.
 
-Ranking (`minitron.prune.run`): with weights, `--scores` and `--data` the zero-shot proxy ranks the
+Ranking (`minitron.recipes.prune`): with weights, `--scores` and `--data` the zero-shot proxy ranks the
 whole shortlist; `--candidate-distill-steps N` then distils the best `--distill-candidates` for N
 steps and ranks those by the same figure after distillation. Without a quality figure the largest
 by parameters wins. `reason` says in one line why the winner won.

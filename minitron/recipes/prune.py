@@ -32,8 +32,8 @@ from minitron.prune.select import (
     shape_arch,
     validate_shape,
 )
+from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
 from minitron.prune.shortlist import DEFAULT_BAND, DEFAULT_DISTILL_CANDIDATES
-from minitron.prune.stream import DEFAULT_SHARD_BYTES
 from minitron.tensor_parallel import impossible as tp_impossible
 from minitron.tensor_parallel import problems as tp_problems
 
@@ -290,9 +290,9 @@ def _exact(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, log):
 def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) -> list[int]:
     """Drop one layer at a time, re-scoring the remaining layers with the others already skipped."""
     try:
-        from minitron.importance.layers import layer_scores
+        from minitron.importance.depth import layer_scores
     except ImportError:
-        raise InputError("--iterative needs minitron.importance.layers (not available in this build)",
+        raise InputError("--iterative needs minitron.importance.depth (not available in this build)",
                          flag="--iterative") from None
     from minitron.prune.select import drop_sequence
 
@@ -398,7 +398,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict
     """Rank `short` in place by the zero-shot proxy (all of it), then the best `--distill-candidates` by the
     same figure after `--candidate-distill-steps` of distillation. Returns (the field ranked by, how many
     were distilled)."""
-    from minitron.prune.proxy import distill_scores, proxy_scores
+    from minitron.recipes.candidates import distill_scores, proxy_scores
 
     n_train = o.distill_samples if o.candidate_distill_steps else 0
     model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
@@ -428,7 +428,7 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
 
     from minitron import card
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
-    from minitron.prune.stream import prune_checkpoint
+    from minitron.prune.shard_writer import prune_checkpoint
 
     target = plan.target()
     cb = (lambda n, t, b: progress("prune", n, t)) if progress else None

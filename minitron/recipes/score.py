@@ -15,7 +15,7 @@ from pathlib import Path
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
-from minitron.importance.layers import LAYER_METRICS, LOGIT_METRICS
+from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS
 
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
 
@@ -149,7 +149,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     t0 = time.perf_counter()
     torch.manual_seed(p.opts.seed)
     if p.streaming:
-        from minitron.streaming import StreamingSource
+        from minitron.models.block_stream import StreamingSource
 
         source = StreamingSource(p.ckpt.path, device=p.device, dtype=p.dtype, ckpt=p.ckpt)
     else:
@@ -191,7 +191,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     from minitron.importance.aggregate import Stats
     from minitron.importance.engine import run_engine, stat_shapes
     from minitron.importance.hooks import WidthCollector
-    from minitron.importance.layers import finalize_layer_scores
+    from minitron.importance.depth import finalize_layer_scores
 
     stats = Stats()
     collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric).attach(source.model)

@@ -169,7 +169,7 @@ def prepare(opts: DistillOptions) -> Prepared:
             except MinitronError as e:
                 raise InputError(f"{e} (sharded FSDP loading; --fsdp-load full loads it whole)", flag=flag) from None
     if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
-        from minitron.distill.plan_run import check_plan, memory_plan
+        from minitron.recipes.distill_plan import check_plan, memory_plan
 
         check_plan(memory_plan(opts, t_ckpt, s_ckpt, device))
     t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
@@ -196,7 +196,7 @@ def prepare(opts: DistillOptions) -> Prepared:
         evals, source = mix_eval(train, opts.eval_samples or 16), "train"
     cache, eval_split = None, "train"
     if opts.teacher_logits is not None:
-        from minitron.distill.cache_run import open_for_distill
+        from minitron.recipes.teacher_logits import open_for_distill
 
         opts.teacher_logits = Path(opts.teacher_logits)
         cache, train, evals, eval_split = open_for_distill(

@@ -56,7 +56,7 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
     import json
 
     from minitron.data import data_fingerprints, load_dataset, parse_data_specs
-    from minitron.distill.run import _compute_dtype, _open_model_dir, _tokenizer
+    from minitron.recipes.distill import _compute_dtype, _open_model_dir, _tokenizer
     from minitron.io import atomic_output_dir, check_output_dir, model_fingerprint, write_provenance
     from minitron.memory import parse_size
     from minitron.models.checkpoint import load_model, resolve_device
