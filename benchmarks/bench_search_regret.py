@@ -93,12 +93,12 @@ def main() -> None:
     if args.memory_budget:
         cfg["target_params"], cfg["memory_budget"] = None, args.memory_budget
     torch.manual_seed(0)
-    from minitron.recipes.score import ScoreOptions, score_model
     from minitron.models.checkpoint import open_checkpoint
-    from minitron.recipes.candidates import distill_scores, proxy_scores
-    from minitron.recipes.prune import PruneOptions, _model_and_blocks, prune
     from minitron.prune.search import enumerate_candidates, parse_params, rank_by_params
     from minitron.prune.select import least_important, parse_keep_types
+    from minitron.recipes.candidates import distill_scores, proxy_scores
+    from minitron.recipes.prune import PruneOptions, _model_and_blocks, prune
+    from minitron.recipes.score import ScoreOptions, score_model
 
     start_load = load()
     work = args.work or Path(tempfile.mkdtemp(prefix="minitron-regret-"))
