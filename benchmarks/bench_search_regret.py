@@ -1,11 +1,12 @@
 """The search's regret: does `minitron prune`'s shortlist pick what an exhaustive sweep would? (issue 15)
 
-  OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py --quick        # ~2 min: checks the pipeline
-  OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py                # the recorded run (tens of minutes)
+  OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py --quick        # ~4 min at load 5: checks the pipeline
+  OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py                # the recorded run (24 min at load 5-9)
   OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py --json out.json
+  OMP_NUM_THREADS=1 python benchmarks/bench_search_regret.py --memory-budget 6900000B   # a memory budget instead
 
 On the bundled demo teacher (4.56M parameters, `minitron/assets/demo/teacher`) under `--target-params`
-with the default search space (depth in steps of 1 for 10 layers, hidden/FFN in multiples of 32/64,
+(or `--memory-budget`, engine none at 1,024 tokens) with the default search space (depth in steps of 1 for 10 layers, hidden/FFN in multiples of 32/64,
 Mamba heads in multiples of the 4 groups; one attention layer kept):
 
 1. **search**: `minitron prune --dry-run` as a user runs it (the library call `prune()`): the shortlist
