@@ -96,9 +96,9 @@ def main() -> None:
     torch.manual_seed(0)
     from minitron.models.checkpoint import open_checkpoint
     from minitron.prune.search import enumerate_candidates, parse_params, rank_by_params
-    from minitron.prune.select import least_important, parse_keep_types
+    from minitron.prune.select import least_important
     from minitron.recipes.candidates import distill_scores, proxy_scores
-    from minitron.recipes.prune import PruneOptions, _model_and_blocks, prune
+    from minitron.recipes.prune import PruneOptions, _model_and_blocks, prune, target_of
     from minitron.recipes.score import ScoreOptions, score_model
 
     start_load = load()
@@ -145,14 +145,14 @@ def main() -> None:
     from minitron.importance.scores import Scores
 
     scores = Scores.load(scores_dir)
-    keep_min = parse_keep_types(o.keep_layer_types) | {"*": 1}
+    target = target_of(o, arch)  # the search's own Target: limits, serving settings, --keep-layer-types
+    keep_min = target.keep_min
     order = least_important(scores["layers"], arch, keep_min)
     space = {a: tuple(v) for a, v in doc["search_space"].items()}
     from minitron.prune.search import Range
 
     cands = enumerate_candidates(arch, {a: Range(*v) for a, v in space.items()}, drop_order=order, keep_min=keep_min,
-                                 target_params=o.target_params, budget=o.budget, engine=o.engine,
-                                 context_length=o.context_length)
+                                 target=target)
     feasible = rank_by_params(cands)
     assert len(feasible) == doc["n_feasible"], (len(feasible), doc["n_feasible"])
     w0, c0 = time.perf_counter(), time.process_time()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_scores import load_state_dict, magnitude_scores, random_scores, save_scores  # noqa: E402
 from quality_tables import NOTES_MARK, render_doc, table_depth, table_scratch, table_width  # noqa: E402
 
-from minitron.distill.losses import lm_loss  # noqa: E402
+from minitron.losses.divergence import lm_loss  # noqa: E402
 from minitron.distill.sampling import rank_micro_batches, step_indices  # noqa: E402
 from minitron.distill.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
 

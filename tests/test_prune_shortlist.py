@@ -15,7 +15,7 @@ from conftest import REF_12B
 from typer.testing import CliRunner
 
 from minitron.cli.main import app
-from minitron.memory import make_budget
+from minitron.memory import Serving, make_budget
 from minitron.models.architecture import Architecture
 from minitron.prune import shortlist as sl
 from minitron.prune.search import (
@@ -26,6 +26,7 @@ from minitron.prune.search import (
     rank_by_params,
     width_range,
 )
+from minitron.prune.target import Target
 
 runner = CliRunner()
 
@@ -38,9 +39,8 @@ def a12():
 @pytest.fixture(scope="module")
 def nine_b(a12):
     """The 12B's default space (no depth: a bare config has no layer scores) under --target-params 9B."""
-    cands = enumerate_candidates(a12, default_space(a12, depth=False), drop_order=None, target_params=9_000_000_000,
-                                 context_length=131072)
-    return rank_by_params(cands)
+    target = Target(serving=Serving(context_length=131072), params=9_000_000_000)
+    return rank_by_params(enumerate_candidates(a12, default_space(a12, depth=False), drop_order=None, target=target))
 
 
 def _spread_reference(cands, n):
@@ -67,19 +67,20 @@ def _spread_reference(cands, n):
 
 
 def test_band_keeps_the_candidates_near_the_largest_budget_use(nine_b):
-    limits = sl.limits_of(budget_bytes=None, target_params=9_000_000_000, target_active_params=None)
+    limits = sl.limits_of(Target(serving=Serving(), params=9_000_000_000))
     band = sl.in_band(nine_b, limits, 0.02)
     top = max(c.params for c in nine_b)
     assert band and all(c.params >= 0.98 * top for c in band)
     assert len(band) == sum(1 for c in nine_b if c.params >= 0.98 * top)
     assert len(sl.in_band(nine_b, limits, 1.0)) == len(nine_b)  # band 1: every feasible candidate
-    mem = sl.limits_of(budget_bytes=10**12, target_params=9_000_000_000, target_active_params=None)
+    mem = sl.limits_of(Target(serving=Serving(), params=9_000_000_000, budget=make_budget(memory_budget="1000000000000B")))
+    assert mem == {"memory_bytes": 10**12, "params": 9_000_000_000}
     c = nine_b[0]
     assert sl.budget_use(c, mem) == max(c.memory_bytes / 10**12, c.params / 9_000_000_000)
 
 
 def test_shortlist_is_spread_where_the_largest_are_rounding(nine_b):
-    limits = sl.limits_of(budget_bytes=None, target_params=9_000_000_000, target_active_params=None)
+    limits = sl.limits_of(Target(serving=Serving(), params=9_000_000_000))
     short = sl.take(nine_b, n=8, band=0.05, limits=limits)
     members = short.members
     band = sl.in_band(nine_b, limits, 0.05)

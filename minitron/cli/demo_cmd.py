@@ -189,7 +189,7 @@ def _result(docs: dict, arch_doc, budget_bytes: int, seconds, total, out: Path) 
 
 
 def _render(doc: dict, eval_doc: dict, run: dict) -> None:
-    from minitron.evaluate.table import render
+    from minitron.cli.eval_table import render
 
     out = stdout()
     render(eval_doc, out)

@@ -94,7 +94,7 @@ def command(
     )  # fmt: skip
     if dry_run:
         return _dry_run(opts, json_out)
-    from minitron.models.checkpoint import resolve_device
+    from minitron.device import resolve_device
 
     with dist.session(resolve_device(device)):
         summary = _run(opts)

@@ -237,7 +237,7 @@ def command(
     if json_out:
         emit_json(doc)
         return
-    from minitron.evaluate.table import render
+    from minitron.cli.eval_table import render
 
     render(doc, stdout())
     if out is not None:

@@ -21,11 +21,12 @@ Tensors (all finite, non-negative, larger = more important):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from minitron.axes import SCORED
 from minitron.errors import InputError
+from minitron.models.safetensors_io import write_file as write_safetensors
 from minitron.models.architecture import Architecture
 
 SCORES_FILE = "scores.safetensors"
@@ -45,13 +46,9 @@ class Scores:
     tensors: dict  # name -> torch.Tensor (float32, CPU)
     metric: str = "kl"
     fingerprint: str | None = None
-    meta: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str):
         return self.tensors[name]
-
-    def get(self, name: str, default=None):
-        return self.tensors.get(name, default)
 
     def validate(self, arch: Architecture, *, flag: str = "--scores") -> None:
         import torch
@@ -101,37 +98,4 @@ class Scores:
             except json.JSONDecodeError:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
-        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov)
-
-
-def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """A safetensors file with a deterministic header (the library orders metadata by hash).
-
-    Layout: 8-byte little-endian header length, the JSON header (space-padded to a multiple of 8),
-    then each tensor's bytes in sorted-name order.
-    """
-    import struct
-
-    codes = {"torch.float32": "F32", "torch.float64": "F64", "torch.bfloat16": "BF16", "torch.float16": "F16",
-             "torch.int64": "I64", "torch.int32": "I32"}
-    header: dict = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
-    blobs, off = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        raw = t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": codes[str(t.dtype)], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None)

@@ -66,7 +66,7 @@ class Architecture:
 
         if not isinstance(cfg, dict):
             raise InputError("config.json must hold a JSON object")
-        arch = family_for_config(cfg).read(cfg)
+        arch = cls(**family_for_config(cfg).read(cfg))
         arch.validate()
         return arch
 
@@ -181,23 +181,9 @@ class Architecture:
         return {**{ax.unit: ax.units(self) for ax in AXES}, "layers": self.num_layers}
 
 
-def config_getter(cfg: dict):
-    """`get(key, default=None, *aliases)`: a config value; a missing key without a default is an error."""
-
-    def get(key, default=None, *aliases):
-        for k in (key, *aliases):
-            if k in cfg and cfg[k] is not None:
-                return cfg[k]
-        if default is None:
-            raise InputError(f"config.json: missing `{key}`")
-        return default
-
-    return get
-
-
 def read_config(path: str | Path) -> dict:
     """Read config.json from a model directory or a path to the file itself."""
-    from minitron.assets import resolve_model_path
+    from minitron.hub import resolve_model_path
 
     p = resolve_model_path(path)
     cfg_path = p / "config.json" if p.is_dir() else p

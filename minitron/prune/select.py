@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, make_dataclass
 from minitron.axes import AXES, BY_NAME, FLAGS
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layer_types import LAYER_TYPE_NAMES, layer_char
+from minitron.models.layer_types import LAYER_TYPE_NAMES
 from minitron.prune.plan import PrunePlan
 
 SHAPE_FLAGS = FLAGS  # shape key -> its CLI flag
@@ -134,9 +134,13 @@ def grouped_top_k(scores, n_groups: int, k_per_group: int) -> tuple[int, ...]:
 
 def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) -> PrunePlan:
     """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape."""
+    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers)
+
+
+def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=()) -> PrunePlan:
+    """`make_plan` of a shape already resolved and validated (`validate_shape`, as a `Target` holds it)."""
     import torch
 
-    s = validate_shape(arch, shape)
 
     def rows(name: str, n_rows: int, n: int):
         if scores is None:
@@ -183,41 +187,7 @@ def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) 
     return plan
 
 
-# ---------------------------------------------------------------------- depth
-def parse_layer_list(text: str, num_layers: int, flag: str) -> list[int]:
-    """`7,8,17` -> [7, 8, 17] (0-based, in the given order); errors name the flag."""
-    try:
-        out = [int(t) for t in str(text).replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise InputError(f"expected comma-separated 0-based layer indices, got {text!r}", flag=flag) from None
-    if not out:
-        raise InputError("no layer indices given", flag=flag)
-    bad = [i for i in out if not 0 <= i < num_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} is out of range (the model has {num_layers} layers: 0..{num_layers - 1})",
-                         flag=flag)
-    if len(set(out)) != len(out):
-        raise InputError("a layer is listed twice", flag=flag)
-    return out
-
-
-def parse_keep_types(text: str | None) -> dict[str, int]:
-    """`--keep-layer-types attention=4,mamba=20` (or `*=4,M=20`) -> {"*": 4, "M": 20}."""
-    if not text:
-        return {}
-    out = {}
-    for item in str(text).split(","):
-        name, sep, n = item.partition("=")
-        try:
-            out[layer_char(name.strip())] = int(n)
-            if not sep or int(n) < 0:
-                raise ValueError
-        except (ValueError, InputError):
-            raise InputError(f"expected TYPE=MIN items like attention=4,mamba=20; got {item!r}",
-                             flag="--keep-layer-types") from None
-    return out
-
-
+# ---------------------------------------------------------------------- depth (pure)
 def drop_sequence(arch: Architecture, order, keep_min: dict[str, int]) -> list[int]:
     """The layers of `order` that may go, in order, skipping those whose type would fall under its minimum
     or that the family can never drop."""

@@ -40,9 +40,11 @@ def check_band(band: float) -> float:
     return band
 
 
-def limits_of(*, budget_bytes: int | None, target_params: int | None, target_active_params: int | None) -> dict:
-    """{candidate field: limit} of the targets given (the fields of `Candidate` each one bounds)."""
-    limits = {"memory_bytes": budget_bytes, "params": target_params, "active_params": target_active_params}
+def limits_of(target) -> dict:
+    """{candidate field: limit} of the limits a `minitron.prune.target.Target` sets (the `Candidate`
+    fields each one bounds)."""
+    limits = {"memory_bytes": target.budget.budget_bytes if target.budget is not None else None,
+              "params": target.params, "active_params": target.active_params}
     return {k: v for k, v in limits.items() if v is not None}
 
 
