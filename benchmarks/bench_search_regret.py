@@ -163,7 +163,7 @@ def main() -> None:
     judge = load_blocks([HELDOUT], load_tokenizer(TEACHER), seq_len=256, samples=cfg["judge_samples"], seed=0)
     log(f"sweep: {len(feasible)} feasible candidates x {cfg['steps']} distillation steps")
     dist = distill_scores(model, arch, feasible, scores, train_blocks, judge, steps=cfg["steps"], lr=cfg["lr"],
-                          progress=lambda n, tot: log(f"  distilled {n}/{tot}") if n % 5 == 0 or n == tot else None)
+                          progress=lambda stage, n, tot: log(f"  distilled {n}/{tot}") if n % 5 == 0 or n == tot else None)
     sweep_wall, sweep_cpu = time.perf_counter() - w0, time.process_time() - c0
     zero = proxy_scores(model, arch, feasible, scores, eval_blocks)  # the search's proxy, every candidate
 
