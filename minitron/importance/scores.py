@@ -62,6 +62,7 @@ class Scores:
     metric: str = "kl"
     fingerprint: str | None = None
     meta: dict = field(default_factory=dict)
+    width_metrics: dict = field(default_factory=dict)  # axis -> signal chosen (signals.py); {}: the defaults
 
     def __getitem__(self, name: str):
         return self.tensors[name]
@@ -90,6 +91,10 @@ class Scores:
         """Write `scores.safetensors`: byte-identical for identical scores (keys and metadata sorted)."""
         path = Path(out_dir) / SCORES_FILE
         meta = {"metric": self.metric, "fingerprint": self.fingerprint or ""}
+        if self.width_metrics:  # absent for the defaults: their files are unchanged
+            from minitron.importance.signals import format_metrics
+
+            meta["width_metrics"] = format_metrics(self.width_metrics)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.tensors.items()}
         write_safetensors(tensors, path, metadata=meta)
         return path
@@ -117,7 +122,9 @@ class Scores:
             except json.JSONDecodeError:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
-        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov)
+        chosen = dict(item.split("=", 1) for item in meta.get("width_metrics", "").split(",") if "=" in item)
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov,
+                   width_metrics=chosen)
 
 
 def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
