@@ -253,3 +253,19 @@ def test_help_lists_the_width_metrics():
     assert r.exit_code == 0
     text = " ".join(r.output.split())
     assert "--width-metric" in text and "act_down" in text and "gated_out" in text
+
+
+def test_layer_streamed_scores_equal_in_memory_for_the_new_signals(tiny_model_dir, text_file):
+    """The weight-reading signals read each block's weights while it is materialised (streaming too)."""
+    from minitron.importance.run import ScoreOptions, score_model
+
+    chosen = {"ffn": "act_down", "attention_heads": "act_out", "mamba_heads": "gated_out", "mamba_head_dim": "gated"}
+    got = {}
+    for streaming in (False, True):
+        opts = ScoreOptions(samples=4, seq_len=32, batch_size=4, device="cpu", dtype="fp32", streaming=streaming,
+                            layer_metric="cosine", width_metrics=chosen)
+        got[streaming] = score_model(tiny_model_dir, [str(text_file)], opts).scores
+    for axis in chosen:
+        assert float(got[True][axis].sum()) > 0, axis
+        assert torch.allclose(got[True][axis], got[False][axis], rtol=1e-4, atol=1e-6), axis
+    assert got[True].width_metrics == chosen
