@@ -101,13 +101,13 @@ class Bench:
         with torch.no_grad():
             return float(score_blocks(model, self.eval_blocks, batch_size=8).loss)
 
-    def scores(self, draw: int) -> dict:
+    def scores(self, draw: int, agg: str = "mean,l2") -> dict:
         """Every candidate signal and the layer metrics on calibration draw `draw`."""
         from minitron.importance.aggregate import Aggregation
         from minitron.importance.engine import InMemorySource
         from minitron.importance.run import score_tensors
 
-        t, _, _ = score_tensors(InMemorySource(self.teacher), self.arch, self.calib[draw], agg=Aggregation(),
+        t, _, _ = score_tensors(InMemorySource(self.teacher), self.arch, self.calib[draw], agg=Aggregation.parse(agg),
                                 batch_size=8, layer_metric="kl", all_metrics=True)
         return t
 
@@ -232,6 +232,38 @@ def run_all_axes(b: Bench, draws: list[dict], mag: dict, alts: list[dict[str, st
             "tokens": steps * ALL_DISTILL["micro_batch_size"] * SEQ_LEN}
 
 
+def run_all_grid(b: Bench, draws: list[dict]) -> list[dict]:
+    """The all-axes cut right after pruning (no distillation) for every combination of the aggregation,
+    the hidden signal, the depth order and the contribution signals (on or off), on every draw."""
+    from minitron.importance import signals
+    from minitron.importance.width import kv_scores
+    from minitron.prune.select import least_important
+
+    n_drop = DROP_ALL
+    contrib = {"ffn": "act_down", "attention_heads": "act_out", "mamba_heads": "gated_out", "mamba_head_dim": "gated"}
+    rows = []
+    for d in range(len(draws)):
+        for agg in ("mean,l2", "l2,l2", "mean,mean", "l2,mean"):
+            t = draws[d] if agg == "mean,l2" else b.scores(d, agg)
+            iterative = None
+            for hidden in signals.WIDTH_METRICS["hidden"][1]:
+                for use_contrib in (False, True):
+                    chosen = {**signals.defaults(), "hidden": hidden, **(contrib if use_contrib else {})}
+                    r = dict(t)
+                    for axis, name in chosen.items():
+                        r[axis] = t[f"candidate.{axis}.{name}"]
+                    r["kv_heads"] = kv_scores(r["attention_heads"], b.arch.num_key_value_heads)
+                    for depth in ("kl", "mse", "cosine"):
+                        s = t["layers"] if depth == "kl" else t[f"layers_{depth}"]
+                        dropped = least_important(s, b.arch, {"*": 1})[:n_drop]
+                        m = b.measure(r, ALL_AXES, dropped)
+                        rows.append({"draw": d, "aggregation": agg, "hidden": hidden, "contributions": use_contrib,
+                                     "depth": depth, "dropped": sorted(dropped), **m})
+                        log(f"grid draw {d} {agg} hidden={hidden} contrib={use_contrib} {depth} {sorted(dropped)}: "
+                            f"{m['pruned']:.3f}")
+    return rows
+
+
 def from_scratch(b: Bench, ranking: dict, dropped, target: float, steps: int, factor: int) -> dict:
     """The all-axes architecture from random weights, next-token loss (AdamW, constant lr, the distillation's
     data order), evaluated every `steps` steps until it matches `target` or has seen `factor` x the tokens."""
@@ -276,7 +308,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="width,depth,all", help="studies to run: width, depth, all")
+    ap.add_argument("--only", default="width,depth,all", help="studies to run: width, depth, grid, all")
     ap.add_argument("--alt", action="append", default=[],
                     help="AXIS=NAME,... signals of one more all-axes ranking (repeatable; the rest at their defaults)")
     ap.add_argument("--distill-levels", default="25%,50%", help="cut levels whose students are distilled")
@@ -311,6 +343,9 @@ def main(argv=None) -> int:
         save()
     if "depth" in only:
         res["depth"] = run_depth(b, draws)
+        save()
+    if "grid" in only:
+        res["all_grid"] = run_all_grid(b, draws)
         save()
     if "all" in only:
         res["all_axes"] = run_all_axes(b, draws, mag, [parse_width_metrics([a]) for a in args.alt])
