@@ -25,7 +25,8 @@ PAPER = {**{a: n[0] for a, (_, n) in WIDTH_METRICS.items()}, "kv_heads": "act", 
 
 
 def label(path: str) -> str:
-    return Path(path).name
+    p = Path(path)
+    return "bundled teacher" if p.parts[-3:] == ("assets", "demo", "teacher") else p.name
 
 
 def stats(values: list[float]) -> tuple[float, float, int]:
@@ -131,6 +132,29 @@ def all_axes_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def grid_table(res: dict, top: int = 8) -> str:
+    """The all-axes prune-only grid: each combination's mean (± sd over draws) loss, best first, and the default."""
+    combos: dict[tuple, list[float]] = {}
+    for r in res.get("all_grid", []):
+        combos.setdefault((r["aggregation"], r["hidden"], r["contributions"], r["depth"]), []).append(r["pruned"])
+    if not combos:
+        return ""
+    t = res["teacher_loss"]
+    rnd = [r["pruned"] for r in res.get("all_axes", {}).get("rows", []) if r["ranking"].startswith("random")]
+    rnd_gap = statistics.fmean(rnd) - t if rnd else float("nan")
+    order = sorted(combos, key=lambda k: statistics.fmean(combos[k]))
+    default = ("mean,l2", "sum", False, "kl")
+    keep = order[:top] + ([default] if default not in order[:top] else [])
+    lines = [f"{label(res['teacher'])} (teacher {t:.3f}; random's mean gap {rnd_gap:.3f}):", "",
+             "| rank | aggregation | hidden | contribution signals | depth | loss pruned | gap ÷ random's |",
+             "|---|---|---|---|---|---|---|"]
+    for k in keep:
+        tag = " (default)" if k == default else ""
+        lines.append(f"| {order.index(k) + 1}{tag} | {k[0]} | {k[1]} | {'on' if k[2] else 'off'} | {k[3]} | "
+                     f"{fmt(combos[k])} | {(statistics.fmean(combos[k]) - t) / rnd_gap:.2f} |")
+    return "\n".join(lines)
+
+
 def scratch_table(results: list[dict]) -> str:
     lines = ["| teacher | distilled loss (default ranking, tokens) | from scratch: steps → loss |", "|---|---|---|"]
     for res in results:
@@ -214,7 +238,14 @@ def render(results: list[dict], doc: Path) -> str:
                   f"Shape {aa['shape']}, {aa['drop']} layers dropped (by each ranking's layer scores; random: random "
                   f"order), distilled {aa['steps']} steps of 8 × 128 tokens ({aa['recipe']}). Other rankings: the default signals with the named axes replaced. "
                   "Gap: loss − teacher's; random's gap is the mean over its seeds.", "",
-                  all_axes_table(results), "", "### From scratch", "",
+                  all_axes_table(results), "", "### Right after pruning: every combination", "",
+                  "Aggregation (`--aggregation`) × hidden signal × the contribution signals (ffn=act_down, "
+                  "attention_heads=act_out, mamba_heads=gated_out, mamba_head_dim=gated) on or off × the layer "
+                  "metric that picks the dropped layers; mean ± sd over the calibration draws; no distillation.", ""]
+        for res in results:
+            if res.get("all_grid"):
+                parts += [grid_table(res), ""]
+        parts += ["### From scratch", "",
                   "The default-ranking architecture from random weights, next-token loss, AdamW at the same peak lr "
                   "(constant), the same data order.", "", scratch_table(results), ""]
     return "\n".join(parts)
@@ -228,10 +259,12 @@ def main(argv=None) -> int:
     results = []
     for p in args.results:
         res = json.loads(p.read_text())
-        extra = p.with_name(p.stem + "-all.json")  # a separate all-axes run of the same teacher, if any
-        if extra.is_file():
-            more = json.loads(extra.read_text())
-            res.update({k: more[k] for k in ("all_axes", "scratch") if k in more})
+        for suffix in ("-all", "-grid"):  # separate runs of the same teacher (--only all / grid), if any
+            extra = p.with_name(p.stem + suffix + ".json")
+            if extra.is_file():
+                more = json.loads(extra.read_text())
+                res.update({k: more[k] for k in ("all_axes", "scratch", "all_grid") if k in more})
+                res.setdefault("commands", []).append(more["command"])
         results.append(res)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(render(results, args.doc) + "\n")
