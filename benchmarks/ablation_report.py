@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -68,10 +69,11 @@ def name_of(axis: str, ranking: str) -> str:
 
 def axis_table(results: list[dict], axis: str) -> str:
     levels = sorted({r["level"] for res in results for r in rows_of(res) if r["axis"] == axis})
+    has_d = any("distilled" in r for res in results for r in rows_of(res) if r["axis"] == axis)
     head = ["ranking"]
     for res in results:
         for lv in levels:
-            head += [f"{label(res['teacher'])} {lv} pruned", f"{label(res['teacher'])} {lv} distilled"]
+            head += [f"{label(res['teacher'])} {lv}"] + ([f"{label(res['teacher'])} {lv} distilled"] if has_d else [])
     names: list[str] = []
     for res in results:
         for r in rows_of(res):
@@ -83,7 +85,7 @@ def axis_table(results: list[dict], axis: str) -> str:
         for res in results:
             for lv in levels:
                 g = grouped(rows_of(res), axis, lv).get(n, {"pruned": [], "distilled": []})
-                cells += [fmt(g["pruned"]), fmt(g["distilled"])]
+                cells += [fmt(g["pruned"])] + ([fmt(g["distilled"])] if has_d else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -110,7 +112,7 @@ def verdicts(results: list[dict]) -> str:
                       if g[d]["distilled"] and others[best]["distilled"] else float("nan"))
                 rsd = stats(g["random"]["distilled"])[1] if "random" in g and g["random"]["distilled"] else float("nan")
                 lines.append(f"| {axis} | {label(res['teacher'])} | {lv} | {d} {dm:.3f} | {best} {bm:.3f} | "
-                             f"{dm - bm:+.3f} | {max(dsd, bsd):.3f} | {dd:+.3f} | {rsd:.3f} |")
+                             f"{dm - bm:+.3f} | {max(dsd, bsd):.3f} | {dd:+.3f} | {rsd:.3f} |".replace("+nan", "–").replace("nan", "–"))
     return "\n".join(lines)
 
 
@@ -129,6 +131,31 @@ def all_axes_table(results: list[dict]) -> str:
             rec = (r["pruned"] - r["distilled"]) / gap if gap > 0 else float("nan")
             lines.append(f"| {label(res['teacher'])} (teacher {t:.3f}) | {r['ranking']} | {r['params']:,} | "
                          f"{r['pruned']:.3f} | {r['distilled']:.3f} | {gap / rnd_gap:.2f} | {100 * rec:.0f} % |")
+    return "\n".join(lines)
+
+
+LOG_ROW = re.compile(r"\] (\w+) (\d+%) (\w+)#(\d+)(?: drop \[[\d, ]*\])?: ([\d.]+) -> ([\d.]+)$")
+
+
+def parse_log(path: Path) -> list[dict]:
+    """The distilled rows of an `ablation.py` log (a run stopped before it wrote its JSON)."""
+    out = []
+    for line in path.read_text().splitlines():
+        m = LOG_ROW.search(line.strip())
+        if m:
+            out.append({"axis": m[1], "level": m[2], "ranking": m[3], "repeat": int(m[4]), "pruned": float(m[5]),
+                        "distilled": float(m[6])})
+    return out
+
+
+def partial_table(res: dict) -> str:
+    rows = res.get("partial_distill", [])
+    lines = ["| axis | cut | ranking | loss pruned | loss distilled |", "|---|---|---|---|---|"]
+    for axis in AXES:
+        for lv in ("25%", "50%"):
+            g = grouped(rows, axis, lv)
+            for n, v in g.items():
+                lines.append(f"| {axis} | {lv} | {name_of(axis, n)} | {fmt(v['pruned'])} | {fmt(v['distilled'])} |")
     return "\n".join(lines)
 
 
@@ -173,14 +200,17 @@ def plot_axis(results: list[dict], axis: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, panels = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+    whats = ["pruned"] + (["distilled"] if any("distilled" in r for res in results for r in rows_of(res)
+                                               if r["axis"] == axis) else [])
+    fig, panels = plt.subplots(1, len(whats), figsize=(5.5 * len(whats) + 1, 3.8), squeeze=False)
+    panels = panels[0]
     markers = ["o", "s", "^", "D"]
     names: list[str] = []
     for res in results:
         for r in rows_of(res):
             if r["axis"] == axis and r["ranking"] not in names:
                 names.append(r["ranking"])
-    for ax, what in zip(panels, ("pruned", "distilled"), strict=True):
+    for ax, what in zip(panels, whats, strict=True):
         k = 0
         for res in results:
             rows = rows_of(res)
@@ -198,7 +228,7 @@ def plot_axis(results: list[dict], axis: str, path: Path) -> None:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([name_of(axis, n) for n in names], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("held-out loss − teacher's (nats)")
-        ax.set_yscale("log")
+        ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_title(f"{axis}: after pruning" if what == "pruned" else f"{axis}: after the short distillation")
         ax.grid(alpha=0.3)
     panels[0].legend(fontsize=7)
@@ -229,6 +259,13 @@ def render(results: list[dict], doc: Path) -> str:
         png = doc.parent / f"ablation_{axis}.png"
         plot_axis(results, axis, png)
         parts += [f"## {axis}", "", axis_table(results, axis), "", f"![{axis}]({png.name})", ""]
+    for res in results:
+        if res.get("partial_distill"):
+            parts += [f"## After the short distillation: {label(res['teacher'])} (partial)", "",
+                      f"From the log of an earlier run with the per-axis distillation on (first calibration draw of "
+                      f"each signal, random seeds 0–2; {res['settings']['distill']} steps of 8 × {res['seq_len']} "
+                      f"tokens, {res['distill']}); it was stopped for time after these rows.", "",
+                      partial_table(res), ""]
     parts += ["## Default against the best other signal", "",
               "Δ > 0: the other signal leaves a lower loss. A default changes only when Δ exceeds the noise on "
               "both teachers.", "", verdicts(results), ""]
@@ -259,6 +296,9 @@ def main(argv=None) -> int:
     results = []
     for p in args.results:
         res = json.loads(p.read_text())
+        log = p.with_name(p.stem + "-partial-distill.log")  # distilled rows of an earlier, stopped run
+        if log.is_file():
+            res["partial_distill"] = parse_log(log)
         for suffix in ("-all", "-grid"):  # separate runs of the same teacher (--only all / grid), if any
             extra = p.with_name(p.stem + suffix + ".json")
             if extra.is_file():

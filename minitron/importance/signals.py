@@ -24,8 +24,9 @@ mean over the sequence, L2 over the batch unless `--aggregation` says otherwise)
 (* the default.) `x_out` is a product of two aggregates, the others aggregate one per-token value; for
 `act_down` the two are the same (the column norm is a constant per neuron and both reductions are
 homogeneous). The `gated` signals read out_proj's input through a hook on out_proj, so they need a
-Mamba path that calls out_proj as a module: transformers' torch path and its mamba_ssm inference
-path do; the fused training kernel does not (scoring never trains).
+Mamba path that calls out_proj as a module: transformers' Nemotron-H mixer does on every path but the
+fused kernel it only uses when training without a cache (scoring runs in eval mode); if the hook never
+fires, finalisation raises instead of writing zeros.
 """
 
 from __future__ import annotations
