@@ -202,7 +202,7 @@ def run_depth(b: Bench, draws: list[dict]) -> list[dict]:
     return rows
 
 
-def run_all_axes(b: Bench, draws: list[dict], mag: dict, alts: list[dict[str, str]]) -> dict:
+def run_all_axes(b: Bench, draws: list[dict], mag: dict, alts: list[dict[str, str]], baselines: bool = True) -> dict:
     """The all-axes cut by the default, the paper's and each `alts` set of signals, magnitude and random."""
     from minitron.importance import signals
     from minitron.importance.width import kv_scores
@@ -218,10 +218,12 @@ def run_all_axes(b: Bench, draws: list[dict], mag: dict, alts: list[dict[str, st
         return r
 
     paper = {axis: names[0] for axis, (_, names) in signals.WIDTH_METRICS.items()}
-    rankings = [("default", with_signals(signals.defaults())), ("paper", with_signals(paper))]
-    rankings += [(signals.format_metrics(alt), with_signals({**signals.defaults(), **alt})) for alt in alts]
+    alt_rankings = [(signals.format_metrics(alt), with_signals({**signals.defaults(), **alt})) for alt in alts]
+    rankings = [("default", with_signals(signals.defaults())), ("paper", with_signals(paper))] + alt_rankings
     rankings += [("magnitude", {**mag, "layers": t["layers"]})]
     rankings += [(f"random#{s}", random_scores(b.arch, seed=s)) for s in range(b.cfg["seeds"])]
+    if not baselines:
+        rankings = alt_rankings
     rows = []
     steps = b.cfg["all_steps"]
     for name, r in rankings:
@@ -312,6 +314,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="width,depth,all", help="studies to run: width, depth, grid, all")
     ap.add_argument("--alt", action="append", default=[],
                     help="AXIS=NAME,... signals of one more all-axes ranking (repeatable; the rest at their defaults)")
+    ap.add_argument("--alt-only", action="store_true", help="the all-axes cut for the --alt rankings only "
+                    "(no baselines, no from-scratch run; the report adds them to the teacher's -all run)")
     ap.add_argument("--distill-levels", default="25%,50%", help="cut levels whose students are distilled")
     ap.add_argument("--seeds", type=int, default=None, help="random seeds (default: the mode's)")
     ap.add_argument("--scratch-factor", type=int, default=10)
@@ -350,10 +354,12 @@ def main(argv=None) -> int:
         res["all_grid"] = run_all_grid(b, draws)
         save()
     if "all" in only:
-        res["all_axes"] = run_all_axes(b, draws, mag, [parse_width_metrics([a]) for a in args.alt])
-        default_row = res["all_axes"]["rows"][0]
-        res["scratch"] = from_scratch(b, draws[0], default_row["dropped"], default_row["distilled"],
-                                      res["all_axes"]["steps"], args.scratch_factor)
+        res["all_axes"] = run_all_axes(b, draws, mag, [parse_width_metrics([a]) for a in args.alt],
+                                       baselines=not args.alt_only)
+        if not args.alt_only:
+            default_row = res["all_axes"]["rows"][0]
+            res["scratch"] = from_scratch(b, draws[0], default_row["dropped"], default_row["distilled"],
+                                          res["all_axes"]["steps"], args.scratch_factor)
         save()
     save()
     log(f"done in {res['seconds'] / 60:.1f} min -> {args.out}")

@@ -249,7 +249,8 @@ def render(results: list[dict], doc: Path) -> str:
                      f"draw, {s['draws']} draws; random seeds {s['seeds']}; {s['eval']} held-out blocks × "
                      f"{res['seq_len']}; distillation {s['distill']} steps of 8 × {res['seq_len']} tokens "
                      f"({res['distill']}); {res['threads']} thread, {res.get('seconds', 0) / 60:.0f} min, load "
-                     f"(1/5/15 min) {la} at the start, {le} at the end")
+                     f"(1/5/15 min) {la} at the start, {le} at the end"
+                     + "".join(f"; also `{c}`" for c in res.get("commands", [])))
     parts += ["", "Loss: mean next-token NLL (nats) on the held-out blocks. `± sd`: over the calibration draws "
               "(signals) or the seeds (random); the short distillation was run for the first draw of each signal "
               "and every random seed. The default is marked; `paper` is Minitron's / Minitron-SSM's signal.", ""]
@@ -299,11 +300,14 @@ def main(argv=None) -> int:
         log = p.with_name(p.stem + "-partial-distill.log")  # distilled rows of an earlier, stopped run
         if log.is_file():
             res["partial_distill"] = parse_log(log)
-        for suffix in ("-all", "-grid"):  # separate runs of the same teacher (--only all / grid), if any
+        for suffix in ("-all", "-grid", "-all-alt"):  # separate runs of the same teacher, if any
             extra = p.with_name(p.stem + suffix + ".json")
             if extra.is_file():
                 more = json.loads(extra.read_text())
-                res.update({k: more[k] for k in ("all_axes", "scratch", "all_grid") if k in more})
+                if suffix == "-all-alt" and "all_axes" in res:  # --alt-only rows join the baselines' table
+                    res["all_axes"]["rows"] += more["all_axes"]["rows"]
+                else:
+                    res.update({k: more[k] for k in ("all_axes", "scratch", "all_grid") if k in more})
                 res.setdefault("commands", []).append(more["command"])
         results.append(res)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
