@@ -248,7 +248,6 @@ def run_all_grid(b: Bench, draws: list[dict]) -> list[dict]:
     for d in range(len(draws)):
         for agg in ("mean,l2", "l2,l2", "mean,mean", "l2,mean"):
             t = draws[d] if agg == "mean,l2" else b.scores(d, agg)
-            iterative = None
             for hidden in signals.WIDTH_METRICS["hidden"][1]:
                 for use_contrib in (False, True):
                     chosen = {**signals.defaults(), "hidden": hidden, **(contrib if use_contrib else {})}
