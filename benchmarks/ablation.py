@@ -148,13 +148,14 @@ def width_rankings(b: Bench, draws: list[dict], mag: dict, axis: str) -> list[tu
     return out
 
 
-def run_width(b: Bench, draws: list[dict], mag: dict) -> list[dict]:
-    rows = []
+def run_width(b: Bench, draws: list[dict], mag: dict, rows: list | None = None, save=lambda: None) -> list[dict]:
+    rows = [] if rows is None else rows
     for axis, level, shape in cuts(b.arch):
         for fam, name, rep, ranking in width_rankings(b, draws, mag, axis):
             distill = (fam != "signal" or rep < b.cfg["distill_draws"]) and level in b.cfg["distill_levels"]
             r = b.measure(ranking, shape, steps=b.cfg["distill"] if distill else 0)
             rows.append({"axis": axis, "level": level, "shape": shape, "family": fam, "ranking": name, "repeat": rep, **r})
+            save()
             log(f"{axis} {level} {name}#{rep}: {r['pruned']:.3f}" + (f" -> {r['distilled']:.3f}" if "distilled" in r else ""))
     return rows
 
@@ -339,7 +340,8 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(res, indent=1) + "\n")
 
     if "width" in only:
-        res["width"] = run_width(b, draws, mag)
+        res["width"] = []
+        run_width(b, draws, mag, res["width"], save)  # saved after every student: a killed run keeps its rows
         save()
     if "depth" in only:
         res["depth"] = run_depth(b, draws)
