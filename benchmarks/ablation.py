@@ -105,7 +105,7 @@ class Bench:
         """Every candidate signal and the layer metrics on calibration draw `draw`."""
         from minitron.importance.aggregate import Aggregation
         from minitron.importance.engine import InMemorySource
-        from minitron.importance.run import score_tensors
+        from minitron.recipes.score import score_tensors
 
         t, _, _ = score_tensors(InMemorySource(self.teacher), self.arch, self.calib[draw], agg=Aggregation.parse(agg),
                                 batch_size=8, layer_metric="kl", all_metrics=True)
@@ -161,7 +161,7 @@ def run_width(b: Bench, draws: list[dict], mag: dict, rows: list | None = None, 
 
 
 def depth_orders(b: Bench, draws: list[dict], k: int) -> list[tuple[str, str, int, list[int]]]:
-    from minitron.importance.layers import layer_scores
+    from minitron.importance.engine import layer_scores
     from minitron.prune.select import drop_sequence, least_important
 
     keep_min = {"*": 1}
@@ -290,7 +290,7 @@ def from_scratch(b: Bench, ranking: dict, dropped, target: float, steps: int, fa
 
 def _lm_steps(b: Bench, model, opt, start: int, steps: int) -> None:
     """Steps start..start+steps-1 of next-token loss on the distillation's blocks (its order: `step_indices`)."""
-    from minitron.distill.losses import lm_loss
+    from minitron.losses.divergence import lm_loss
     from minitron.distill.sampling import step_indices
 
     model.train()

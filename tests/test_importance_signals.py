@@ -16,9 +16,9 @@ from minitron.errors import InputError
 from minitron.importance import signals
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.importance.run import score_tensors
+from minitron.recipes.score import score_tensors
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP
 from minitron.testing import build_model, tiny_config
 
 ARCH = Architecture.from_config(tiny_config())
@@ -257,7 +257,7 @@ def test_help_lists_the_width_metrics():
 
 def test_layer_streamed_scores_equal_in_memory_for_the_new_signals(tiny_model_dir, text_file):
     """The weight-reading signals read each block's weights while it is materialised (streaming too)."""
-    from minitron.importance.run import ScoreOptions, score_model
+    from minitron.recipes.score import ScoreOptions, score_model
 
     chosen = {"ffn": "act_down", "attention_heads": "act_out", "mamba_heads": "gated_out", "mamba_head_dim": "gated"}
     got = {}

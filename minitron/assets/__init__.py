@@ -16,11 +16,3 @@ def bundled_configs() -> dict[str, Path]:
 def bundled_models() -> dict[str, Path]:
     """Name -> directory of every bundled model: the reference configs and the demo teacher (with weights)."""
     return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher"}
-
-
-def resolve_model_path(path: str | Path, *, weights: bool = False, revision: str | None = None,
-                       flag: str = "MODEL") -> Path:
-    """A path as given, a bundled name, or a hub id resolved through the Hugging Face cache (`minitron.hub`)."""
-    from minitron.hub import resolve_model
-
-    return resolve_model(path, weights=weights, revision=revision, flag=flag)
