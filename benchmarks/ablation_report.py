@@ -252,8 +252,8 @@ def render(results: list[dict], doc: Path) -> str:
                      f"(1/5/15 min) {la} at the start, {le} at the end"
                      + "".join(f"; also `{c}`" for c in res.get("commands", [])))
     parts += ["", "Loss: mean next-token NLL (nats) on the held-out blocks. `± sd`: over the calibration draws "
-              "(signals) or the seeds (random); the short distillation was run for the first draw of each signal "
-              "and every random seed. The default is marked; `paper` is Minitron's / Minitron-SSM's signal.", ""]
+              "(signals) or the seeds (random); where a run distilled (`--distill-levels`), it did so for the first "
+              "draw of each signal and every random seed. The default is marked; `paper` is Minitron's / Minitron-SSM's signal.", ""]
     for axis in AXES:
         if not any(r["axis"] == axis for res in results for r in rows_of(res)):
             continue
