@@ -25,7 +25,7 @@ RECIPE = "demo"  # the bundled recipe the demo runs
 CONTEXT = 1024  # context length of the memory model that sets the budget (the recipe's prune.context-length)
 HEADINGS = {
     "score": "score: activation importance of every width unit and KL when each layer is skipped (16 x 256 tokens)",
-    "prune": "prune: search shapes under the budget, rank the largest by KL to the teacher, prune the best",
+    "prune": "prune: search shapes under the budget, rank those near it by KL to the teacher, prune the best",
     "distill": "distill: forward KL to the teacher's logits (8 x 256 tokens a step)",
     "eval": "eval: loss, perplexity and KL on 16 held-out blocks, a 60-item cloze task from the held-out text, "
             "memory, decode speed",
