@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from importance_helpers import block_io, naive_aggregate
+from importance_helpers import attention_output, block_io, naive_aggregate
 
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
@@ -25,19 +25,6 @@ def tokens(n=4, t=16, seed=0):
 def score(model, toks, metric="cosine", agg=Aggregation()):
     out, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=agg, batch_size=3, layer_metric=metric)
     return out
-
-
-def attention_output(mixer, n, a):
-    """The attention output entering o_proj, written out: causal softmax(q k^T / sqrt(d)) v per head."""
-    b, t, _ = n.shape
-    q = mixer.q_proj(n).view(b, t, a.num_attention_heads, a.head_dim).transpose(1, 2)
-    k = mixer.k_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
-    v = mixer.v_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
-    rep = a.num_attention_heads // a.num_key_value_heads
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    w = (q @ k.transpose(-1, -2)) / math.sqrt(a.head_dim)
-    w = w.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
-    return (w @ v).transpose(1, 2)  # [B, T, heads, d]
 
 
 @pytest.mark.parametrize("agg", [Aggregation("mean", "l2"), Aggregation("l2", "mean")], ids=str)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from importance_helpers import attention_output, module_io, naive_aggregate
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -26,16 +27,7 @@ AGG = Aggregation()
 
 
 def naive_agg(values, agg=AGG):
-    """[B, T, U] -> [U], one unit and one sample at a time."""
-    b_n, t_n, u_n = values.shape
-    res = []
-    for u in range(u_n):
-        per = []
-        for b in range(b_n):
-            col = values[b, :, u].tolist()
-            per.append(sum(col) / t_n if agg.seq == "mean" else math.sqrt(sum(c * c for c in col)))
-        res.append(sum(per) / b_n if agg.batch == "mean" else math.sqrt(sum(p * p for p in per)))
-    return torch.tensor(res, dtype=torch.float64)
+    return naive_aggregate(values, agg)
 
 
 # ---------------------------------------------------------------------- pure maths
@@ -93,33 +85,9 @@ def score(model, toks, **kw):
 def capture(model, toks):
     """Each block's (input, output), and each Mamba mixer's gated-norm output (a hook on `mixer.norm`,
     not on out_proj, which the collector reads)."""
-    seen, gated = {}, {}
-    hooks = [blk.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o)))
-             for i, blk in enumerate(model.model.layers)]
-    for i, c in enumerate(ARCH.pattern):
-        if c == MAMBA:
-            hooks.append(model.model.layers[i].mixer.norm.register_forward_hook(
-                lambda m, a, o, i=i: gated.__setitem__(i, o)))
-    try:
-        with torch.no_grad():
-            model(toks)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen, gated
-
-
-def attention_output(mixer, n, a):
-    """The attention output entering o_proj, written out: causal softmax(q k^T / sqrt(d)) v per head."""
-    b, t, _ = n.shape
-    q = mixer.q_proj(n).view(b, t, a.num_attention_heads, a.head_dim).transpose(1, 2)
-    k = mixer.k_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
-    v = mixer.v_proj(n).view(b, t, a.num_key_value_heads, a.head_dim).transpose(1, 2)
-    rep = a.num_attention_heads // a.num_key_value_heads
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    w = (q @ k.transpose(-1, -2)) / math.sqrt(a.head_dim)
-    w = w.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
-    return (w @ v).transpose(1, 2)  # [B, T, heads, d]
+    norms = {i: model.model.layers[i].mixer.norm for i, c in enumerate(ARCH.pattern) if c == MAMBA}
+    seen, gated = module_io(model, toks, dict(enumerate(model.model.layers)), norms)
+    return seen, {i: o for i, (_, o) in gated.items()}
 
 
 def per_head_output_norm(x, weight, n_heads):
