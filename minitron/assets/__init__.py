@@ -14,8 +14,9 @@ def bundled_configs() -> dict[str, Path]:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Name -> directory of every bundled model: the reference configs and the demo teacher (with weights)."""
-    return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher"}
+    """Name -> directory of every bundled model: the reference configs and the demo teachers (with weights)."""
+    return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher",
+            "demo-moe-teacher": ASSETS / "demo" / "moe-teacher"}
 
 
 def resolve_model_path(path: str | Path, *, weights: bool = False, revision: str | None = None,
