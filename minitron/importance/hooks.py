@@ -8,7 +8,9 @@ model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_p
     attention o_proj      input          -> attention heads (KV heads derived at the end)
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
     MoE experts           inputs (x, top-k indices, top-k weights) -> routed experts and their neurons
-                                             (`experts.py`; the experts' weights are read from the module)
+                                             (`experts.py`; the experts' weights are read from the module;
+                                             captured inside the experts' own forward, `expert_capture.py`,
+                                             where transformers dispatches it, else recomputed in a hook)
     shared expert down_proj  input       -> shared-expert neurons
 
 The x-slice is read from in_proj's output, which every Mamba path of transformers computes with the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from minitron.families import submodule
 from minitron.importance import experts as moe_maths
+from minitron.importance.expert_capture import ExpertCapture
 from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.models.architecture import Architecture
@@ -38,6 +41,7 @@ class WidthCollector:
         self.enabled = False
         self.out_norms: dict[int, object] = {}  # Mamba layer position -> [H] output weight norms
         self._handles: list = []
+        self._capture: ExpertCapture | None = None
 
     # ------------------------------------------------------------------ collection
     def add(self, name: str, values) -> None:
@@ -69,8 +73,11 @@ class WidthCollector:
                                          lambda t, nq=nq: width.head_values(t, nq))
                     self._handles.append(mod.register_forward_pre_hook(hook))
                 elif point.kind == "experts":
-                    hook = self._experts_hook(positions["moe"][i])
-                    self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+                    if self._capture is None:
+                        self._capture = ExpertCapture(model, lambda: self.enabled)
+                    if not self._capture.observe(mod, self._add_expert_sums(positions["moe"][i])):
+                        hook = self._experts_hook(positions["moe"][i])  # recomputes the routed experts
+                        self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
                 elif point.kind == "shared_ffn":
                     hook = self._in_hook(f"shared_ffn.{positions['moe'][i]}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
@@ -83,6 +90,9 @@ class WidthCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
 
     def _out_hook(self, name, fn):
         def hook(_module, _inputs, output):
@@ -98,9 +108,18 @@ class WidthCollector:
 
         return hook
 
+    def _add_expert_sums(self, k: int):
+        def add(sums):
+            for name, t in sums.items():
+                self.stats.add(f"moe_{name}.{k}", t)
+
+        return add
+
     def _experts_hook(self, k: int):
         """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`; it holds
-        `up_proj` (Nemotron-H: `act(up x)`) or a fused `gate_up_proj` (Granite: `act(gate x) · up x`)."""
+        `up_proj` (Nemotron-H: `act(up x)`) or a fused `gate_up_proj` (Granite: `act(gate x) · up x`).
+        The fallback where the module does not dispatch through transformers' experts interface."""
+        add = self._add_expert_sums(k)
 
         def hook(module, args, kwargs, _output):
             if not self.enabled:
@@ -109,9 +128,7 @@ class WidthCollector:
             x, idx, w = (args[j] if j < len(args) else kwargs[n] for j, n in enumerate(names))
             gated = not hasattr(module, "up_proj")
             up = module.gate_up_proj if gated else module.up_proj
-            sums = moe_maths.expert_sums(x, idx, w, up, module.down_proj, module.act_fn, gated=gated)
-            for name, t in sums.items():
-                self.stats.add(f"moe_{name}.{k}", t)
+            add(moe_maths.expert_sums(x, idx, w, up, module.down_proj, module.act_fn, gated=gated))
 
         return hook
 
