@@ -39,7 +39,7 @@ import time
 
 CHILD = r"""
 import json, resource, sys, psutil, torch
-from minitron.distill.losses import distill_loss, plain_divergence
+from minitron.losses.divergence import distill_loss, plain_divergence
 variant, n, v, kind, chunk, shape = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 torch.manual_seed(0)
 if shape == "logits":  # the loss alone: both logit tensors are the caller's
@@ -197,7 +197,7 @@ def bench_cached(args) -> dict:
 def bench_step(args) -> dict:
     import torch
 
-    from minitron.distill.losses import distill_loss
+    from minitron.losses.divergence import distill_loss
     from minitron.distill.trainer import TrainConfig, Trainer
 
     teacher, student, blocks = _models(args)

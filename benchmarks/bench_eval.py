@@ -71,7 +71,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from minitron.models.checkpoint import torch_dtype
+    from minitron.dtypes import torch_dtype
     from minitron.testing import build_model, tiny_config
 
     h = args.hidden

@@ -77,14 +77,14 @@ class Bench:
         return {"loss": ev["loss"], "kl": ev["kl"]}
 
     def score(self, seed: int) -> dict:
-        from minitron.importance.run import ScoreOptions, score_model
+        from minitron.recipes.score import ScoreOptions, score_model
 
         return score_model(self.teacher_dir, [str(self.train)], ScoreOptions(
             samples=self.cfg["score_samples"], seq_len=SEQ_LEN, batch_size=8, layer_metric="cosine",
             device="cpu", dtype="fp32", streaming=False, seed=seed)).scores.tensors
 
     def prune(self, tensors: dict, name: str) -> tuple[Path, list]:
-        from minitron.prune.run import PruneOptions, prune
+        from minitron.recipes.prune import PruneOptions, prune
         from minitron.prune.select import Shape
 
         sdir, dest = self.work / "scores" / name, self.work / "pruned" / name
@@ -94,7 +94,7 @@ class Bench:
         return dest, doc["params_after"]
 
     def distill(self, student: Path, name: str) -> dict:
-        from minitron.distill.run import DistillOptions, run_distill
+        from minitron.recipes.distill import DistillOptions, run_distill
         from minitron.distill.trainer import TrainConfig
 
         c = self.cfg

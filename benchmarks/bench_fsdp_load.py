@@ -60,7 +60,7 @@ def worker(spec: dict) -> None:
     import torch
 
     from minitron import distributed as dist
-    from minitron.distill.run import DistillOptions, load_models, prepare, run_distill
+    from minitron.recipes.distill import DistillOptions, load_models, prepare, run_distill
     from minitron.distill.trainer import TrainConfig
 
     torch.set_num_threads(1)

@@ -28,13 +28,13 @@ import json, resource, sys
 from pathlib import Path
 spec = json.loads(sys.argv[1])
 if spec["what"] == "runtime":
-    import torch, transformers, minitron.distill.run
+    import torch, transformers, minitron.recipes.distill
     from minitron.models.checkpoint import load_tokenizer
     load_tokenizer(spec["teacher"])
 else:
     import torch
     torch.set_num_threads(2)
-    from minitron.distill.run import DistillOptions, run_distill
+    from minitron.recipes.distill import DistillOptions, run_distill
     from minitron.distill.trainer import TrainConfig
     cfg = TrainConfig(steps=spec["steps"], micro_batch_size=spec["batch"], lr=1e-4)
     run_distill(DistillOptions(teacher=Path(spec["teacher"]), student=Path(spec["student"]), data=[Path(spec["data"])],
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES))
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
-    from minitron.distill.cache_run import TeacherLogitsOptions, run_teacher_logits
+    from minitron.recipes.teacher_logits import TeacherLogitsOptions, run_teacher_logits
     from minitron.distill.memory_plan import PlanInput, plan
     from minitron.models.architecture import Architecture
 

@@ -5,7 +5,7 @@ Measures, each in a fresh subprocess (so peak RSS is that run's own), alternatin
 cache favours neither:
 
     copy   a plain copy of the source shards (shutil.copyfile, the same bytes as the input)
-    prune  `minitron.prune.run.prune()` with hidden 4480, FFN 15680, Mamba heads 128, dropping
+    prune  `minitron.recipes.prune.prune()` with hidden 4480, FFN 15680, Mamba heads 128, dropping
            layers 7,8,17,18,48,52 (the full command path: checks, streaming apply, config,
            tokenizer files, minitron.json)
 
@@ -49,7 +49,7 @@ def _child_copy(src: Path, dst: Path) -> dict:
 
 
 def _child_prune(src: Path, dst: Path, scores: Path, moe: bool = False) -> dict:
-    from minitron.prune.run import PruneOptions, prune
+    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.select import Shape
 
     t0 = time.perf_counter()

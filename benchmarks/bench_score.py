@@ -79,7 +79,7 @@ def bench_width(args) -> dict:
 
     from minitron.importance.aggregate import Aggregation
     from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
+    from minitron.recipes.score import score_tensors
     from minitron.models.architecture import Architecture
 
     model = medium_model(args.pattern or PATTERN_MOE, **MOE) if args.moe else medium_model(args.pattern or PATTERN_10)
@@ -134,7 +134,7 @@ def bench_width(args) -> dict:
 def bench_layers(args) -> dict:
     import torch
 
-    from minitron.importance.layers import kl_per_token, layer_scores
+    from minitron.importance.depth import kl_per_token, layer_scores
 
     model = medium_model(args.pattern) if args.pattern else deep_model()
     tokens = torch.randint(3, 8192, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
@@ -183,8 +183,8 @@ def bench_streaming(args) -> dict:
     code = (
         "import json, sys, time, torch\n"
         "from minitron.importance.aggregate import Aggregation\n"
-        "from minitron.importance.run import score_tensors\n"
-        "from minitron.streaming import StreamingSource\n"
+        "from minitron.recipes.score import score_tensors\n"
+        "from minitron.models.block_stream import StreamingSource\n"
         f"src = StreamingSource({str(model)!r}, dtype=torch.{args.dtype})\n"
         "arch = src.ckpt.arch\n"
         f"tok = torch.randint(3, arch.vocab_size, ({args.stream_samples}, {args.stream_seq_len}), "

@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-SAFETENSORS_DTYPE = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 TORCH_DTYPE_NAME = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -88,12 +86,13 @@ def write_synthetic_checkpoint(
     """Write config.json, generation_config.json, shards and the index into `out`; return a summary."""
     import torch
 
+    from minitron.dtypes import DTYPE_BYTES, safetensors_code, torch_dtype
     from minitron.models.architecture import Architecture
     from minitron.models.tensors import checkpoint_name, model_specs
 
     arch = Architecture.from_config(cfg)
-    tdt = getattr(torch, TORCH_DTYPE_NAME[dtype])
-    itemsize, code = DTYPE_BYTES[dtype], SAFETENSORS_DTYPE[dtype]
+    tdt = torch_dtype(dtype)
+    itemsize, code = DTYPE_BYTES[dtype], safetensors_code(torch_dtype(dtype))
     g = torch.Generator().manual_seed(seed)
     pool_elems = pool_mib * 2**20 // itemsize
     pool = (0.02 * torch.randn(pool_elems, generator=g)).to(tdt)
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="model dir, config.json, or a bundled config name")
     ap.add_argument("out", type=Path)
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--max-shard-size", default="5GB", help="largest shard (default 5GB, as published)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prefix", default="backbone.", choices=["backbone.", "model."])

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_scores import load_state_dict, magnitude_scores, random_scores, save_scores  # noqa: E402
 from quality_tables import NOTES_MARK, render_doc, table_depth, table_scratch, table_width  # noqa: E402
 
-from minitron.distill.losses import lm_loss  # noqa: E402
+from minitron.losses.divergence import lm_loss  # noqa: E402
 from minitron.distill.sampling import rank_micro_batches, step_indices  # noqa: E402
 from minitron.distill.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
 
@@ -136,7 +136,7 @@ class Bench:
         return self.evaluate(load_model(path, dtype="fp32", device="cpu"))
 
     def prune(self, scores_dir: Path, dest: Path, *, shape: dict | None = None, num_layers: int | None = None) -> dict:
-        from minitron.prune.run import PruneOptions, prune
+        from minitron.recipes.prune import PruneOptions, prune
         from minitron.prune.select import Shape
 
         doc = prune(PruneOptions(model=self.teacher_dir, out=dest, scores=scores_dir, shape=Shape(**(shape or {})),
@@ -145,7 +145,7 @@ class Bench:
 
     def distill(self, student: Path, dest: Path, steps: int, lr: float = LR, seed: int = SEED) -> dict:
         """`run_distill` for `steps` steps -> {before: {loss, kl}, after: {loss, kl}, tokens, seconds}."""
-        from minitron.distill.run import DistillOptions, run_distill
+        from minitron.recipes.distill import DistillOptions, run_distill
 
         t = time.perf_counter()
         s = run_distill(DistillOptions(teacher=self.teacher_dir, student=student, data=[self.train], out=dest,
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     fresh_work_dir(work)
     log(f"{mode} run in {work}: {cfg}")
 
-    from minitron.importance.run import ScoreOptions, score_model
+    from minitron.recipes.score import ScoreOptions, score_model
 
     b = Bench(cfg, work)
     a = b.arch

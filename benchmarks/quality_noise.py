@@ -30,7 +30,7 @@ def main() -> int:
     cfg = SETTINGS["quick" if args.quick else "full"]
     work = args.work or Path(tempfile.mkdtemp(prefix="minitron-quality-noise-"))
     fresh_work_dir(work)
-    from minitron.importance.run import ScoreOptions, score_model
+    from minitron.recipes.score import ScoreOptions, score_model
 
     b = Bench(cfg, work)
     runs = [("random (seed 1)", random_scores(b.arch, seed=1), 0), ("random (seed 2)", random_scores(b.arch, seed=2), 0)]

@@ -25,7 +25,7 @@ import torch
 
 from minitron.importance.scores import expected_shapes
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE
 from minitron.models.tensors import canonical_name
 
 

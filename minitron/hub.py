@@ -92,3 +92,9 @@ def _download(repo_id: str, revision: str | None, weights: bool, flag: str) -> s
     except RepositoryNotFoundError:
         raise InputError(f"{repo_id}: no such model on the Hugging Face hub (or it is private: hf auth login)",
                          flag=flag) from None  # fmt: skip
+
+
+def resolve_model_path(path: str | Path, *, weights: bool = False, revision: str | None = None,
+                       flag: str = "MODEL") -> Path:
+    """A path as given, a bundled name, or a hub id resolved through the Hugging Face cache (`minitron.hub`)."""
+    return resolve_model(path, weights=weights, revision=revision, flag=flag)

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import stat
-import struct
 import sys
 import tempfile
 import time
@@ -258,6 +257,7 @@ def model_fingerprint(path: str | Path) -> str:
     by the config. Use `file_sha256` of the shards where bit-level identity matters.
     """
     from minitron.models.checkpoint import Checkpoint
+    from minitron.models.safetensors_io import header_length
 
     p = Path(path)
     h = hashlib.sha256()
@@ -267,7 +267,7 @@ def model_fingerprint(path: str | Path) -> str:
     h.update(json.dumps(cfg, sort_keys=True).encode())
     for f in Checkpoint.open(p).shard_files():
         with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
+            n = header_length(fh)
             h.update(fh.read(n))
         # A sample of the data section makes the identity depend on the weights too (cheaply).
         size = f.stat().st_size

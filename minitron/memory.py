@@ -46,19 +46,12 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 
+from minitron.dtypes import DTYPE_BYTES, norm_dtype  # noqa: F401  (re-exported: memory's dtypes)
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
 
 GiB = 1024**3
 log = logging.getLogger("minitron")
-
-DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
-_DTYPE_ALIASES = {
-    "fp8": "fp8", "float8": "fp8", "fp8_e4m3": "fp8", "float8_e4m3fn": "fp8",
-    "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16", "torch.float16": "fp16",
-    "fp32": "fp32", "float32": "fp32", "float": "fp32", "torch.float32": "fp32",
-}  # fmt: skip
 
 # Usable memory per GPU, GiB. The A10G figure is the one the Nemotron Nano 2 paper budgets with.
 GPU_PRESETS: dict[str, float] = {
@@ -75,14 +68,6 @@ VLLM_GPU_MEMORY_UTILIZATION = 0.92  # vllm.config.cache.CacheConfig default (vLL
 VLLM_MAX_NUM_SEQS = 256  # vLLM's default on GPUs below 70 GiB; its sampler is profiled at this many rows
 DEFAULT_PREFILL_CHUNK = 2048  # vLLM's max_num_batched_tokens for its OpenAI server on most GPUs
 CUDA_CONTEXT_GIB = 1.0  # CUDA context + cuBLAS/NCCL workspaces + CUDA graphs: an estimate, not measured here
-
-
-def norm_dtype(name: str, flag: str = "--dtype", *, fp8: bool = True) -> str:
-    key = str(name).lower()
-    if key not in _DTYPE_ALIASES or (not fp8 and _DTYPE_ALIASES[key] == "fp8"):
-        choices = "fp8, bf16, fp16 or fp32" if fp8 else "bf16, fp16 or fp32"
-        raise InputError(f"unknown dtype {name!r} (expected {choices})", flag=flag)
-    return _DTYPE_ALIASES[key]
 
 
 def norm_engine(name: str | None) -> str | None:
@@ -266,6 +251,26 @@ def describe_memory(m: dict) -> str:
     engine = f", engine {m['engine']}" if m.get("engine") else ""
     tp = f", per GPU of {m['tensor_parallel']} (tensor parallel)" if m.get("tensor_parallel", 1) > 1 else ""
     return f"{m['context_length']:,} tokens x {seqs}, {dtypes}, SSM state {m['state_dtype']}{engine}{tp}"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a model is served, for its memory figures: context, sequences held at once, dtypes, engine, GPUs."""
+
+    context_length: int = 131072
+    batch_size: int = 1
+    dtype: str = "bf16"
+    state_dtype: str | None = None
+    engine: str | None = "vllm"
+    kv_dtype: str | None = None
+    prefill_chunk: int | None = None
+    tensor_parallel: int = 1
+
+    def estimate(self, arch: Architecture, **overrides) -> MemoryEstimate:
+        return estimate(arch, **{**asdict(self), **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,8 @@ def scores(model_or_path, arch, tokens=SCORE_TOKENS) -> dict:
     """Score tensors of an in-memory model, or of a checkpoint directory streamed layer by layer."""
     from minitron.importance.aggregate import Aggregation
     from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
-    from minitron.streaming import StreamingSource
+    from minitron.recipes.score import score_tensors
+    from minitron.models.block_stream import StreamingSource
 
     source = StreamingSource(model_or_path) if not isinstance(model_or_path, torch.nn.Module) \
         else InMemorySource(model_or_path)

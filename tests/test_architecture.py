@@ -10,7 +10,7 @@ from conftest import REF_9B, REF_12B
 
 from minitron.errors import InputError
 from minitron.models import Architecture
-from minitron.models.layers import layer_char, pattern_from_config, set_pattern
+from minitron.models.layer_types import layer_char, pattern_from_config, set_pattern
 from minitron.models.tensors import FFN, HIDDEN, MAMBA_HEADS, MAMBA_INNER, canonical_name, model_specs
 from minitron.testing import build_model, tiny_config
 

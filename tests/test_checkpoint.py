@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from minitron.errors import CheckpointError, InputError
-from minitron.models.checkpoint import load_model, open_checkpoint, read_safetensors_header
+from minitron.models.checkpoint import load_model, open_checkpoint
+from minitron.models.safetensors_io import read_header as read_safetensors_header
 
 
 def test_open_reads_headers_and_checks(tiny_model_dir):

@@ -7,7 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from minitron.evaluate.table import relative, render
+from minitron.cli.eval_table import render
+from minitron.evaluate.table import relative
 
 
 def _rows():

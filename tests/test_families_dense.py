@@ -18,7 +18,7 @@ from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import (
     DENSE_TINY,
     HYBRID_TINY,
@@ -171,8 +171,8 @@ def test_estimate_equals_transformers_cache(tiny, dtype, torch_dtype):
 def test_scores_see_zeroed_units_and_streaming_equals_in_memory(tiny):
     from minitron.importance.aggregate import Aggregation
     from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
-    from minitron.streaming import StreamingSource
+    from minitron.recipes.score import score_tensors
+    from minitron.models.block_stream import StreamingSource
 
     path, model, arch, _ = tiny
     toks = torch.randint(3, 384, (4, 16), generator=torch.Generator().manual_seed(2))

@@ -28,7 +28,7 @@ from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import build_model, make_tiny_model_dir, tiny_falcon_h1_config
 
 

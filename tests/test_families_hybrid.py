@@ -21,7 +21,7 @@ from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import HYBRID_TINY, make_tiny_model_dir, tiny_hybrid_config
 
 IDS = torch.randint(3, 384, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -168,8 +168,8 @@ def test_estimate_equals_transformers_cache(tiny):
 def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     from minitron.importance.aggregate import Aggregation
     from minitron.importance.engine import InMemorySource
-    from minitron.importance.run import score_tensors
-    from minitron.streaming import StreamingSource
+    from minitron.recipes.score import score_tensors
+    from minitron.models.block_stream import StreamingSource
 
     path, model, arch, _ = tiny
     toks = torch.randint(3, 384, (4, 16), generator=torch.Generator().manual_seed(2))

@@ -26,7 +26,7 @@ from minitron.models.tensors import canonical_name, model_specs
 from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.select import SHAPE_FLAGS, Shape, check_drop, drop_sequence, make_plan, validate_shape
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import build_model, make_tiny_model_dir, tiny_zamba2_config
 
 

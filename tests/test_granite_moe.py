@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from minitron.cli.main import app
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.importance.run import score_tensors
+from minitron.recipes.score import score_tensors
 from minitron.importance.scores import Scores, expected_shapes
 from minitron.models.architecture import Architecture
 from minitron.models.checkpoint import load_model, open_checkpoint
@@ -23,7 +23,7 @@ from minitron.models.tensors import canonical_name
 from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import make_tiny_model_dir, tiny_hybrid_config
 
 CFG = tiny_hybrid_config("granitemoehybrid_moe")  # M*MM, 4 experts of width 32, top-2, shared MLP

@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minitron.importance.layers import (
-    cosine_distance,
-    kl_per_token,
-    layer_scores,
-    mse_per_token,
-    nll_per_token,
-)
+from minitron.importance.depth import cosine_distance, mse_per_token
+from minitron.importance.engine import layer_scores
+from minitron.losses.reference import kl_per_token, nll_per_token
 
 
 def test_metric_functions_match_plain_formulas():

@@ -9,9 +9,9 @@ import torch
 
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.importance.run import score_tensors
+from minitron.recipes.score import score_tensors
 from minitron.models.architecture import Architecture
-from minitron.models.layers import ATTENTION, MAMBA, MLP
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP
 from minitron.testing import build_model, tiny_config
 
 ARCH = Architecture.from_config(tiny_config())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from minitron.distill.losses import (
+from minitron.losses.divergence import (
     KINDS,
     distill_loss,
     kl_divergence,
@@ -16,7 +16,7 @@ from minitron.distill.losses import (
     plain_divergence,
     topk_distill_loss,
 )
-from minitron.distill.topk import teacher_bins
+from minitron.losses.topk import teacher_bins
 
 
 def _logits(n=2, length=7, v=50, seed=0, scale=3.0):

@@ -14,7 +14,7 @@ from minitron.cli.main import app
 from minitron.importance import experts as ex
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.importance.run import score_tensors
+from minitron.recipes.score import score_tensors
 from minitron.models.architecture import Architecture
 from minitron.testing import build_model, make_tiny_model_dir, tiny_config
 
@@ -148,7 +148,7 @@ def test_zeroed_expert_and_shared_neurons_rank_last():
 
 
 def test_streaming_scores_equal_in_memory(tmp_path):
-    from minitron.streaming import StreamingSource
+    from minitron.models.block_stream import StreamingSource
 
     model = build_model(CFG)
     path = make_tiny_model_dir(tmp_path / "m", CFG, model=model)

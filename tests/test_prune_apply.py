@@ -13,7 +13,7 @@ from minitron.prune.apply import prune_model
 from minitron.prune.plan import PrunePlan
 from minitron.prune.reference import reference_prune
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 
 IDS = torch.randint(3, 384, (2, 24), generator=torch.Generator().manual_seed(0))
 

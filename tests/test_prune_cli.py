@@ -163,7 +163,7 @@ def test_out_equal_to_input_or_existing(tiny_model_copy, scores_dir, tmp_path):
 
 def test_iterative_depth_rescoring_respects_keep_types(tiny_model_dir, scores_dir, text_file):
     from minitron.data import load_blocks
-    from minitron.importance.layers import layer_scores
+    from minitron.importance.engine import layer_scores
     from minitron.models.checkpoint import load_model, load_tokenizer
 
     r = invoke(tiny_model_dir, "--scores", scores_dir, "--num-layers", 7, "--iterative", "--keep-layer-types",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minitron.errors import InfeasibleError, InputError
-from minitron.memory import estimate, make_budget
+from minitron.memory import Serving, estimate, make_budget
 from minitron.models.architecture import Architecture
 from minitron.models.tensors import model_specs
 from minitron.prune.plan import PrunePlan, tensor_indices
@@ -25,11 +25,10 @@ from minitron.prune.select import (
     drop_sequence,
     grouped_top_k,
     make_plan,
-    parse_keep_types,
-    parse_layer_list,
     top_k,
     validate_shape,
 )
+from minitron.prune.target import Target, parse_keep_types, parse_layer_list
 from minitron.testing import tiny_config
 from tests.conftest import REF_9B, REF_12B
 
@@ -133,7 +132,8 @@ def test_paper_9b_plan_from_12b(a12):
 def test_paper_a10g_search_lists_9b_and_respects_budget(a12):
     budget = make_budget(gpu="a10g", headroom=0.05, reserve_gib=1.3)
     space = default_space(a12, depth=True) | parse_search(PAPER_SPACE)
-    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER, budget=budget, context_length=131072)
+    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER,
+                                 target=Target(Serving(context_length=131072), budget=budget))
     feasible = rank_by_params(cands)
     shapes = {(c.num_layers, c.hidden_size, c.ffn_size, c.mamba_heads) for c in feasible}
     assert (56, 4480, 15680, 128) in shapes
@@ -145,8 +145,8 @@ def test_paper_a10g_search_lists_9b_and_respects_budget(a12):
 
 def test_fast_accounting_equals_full_accounting(a12):
     space = default_space(a12, depth=True) | parse_search(PAPER_SPACE + ["attention_heads=32:40:8", "kv_heads=4:8:4"])
-    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER, context_length=4096, batch_size=2,
-                                 state_dtype="bf16")
+    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER,
+                                 target=Target(Serving(context_length=4096, batch_size=2, state_dtype="bf16")))
     rng = random.Random(0)
     for c in rng.sample(cands, 40):
         pattern = "".join(ch for i, ch in enumerate(a12.pattern) if i not in set(c.dropped_layers))
@@ -160,7 +160,8 @@ def test_fast_accounting_equals_full_accounting(a12):
 def test_dropped_attention_layers_take_their_kv(a12):
     space = default_space(a12, depth=True) | parse_search(["num_layers=61:62", "hidden_size=5120:5120",
                                                            "ffn_size=20480:20480", "mamba_heads=128:128"])
-    by_n = {c.num_layers: c for c in enumerate_candidates(a12, space, drop_order=[7], context_length=131072)}
+    by_n = {c.num_layers: c for c in enumerate_candidates(a12, space, drop_order=[7],
+                                                            target=Target(Serving(context_length=131072)))}
     freed = by_n[62].memory_bytes - by_n[61].memory_bytes
     attn = a12.layer_params("*") * 2 + 2 * 8 * 128 * 131072 * 2
     assert freed == attn
@@ -169,9 +170,10 @@ def test_dropped_attention_layers_take_their_kv(a12):
 def test_infeasible_budget_names_smallest(a12):
     budget = make_budget(memory_budget="10GiB")
     space = default_space(a12, depth=True) | parse_search(PAPER_SPACE)
-    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER, budget=budget)
+    target = Target(Serving(), budget=budget)
+    cands = enumerate_candidates(a12, space, drop_order=PAPER_ORDER, target=target)
     with pytest.raises(InfeasibleError, match=r"smallest the search space reaches is 1[0-9]\.\d\d GiB") as e:
-        require_feasible(cands, budget=budget, target_params=None)
+        require_feasible(cands, target)
     assert e.value.exit_code == 3
 
 

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from minitron.evaluate.perplexity import nll_sum_reference
+from minitron.losses.nll import nll_sum_reference
 from minitron.models.architecture import Architecture
-from minitron.prune.proxy import proxy_scores
+from minitron.recipes.candidates import proxy_scores
 from minitron.prune.search import Candidate
 from minitron.testing import build_model, tiny_config
 

@@ -13,7 +13,7 @@ from minitron.models.architecture import Architecture
 from minitron.models.checkpoint import load_model, open_checkpoint
 from minitron.prune.apply import prune_model
 from minitron.prune.select import Shape, make_plan
-from minitron.prune.stream import prune_checkpoint
+from minitron.prune.shard_writer import prune_checkpoint
 from minitron.testing import tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic_checkpoint.py"

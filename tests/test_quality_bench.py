@@ -62,7 +62,7 @@ def test_magnitude_scores_follow_their_definitions(qs, tiny_model_dir):
 
 
 def test_random_scores_are_seeded_and_prune_accepts_saved_scores(qs, tiny_model_dir, tmp_path):
-    from minitron.prune.run import PruneOptions, prune
+    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.select import Shape
 
     arch = open_checkpoint(tiny_model_dir).arch

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from minitron.errors import InputError
-from minitron.importance import run as score_run
-from minitron.importance.run import ScoreOptions, prepare, score_model
+from minitron.recipes import score as score_run
+from minitron.recipes.score import ScoreOptions, prepare, score_model
 from minitron.importance.scores import Scores
 
 OPTS = {"samples": 5, "seq_len": 32, "batch_size": 2, "device": "cpu"}

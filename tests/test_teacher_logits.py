@@ -44,7 +44,7 @@ def cache16(tiny_model_dir, text_file, tmp_path_factory) -> Path:
 def test_cache_format_and_contents(tiny_model_dir, text_file, cache16):
     from minitron.data import load_blocks
     from minitron.distill.logit_cache import TeacherLogits
-    from minitron.distill.topk import teacher_bins
+    from minitron.losses.topk import teacher_bins
     from minitron.models.checkpoint import load_model, load_tokenizer
 
     index = json.loads((cache16 / "index.json").read_text())

@@ -77,7 +77,7 @@ def test_teacher_and_pruned_serve_in_vllm_with_transformers_greedy_tokens(pruned
 
     from rich.console import Console
 
-    from minitron.evaluate.table import render
+    from minitron.cli.eval_table import render
 
     buf = io.StringIO()
     render(doc, Console(file=buf, width=400))

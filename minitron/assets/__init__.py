@@ -17,11 +17,3 @@ def bundled_models() -> dict[str, Path]:
     """Name -> directory of every bundled model: the reference configs and the demo teachers (with weights)."""
     return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher",
             "demo-moe-teacher": ASSETS / "demo" / "moe-teacher"}
-
-
-def resolve_model_path(path: str | Path, *, weights: bool = False, revision: str | None = None,
-                       flag: str = "MODEL") -> Path:
-    """A path as given, a bundled name, or a hub id resolved through the Hugging Face cache (`minitron.hub`)."""
-    from minitron.hub import resolve_model
-
-    return resolve_model(path, weights=weights, revision=revision, flag=flag)

@@ -169,7 +169,7 @@ def made_by_demo(out: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------ stages
 def _inspect(teacher: Path, fraction: float | None) -> tuple[dict, int | None]:
-    from minitron.models.describe import describe
+    from minitron.recipes.inspect import describe
 
     doc = describe(teacher, context_length=CONTEXT, dtype="bf16", engine=None)  # weights + KV + state: no engine terms
     total = doc["memory"]["total_bytes"]
@@ -224,7 +224,7 @@ def _result(docs: dict, arch_doc, budget_bytes: int, seconds, total, out: Path) 
 
 
 def _render(doc: dict, eval_doc: dict, run: dict) -> None:
-    from minitron.evaluate.table import render
+    from minitron.cli.eval_table import render
 
     out = stdout()
     render(eval_doc, out)

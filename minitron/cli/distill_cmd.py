@@ -71,7 +71,7 @@ def command(
       torchrun --nproc-per-node 8 -m minitron distill --teacher 12b/ --student 9b/ --data train.jsonl --fsdp --global-batch-size 256 --steps 2000 --out 9b-distilled/
     """
     from minitron import distributed as dist
-    from minitron.distill.run import DistillOptions
+    from minitron.recipes.distill import DistillOptions
     from minitron.distill.trainer import TrainConfig
     from minitron.errors import InputError
 
@@ -94,7 +94,7 @@ def command(
     )  # fmt: skip
     if dry_run:
         return _dry_run(opts, json_out)
-    from minitron.models.checkpoint import resolve_device
+    from minitron.device import resolve_device
 
     with dist.session(resolve_device(device)):
         summary = _run(opts)
@@ -110,7 +110,7 @@ def command(
 
 def _run(opts):
     from minitron import distributed as dist
-    from minitron.distill.run import run_distill
+    from minitron.recipes.distill import run_distill
 
     bar = Progress(unit="steps", disable=not dist.is_main())
 
@@ -142,8 +142,8 @@ def render(doc: dict) -> None:
 
 
 def _dry_run(opts, json_out: bool) -> None:
-    """`--dry-run`: the memory plan (library: `minitron.distill.plan_run`), then exit 3 if it does not fit."""
-    from minitron.distill.plan_run import check_plan, memory_plan
+    """`--dry-run`: the memory plan (library: `minitron.recipes.distill_plan`), then exit 3 if it does not fit."""
+    from minitron.recipes.distill_plan import check_plan, memory_plan
 
     doc = memory_plan(opts)
     if json_out:

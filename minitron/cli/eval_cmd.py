@@ -184,7 +184,7 @@ def command(
 
       minitron eval --task-dir
     """
-    from minitron.evaluate.compare import EvalOptions, evaluate_models
+    from minitron.recipes.eval import EvalOptions, evaluate_models
     from minitron.evaluate.throughput import ThroughputSettings
     from minitron.evaluate.vllm_check import VllmSettings
     from minitron.memory import make_budget
@@ -234,7 +234,7 @@ def command(
     if json_out:
         emit_json(doc)
         return
-    from minitron.evaluate.table import render
+    from minitron.cli.eval_table import render
 
     render(doc, stdout())
     if out is not None:

@@ -31,7 +31,7 @@ from minitron.cli.common import (
     with_revision,
 )
 from minitron.memory import GPU_PRESETS, describe_memory, make_budget
-from minitron.models.describe import describe
+from minitron.recipes.inspect import describe
 
 # The memory table's rows: every term of the memory model (docs/serving.md).
 MEMORY_TERMS = (

@@ -116,7 +116,7 @@ def command(
       minitron prune nemotron-3-nano-30b-a3b --target-params 22B --target-active-params 3B --dry-run
     """
     from minitron.memory import make_budget, parse_size
-    from minitron.prune.run import PruneOptions, prune
+    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.search import parse_params
     from minitron.prune.select import Shape
 

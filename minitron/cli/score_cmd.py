@@ -78,7 +78,7 @@ def command(
       torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
     """
     from minitron import distributed
-    from minitron.importance.run import ScoreOptions, prepare, run
+    from minitron.recipes.score import ScoreOptions, prepare, run, write_outputs
     from minitron.io import check_output_dir
 
     opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,
@@ -97,35 +97,6 @@ def command(
         if main:
             doc = write_outputs(out, p, result, overwrite=overwrite)
             emit_json(doc) if json_out else render(doc)
-
-
-def write_outputs(out: Path, p, result, *, overwrite: bool) -> dict:
-    from minitron.data import data_fingerprints
-    from minitron.importance.plot import plot_importance
-    from minitron.importance.summary import concentration, least_important_layers
-    from minitron.io import atomic_output_dir, write_provenance
-
-    t = result.scores.tensors
-    doc = {
-        "out": str(out),
-        "model": str(p.ckpt.path),
-        "model_fingerprint": result.scores.fingerprint,
-        "metric": p.opts.layer_metric,
-        **({"expert_metric": p.opts.expert_metric} if p.arch.moe_layers() else {}),
-        "aggregation": str(p.agg),
-        **result.info,
-        "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),
-        "concentration": concentration(t),
-        "tensors": {k: list(v.shape) for k, v in sorted(t.items())},
-        "files": ["scores.safetensors", "minitron.json", "importance.png"],
-    }
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        result.scores.save(tmp)
-        plot_importance(t, p.arch.pattern, p.opts.layer_metric, tmp / "importance.png", expert_metric=p.opts.expert_metric)
-        inputs = {"model": str(p.ckpt.path), "model_fingerprint": result.scores.fingerprint,
-                  "data": data_fingerprints(p.data)}
-        write_provenance(tmp, "score", p.opts.to_dict(), inputs=inputs, result=doc)
-    return doc
 
 
 def render(doc: dict) -> None:

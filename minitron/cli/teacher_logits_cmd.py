@@ -52,7 +52,7 @@ def command(
 
       minitron distill --teacher base/ --student pruned/ --data train.jsonl --seq-len 4096 --teacher-logits base-logits/ --steps 1000 --out distilled/
     """
-    from minitron.distill.cache_run import TeacherLogitsOptions, run_teacher_logits
+    from minitron.recipes.teacher_logits import TeacherLogitsOptions, run_teacher_logits
 
     opts = TeacherLogitsOptions(
         model=model, data=list(data), out=out, seq_len=seq_len, top_k=top_k, temperature=temperature,

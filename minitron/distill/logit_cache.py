@@ -64,10 +64,10 @@ def write_split(teacher, blocks, out_dir: Path, split: str, *, k: int, temperatu
     import torch
     from safetensors.torch import save_file
 
-    from minitron.distill.losses import auto_chunk
+    from minitron.losses.divergence import auto_chunk
     from minitron.distill.teacher import autocast
-    from minitron.distill.topk import teacher_bins
-    from minitron.models.checkpoint import torch_dtype
+    from minitron.losses.topk import teacher_bins
+    from minitron.dtypes import torch_dtype
 
     n, seq_len = blocks.shape
     v = int(teacher.config.vocab_size)
@@ -167,7 +167,7 @@ class TeacherLogits:
             self._check_shards(split)
 
     def _check_shards(self, split: Split) -> None:
-        from minitron.models.checkpoint import read_safetensors_header
+        from minitron.models.safetensors_io import read_header as read_safetensors_header
 
         at = 0
         cols = self.k + int(self.tail)

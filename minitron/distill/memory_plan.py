@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE
 
 GiB = 1024**3
 CPU_RUNTIME = 560 * 2**20  # Python + torch + transformers + tokenizer, measured (`benchmarks/bench_memory_plan.py`)

@@ -29,10 +29,11 @@ input embedding's tensor, as in `from_pretrained`.
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from minitron.dtypes import torch_dtype_of_code
+from minitron.models.safetensors_io import header_length
 from minitron.errors import CheckpointError
 from minitron.models.tensors import canonical_name
 
@@ -75,9 +76,7 @@ def resolve_sources(module_shapes: dict[str, tuple[int, ...]], entries: dict) ->
     return out
 
 
-_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
+
 
 
 class _Reader:
@@ -94,15 +93,14 @@ class _Reader:
     def _open(self, file: str):
         if file not in self.files:
             f = open(self.directory / file, "rb")  # noqa: SIM115 (closed in close())
-            (n,) = struct.unpack("<Q", f.read(8))
-            self.files[file], self.data_start[file] = f, 8 + n
+            self.files[file], self.data_start[file] = f, 8 + header_length(f)
         return self.files[file]
 
     def _read(self, e, first: int, count: int):
         """Rows [first, first + count) of entry `e` (C-contiguous: a row is prod(shape[1:]) elements)."""
         import torch
 
-        dtype = getattr(torch, _TORCH_DTYPES[e.dtype])
+        dtype = torch_dtype_of_code(e.dtype)
         shape = (count, *e.shape[1:]) if e.shape else ()
         out = torch.empty(shape, dtype=dtype)
         row = e.nbytes // e.shape[0] if e.shape and e.shape[0] else e.nbytes
@@ -173,7 +171,7 @@ def build_empty(path: str | Path, dtype: str | None):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from minitron.models.checkpoint import torch_dtype
+    from minitron.dtypes import torch_dtype
 
     config = AutoConfig.from_pretrained(Path(path))
     with init_empty_weights(include_buffers=False):

@@ -13,13 +13,13 @@ import contextlib
 import torch
 
 from minitron import distributed as dist
-from minitron.distill.losses import DEFAULT_CHUNK, distill_loss, lm_loss, topk_distill_loss
+from minitron.losses.divergence import DEFAULT_CHUNK, distill_loss, lm_loss, topk_distill_loss
 
 
 def autocast(device: str, dtype: str | None):
     if dtype in (None, "fp32", "float32"):
         return contextlib.nullcontext()
-    from minitron.models.checkpoint import torch_dtype
+    from minitron.dtypes import torch_dtype
 
     return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
 

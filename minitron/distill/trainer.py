@@ -1,7 +1,7 @@
 """The distillation loop: a frozen teacher, a training student, AdamW, a schedule, evaluation.
 
 In-memory only: models and token blocks in, metrics out; files (checkpoints, metrics.jsonl, the
-final model) are the business of `minitron.distill.run`, which calls `Trainer.train` with callbacks.
+final model) are the business of `minitron.recipes.distill`, which calls `Trainer.train` with callbacks.
 
 One optimiser step reads `global_batch_size` blocks. Under torchrun each of the `world` ranks takes
 a contiguous `global / world` share of them, in micro-batches of `micro_batch_size`, so gradient
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minitron import distributed as dist
-from minitron.distill.losses import DEFAULT_CHUNK, check_kind, lm_loss
+from minitron.losses.divergence import DEFAULT_CHUNK, check_kind, lm_loss
 from minitron.distill.sampling import Mix, Uniform, rank_micro_batches
 from minitron.distill.schedule import SCHEDULES, Schedule
 from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the stable import path)
@@ -94,15 +94,8 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-_autocast, _logits, _reduce_sum = autocast, logits_of, reduce_sum  # the names this module used to define
-
-
 def unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def _logits(model, ids):
-    return model(input_ids=ids, use_cache=False).logits  # [B, L, V]
 
 
 def rng_state() -> dict:
@@ -255,8 +248,8 @@ class Trainer:
             lm = None if self.train_masks is None else self.train_masks[idx].to(self.device)
             target = self.source.output("train", idx, ids, self.device, cfg.autocast_dtype)  # logits or cached bins
             with self._sync(last=i == len(micro) - 1):
-                with _autocast(self.device, cfg.autocast_dtype):
-                    s_logits = _logits(self.student, ids)  # [micro, L, V]
+                with autocast(self.device, cfg.autocast_dtype):
+                    s_logits = logits_of(self.student, ids)  # [micro, L, V]
                 # Resident teacher: the gradient w.r.t. the student logits is written over its logits (no new [N, V]).
                 kd = kd_loss(s_logits, target, kl_mask(lm), kind=cfg.loss, temperature=cfg.temperature,
                              top_k=cfg.top_k, chunk_size=cfg.chunk_size)  # fmt: skip
@@ -282,7 +275,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.advance()
         self.step += 1
-        sums = _reduce_sum(sums, self.device)
+        sums = reduce_sum(sums, self.device)
         dt = time.perf_counter() - t0
         self.train_time += dt
         self.trained_tokens += g * L

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from minitron.errors import InputError
+
 ATTENTION_C, FFN_C, MAMBA_C, MOE_C = "attention", "ffn", "mamba", "moe"
 
 
@@ -52,7 +54,8 @@ class Family:
     modules: ModuleNames
 
     # ------------------------------------------------------------------ config <-> architecture
-    def read(self, cfg: dict):  # -> Architecture
+    def read(self, cfg: dict) -> dict:
+        """The `Architecture` fields of a config (`Architecture.from_config` builds and validates it)."""
         raise NotImplementedError
 
     def write(self, arch) -> dict:
@@ -133,6 +136,20 @@ class Family:
 
     def fix_meta_model(self, model, config, device) -> None:
         """Rebuild non-persistent buffers of a model built on the meta device (rotary tables)."""
+
+
+def config_getter(cfg: dict):
+    """`get(key, default=None, *aliases)`: a config value; a missing key without a default is an error."""
+
+    def get(key, default=None, *aliases):
+        for k in (key, *aliases):
+            if k in cfg and cfg[k] is not None:
+                return cfg[k]
+        if default is None:
+            raise InputError(f"config.json: missing `{key}`")
+        return default
+
+    return get
 
 
 def submodule(root, path: str):

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, ModuleNames, config_getter
 from minitron.families.parts import stacked_model_specs
-from minitron.models.layers import ATTENTION
+from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "attention", "mlp", "norm")
@@ -67,13 +67,12 @@ class DenseFamily(Family):
 
     # ------------------------------------------------------------------ config <-> architecture
     def read(self, cfg: dict):
-        from minitron.models.architecture import Architecture, config_getter
 
         get = config_getter(cfg)
         n_layers, hidden, n_heads = int(get("num_hidden_layers")), int(get("hidden_size")), int(get("num_attention_heads"))
         bias = {"config": bool(cfg.get("attention_bias", False)), "always": True, "never": False}[self.v.attention_bias]
         window, types = self._sliding(cfg, n_layers)
-        return Architecture(
+        return dict(
             family=self.name,
             pattern=ATTENTION * n_layers,
             vocab_size=int(get("vocab_size")),

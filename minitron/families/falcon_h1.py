@@ -29,7 +29,7 @@ so a layer holds all three components (`attention`, `mamba`, `ffn`). Checked aga
 
 from __future__ import annotations
 
-from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, ModuleNames, config_getter
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import (
     attention_params,
@@ -38,7 +38,7 @@ from minitron.families.parts import (
     gated_mlp_specs,
     stacked_model_specs,
 )
-from minitron.models.layers import ATTENTION
+from minitron.models.layer_types import ATTENTION
 from minitron.models.tensors import HIDDEN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "norm")
@@ -51,7 +51,6 @@ class FalconH1(Family):
 
     # ------------------------------------------------------------------ config <-> architecture
     def read(self, cfg: dict):
-        from minitron.models.architecture import Architecture, config_getter
 
         get = config_getter(cfg)
         hidden, n_heads = int(get("hidden_size")), int(get("num_attention_heads"))
@@ -60,7 +59,7 @@ class FalconH1(Family):
         d_ssm = int(get("mamba_expand", 2)) * hidden if d_ssm is None else int(d_ssm)
         d_head = cfg.get("mamba_d_head", "auto")
         bias = bool(cfg.get("attention_bias", False))
-        return Architecture(
+        return dict(
             family=self.name,
             pattern=ATTENTION * int(get("num_hidden_layers")),
             vocab_size=int(get("vocab_size")),

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, MOE_C, ModuleNames, config_getter
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import (
     attention_params,
@@ -53,7 +53,7 @@ from minitron.families.parts import (
     gated_mlp_specs,
     stacked_model_specs,
 )
-from minitron.models.layers import ATTENTION, MAMBA, pattern_from_config, set_pattern
+from minitron.models.layer_types import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
@@ -95,7 +95,6 @@ class MambaHybridFamily(Family):
         return pattern_from_config({"layer_types": cfg.get("layer_types") or ["mamba"] * cfg["num_hidden_layers"]})
 
     def read(self, cfg: dict):
-        from minitron.models.architecture import Architecture, config_getter
 
         get = config_getter(cfg)
         experts = int(cfg.get("num_local_experts") or 0) if self.name == "granitemoehybrid" else 0
@@ -105,7 +104,7 @@ class MambaHybridFamily(Family):
         d_head = cfg.get("mamba_d_head", "auto")
         d_head = expand * hidden // m_heads if d_head in (None, "auto") else int(d_head)
         bias = bool(cfg.get("attention_bias", False))
-        return Architecture(
+        return dict(
             family=self.name,
             pattern=self._pattern(cfg),
             vocab_size=int(get("vocab_size")),

@@ -13,9 +13,9 @@ when the config says `tie_word_embeddings` (checked against the built model in t
 
 from __future__ import annotations
 
-from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, MOE_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, MOE_C, ModuleNames, config_getter
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, KV, MOE_FFN, SHARED_FFN, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "moe", "norm")
@@ -30,13 +30,12 @@ class NemotronH(Family):
 
     # ------------------------------------------------------------------ config <-> architecture
     def read(self, cfg: dict):
-        from minitron.models.architecture import Architecture, config_getter
 
         pattern = pattern_from_config(cfg)
         get = config_getter(cfg)
         n_heads = int(get("num_attention_heads", 1 if ATTENTION not in pattern else None))
         moe = MOE in pattern
-        return Architecture(
+        return dict(
             family=self.name,
             pattern=pattern,
             vocab_size=int(get("vocab_size")),

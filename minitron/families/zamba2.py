@@ -41,10 +41,10 @@ What is cut, and what is refused (`unsupported_axes`, `fixed_layer_types`):
 
 from __future__ import annotations
 
-from minitron.families.base import ATTENTION_C, FFN_C, MAMBA_C, Family, HookPoint, ModuleNames
+from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, ModuleNames, config_getter
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import stacked_model_specs
-from minitron.models.layers import ATTENTION, MAMBA
+from minitron.models.layer_types import ATTENTION, MAMBA
 from minitron.models.tensors import FFN, HIDDEN, KV, Q, TensorSpec, fixed, one
 
 COMPONENTS = ("embedding", "lm_head", "mamba", "attention", "mlp", "adapters", "norm")
@@ -59,7 +59,6 @@ class Zamba2(Family):
     # ------------------------------------------------------------------ config <-> architecture
     def read(self, cfg: dict):
         from minitron.errors import InputError
-        from minitron.models.architecture import Architecture, config_getter
 
         get = config_getter(cfg)
         n = int(get("num_hidden_layers", 54))
@@ -73,7 +72,7 @@ class Zamba2(Family):
             raise InputError(f"config.json: `layers_block_type` lists {len(types)} layers, num_hidden_layers is {n}")
         hidden, heads = int(get("hidden_size", 2560)), int(get("num_attention_heads", 32))
         m_heads, expand = int(get("n_mamba_heads", 8)), int(get("mamba_expand", 2))
-        return Architecture(
+        return dict(
             family=self.name,
             pattern="".join(_TYPES[t] for t in types),
             vocab_size=int(get("vocab_size", 32000)),

@@ -3,7 +3,7 @@ skip-one-block layer metrics in one go.
 
 A *source* provides the model's pieces as context managers, so the same loop runs an in-memory model
 (`InMemorySource`, batch-major: each micro-batch goes through every layer) and a model streamed from
-its safetensors files (`minitron.streaming.StreamingSource`, layer-major: each block is materialised
+its safetensors files (`minitron.models.block_stream.StreamingSource`, layer-major: each block is materialised
 once and applied to every micro-batch, then freed).
 
 Per micro-batch, with h the running hidden state [B, T, hidden]:
@@ -25,13 +25,8 @@ import contextlib
 
 import torch
 
-from minitron.importance.layers import (
-    LOGIT_METRICS,
-    cosine_distance,
-    kl_from_logp,
-    mse_per_token,
-    nll_from_logp,
-)
+from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS, cosine_distance, finalize_layer_scores, mse_per_token
+from minitron.losses.reference import kl_from_logp, nll_from_logp
 
 HEAD_ROWS = 1024
 
@@ -177,3 +172,23 @@ def stat_shapes(n_layers: int, layer_metric: str | None) -> dict:
     if layer_metric in LOGIT_METRICS:
         shapes.update(layer_kl=(n_layers,), layer_mse=(n_layers,), layer_loss=(n_layers,), ref_loss=(1,))
     return shapes
+
+
+def layer_scores(model, blocks, metric: str = "kl", batch_size: int = 8, skip=frozenset(), progress=None):
+    """Importance of every layer of an in-memory `NemotronHForCausalLM` -> [num_layers] float32.
+
+    `blocks`: [n_samples, seq_len] token ids. `skip`: layers already removed; they are skipped in
+    every pass (the model is evaluated as if they were gone) and score 0. `progress`: optional
+    callable `progress(done, total)`.
+    """
+    from minitron.importance.aggregate import Stats
+    from minitron.models.architecture import Architecture
+
+    if metric not in LAYER_METRICS:
+        raise ValueError(f"unknown layer metric {metric!r} (expected one of {', '.join(LAYER_METRICS)})")
+    arch = Architecture.from_config(model.config.to_dict())
+    source = InMemorySource(model)
+    stats = Stats()
+    run_engine(source, blocks, batch_size=batch_size, layer_metric=metric, skip=frozenset(skip), stats=stats,
+               collector=None, progress=progress)
+    return finalize_layer_scores(stats, arch.num_layers, frozenset(skip))[metric]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE
 
 COLORS = {MAMBA: "tab:blue", MLP: "tab:orange", ATTENTION: "tab:green", MOE: "tab:purple"}
 NAMES = {MAMBA: "Mamba", MLP: "MLP", ATTENTION: "attention", MOE: "MoE"}

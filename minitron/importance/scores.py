@@ -21,39 +21,24 @@ Tensors (all finite, non-negative, larger = more important):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from minitron.axes import SCORED
 from minitron.errors import InputError
+from minitron.models.safetensors_io import write_file as write_safetensors
 from minitron.models.architecture import Architecture
 
 SCORES_FILE = "scores.safetensors"
-WIDTH_AXES = ("hidden", "ffn", "attention_heads", "kv_heads", "mamba_heads", "mamba_head_dim")
-MOE_AXES = ("experts", "moe_ffn", "shared_expert_ffn")  # only in the scores of a model with MoE layers
+WIDTH_AXES = tuple(ax.unit for ax in SCORED if ax.component != "moe")
+MOE_AXES = tuple(ax.unit for ax in SCORED if ax.component == "moe")  # only in the scores of a model with MoE layers
 
 
 def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    n_ffn, n_attn, n_mamba = len(arch.ffn_layers()), len(arch.attention_layers()), len(arch.mamba_layers())
-    return {
-        "hidden": (arch.hidden_size,),
-        "ffn": (n_ffn, arch.intermediate_size if n_ffn else 0),
-        "attention_heads": (n_attn, arch.num_attention_heads if n_attn else 0),
-        "kv_heads": (n_attn, arch.num_key_value_heads if n_attn else 0),
-        "mamba_heads": (n_mamba, arch.mamba_num_heads if n_mamba else 0),
-        "mamba_head_dim": (n_mamba, arch.mamba_head_dim if n_mamba else 0),
-        "layers": (arch.num_layers,),
-        **moe_shapes(arch),
-    }
-
-
-def moe_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    """The MoE score tensors (none for a model without MoE layers)."""
-    n = len(arch.moe_layers())
-    if not n:
-        return {}
-    e = arch.n_routed_experts
-    return {"experts": (n, e), "moe_ffn": (n, e, arch.moe_intermediate_size),
-            "shared_expert_ffn": (n, arch.moe_shared_expert_intermediate_size)}
+    """Name -> shape of every tensor `scores.safetensors` must hold for `arch` (the MoE ones only with MoE layers)."""
+    out = {ax.unit: ax.score_shape(arch) for ax in SCORED if ax.component != "moe" or ax.present(arch)}
+    out["layers"] = (arch.num_layers,)
+    return out
 
 
 @dataclass
@@ -61,13 +46,9 @@ class Scores:
     tensors: dict  # name -> torch.Tensor (float32, CPU)
     metric: str = "kl"
     fingerprint: str | None = None
-    meta: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str):
         return self.tensors[name]
-
-    def get(self, name: str, default=None):
-        return self.tensors.get(name, default)
 
     def validate(self, arch: Architecture, *, flag: str = "--scores") -> None:
         import torch
@@ -117,37 +98,4 @@ class Scores:
             except json.JSONDecodeError:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
-        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, meta=prov)
-
-
-def write_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """A safetensors file with a deterministic header (the library orders metadata by hash).
-
-    Layout: 8-byte little-endian header length, the JSON header (space-padded to a multiple of 8),
-    then each tensor's bytes in sorted-name order.
-    """
-    import struct
-
-    codes = {"torch.float32": "F32", "torch.float64": "F64", "torch.bfloat16": "BF16", "torch.float16": "F16",
-             "torch.int64": "I64", "torch.int32": "I32"}
-    header: dict = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
-    blobs, off = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        raw = t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": codes[str(t.dtype)], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None)

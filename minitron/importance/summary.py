@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from minitron.importance.scores import MOE_AXES, WIDTH_AXES
-from minitron.models.layers import layer_name
+from minitron.models.layer_types import layer_name
 
 
 def gini(values) -> float:

@@ -12,7 +12,7 @@ an MLP), so the shared code asks `attention_layers()`, `ffn_layers()`, `mamba_la
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from minitron.errors import InputError
@@ -66,7 +66,7 @@ class Architecture:
 
         if not isinstance(cfg, dict):
             raise InputError("config.json must hold a JSON object")
-        arch = family_for_config(cfg).read(cfg)
+        arch = cls(**family_for_config(cfg).read(cfg))
         arch.validate()
         return arch
 
@@ -108,11 +108,6 @@ class Architecture:
     def to_config(self) -> dict:
         """The config dict of this architecture: the original config with sizes and layers rewritten."""
         return self.impl.write(self)
-
-    def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("raw")
-        return d
 
     # ------------------------------------------------------------------ layers
     @property
@@ -180,37 +175,15 @@ class Architecture:
 
     # ------------------------------------------------------------------ prunable units
     def unit_counts(self) -> dict[str, int]:
-        """How many units each prunable axis has (per layer where the axis is per layer)."""
-        attn, mamba = bool(self.attention_layers()), bool(self.mamba_layers())
-        return {
-            "hidden": self.hidden_size,
-            "ffn": self.intermediate_size if self.ffn_layers() else 0,
-            "attention_heads": self.num_attention_heads if attn else 0,
-            "kv_heads": self.num_key_value_heads if attn else 0,
-            "mamba_heads": self.mamba_num_heads if mamba else 0,
-            "mamba_head_dim": self.mamba_head_dim if mamba else 0,
-            **self.impl.moe_unit_counts(self),
-            "layers": self.num_layers,
-        }
+        """How many units each prunable axis has (per layer where the axis is per layer; 0: none of its layers)."""
+        from minitron.axes import AXES
 
-
-def config_getter(cfg: dict):
-    """`get(key, default=None, *aliases)`: a config value; a missing key without a default is an error."""
-
-    def get(key, default=None, *aliases):
-        for k in (key, *aliases):
-            if k in cfg and cfg[k] is not None:
-                return cfg[k]
-        if default is None:
-            raise InputError(f"config.json: missing `{key}`")
-        return default
-
-    return get
+        return {**{ax.unit: ax.units(self) for ax in AXES}, "layers": self.num_layers}
 
 
 def read_config(path: str | Path) -> dict:
     """Read config.json from a model directory or a path to the file itself."""
-    from minitron.assets import resolve_model_path
+    from minitron.hub import resolve_model_path
 
     p = resolve_model_path(path)
     cfg_path = p / "config.json" if p.is_dir() else p

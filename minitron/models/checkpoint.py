@@ -8,16 +8,15 @@ work starts. `load_model()` then builds transformers' own model class.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minitron.errors import CheckpointError, InputError
+from minitron.dtypes import CODE_BYTES, torch_dtype
+from minitron.models.safetensors_io import read_header as read_safetensors_header
+from minitron.errors import CheckpointError, InputError, MinitronError
 from minitron.models.architecture import Architecture, read_config
 from minitron.models.tensors import TensorSpec, base_prefix, canonical_name, model_specs
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
@@ -37,38 +36,6 @@ class TensorEntry:
         return self.offsets[1] - self.offsets[0]
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a .safetensors file, checked against the file's size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path.name}: truncated safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100 * 2**20:
-                raise CheckpointError(f"{path.name}: corrupt safetensors header (claims {n} bytes)")
-            if n > size - 8:
-                raise CheckpointError(
-                    f"{path.name}: truncated safetensors file (header of {n} bytes, file of {size} bytes)"
-                )
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"{path.name}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path.name}: corrupt safetensors header") from None
-    data_len = size - 8 - n
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        end = meta.get("data_offsets", [0, 0])[1]
-        if end > data_len:
-            raise CheckpointError(
-                f"{path.name}: truncated: tensor {key} ends at byte {end} of a {data_len}-byte data section"
-            )
-    return header
-
-
 @dataclass
 class Checkpoint:
     """A model directory: its config, architecture and (if present) the tensors' headers."""
@@ -81,7 +48,7 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | Path, *, require_weights: bool = False, fetch_weights: bool | None = None) -> Checkpoint:
         """`fetch_weights` (default: `require_weights`): download a hub model's shards too."""
-        from minitron.assets import resolve_model_path
+        from minitron.hub import resolve_model_path
 
         p = resolve_model_path(path, weights=require_weights if fetch_weights is None else fetch_weights)
         config = read_config(p)
@@ -172,7 +139,7 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{self.path}: tensor {found[name].key} has shape {list(got)} but config.json implies {list(spec.shape)}"
                 )
-            if found[name].dtype not in DTYPE_BYTES:
+            if found[name].dtype not in CODE_BYTES:
                 raise CheckpointError(f"{self.path}: tensor {found[name].key} has unsupported dtype {found[name].dtype}")
 
 
@@ -207,34 +174,6 @@ def open_checkpoint(path: str | Path, *, require_weights: bool = False, check: b
     return ckpt
 
 
-def torch_dtype(name: str | None):
-    """`bf16`/`bfloat16`/`fp16`/`fp32`/... -> torch dtype (None -> None)."""
-    import torch
-
-    if name is None:
-        return None
-    table = {
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-        "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    }  # fmt: skip
-    key = str(name).lower().replace("torch.", "")
-    if key not in table:
-        raise InputError(f"unknown dtype {name!r} (expected bf16, fp16 or fp32)", flag="--dtype")
-    return table[key]
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no GPU is available", flag="--device")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError(f"unknown device {device!r} (expected auto, cpu or cuda[:N])", flag="--device")
-    return device
-
-
 def load_model(path: str | Path, *, dtype: str | None = None, device: str = "cpu", check: bool = True):
     """Load a checkpoint with transformers' own `AutoModelForCausalLM`, strictly, in eval mode."""
     import torch
@@ -260,6 +199,29 @@ def load_tokenizer(path: str | Path):
         return AutoTokenizer.from_pretrained(Path(path))
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"{path}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def open_model_dir(path, flag: str):
+    """A model directory with weights (a bundled name or hub id resolved), checked; errors name `flag`."""
+    from minitron.hub import resolve_model_path
+
+    path = resolve_model_path(path, weights=True, flag=flag)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
+    try:
+        return open_checkpoint(path, require_weights=True, check=True)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None
+
+
+def optional_tokenizer(path: Path, flag: str):
+    """The tokenizer of a model directory, or None when it has none; errors name `flag`."""
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return None
+    try:
+        return load_tokenizer(path)
+    except MinitronError as e:
+        raise InputError(str(e), flag=flag) from None
 
 
 def copy_side_files(src: Path, dst: Path) -> list[str]:

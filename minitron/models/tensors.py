@@ -77,10 +77,6 @@ def model_specs(arch, layout: str = "checkpoint") -> dict[str, TensorSpec]:
     return {s.name: s for s in arch.impl.model_specs(arch, layout)}
 
 
-def is_parameter(name: str) -> bool:
-    return not name.endswith("e_score_correction_bias")
-
-
 # ---------------------------------------------------------------------- checkpoint key names
 _BASE_PREFIXES = ("model.", "backbone.")
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.*)$")
@@ -117,8 +113,3 @@ def renumber_expert(canonical: str, new_index: int) -> str:
     """`layers.4.mixer.experts.7.up_proj.weight` -> `layers.4.mixer.experts.{new_index}.up_proj.weight`."""
     m = _EXPERT_RE.match(canonical)
     return f"{m.group(1)}{new_index}{m.group(3)}" if m else canonical
-
-
-def layer_of(canonical: str) -> int | None:
-    m = _LAYER_RE.match(canonical)
-    return int(m.group(1)) if m else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from minitron.axes import AXES, SCORED
 from minitron.models.architecture import Architecture
 from minitron.models.tensors import (
     EXPERTS,
@@ -64,19 +65,13 @@ class PrunePlan:
     @classmethod
     def keep_all(cls, arch: Architecture) -> PrunePlan:
         a = arch
-        return cls(
-            source=a,
-            hidden=tuple(range(a.hidden_size)),
-            ffn={i: tuple(range(a.intermediate_size)) for i in a.ffn_layers()},
-            q_heads={i: tuple(range(a.num_attention_heads)) for i in a.attention_layers()},
-            kv_heads={i: tuple(range(a.num_key_value_heads)) for i in a.attention_layers()},
-            mamba_heads={i: tuple(range(a.mamba_num_heads)) for i in a.mamba_layers()},
-            mamba_dims={i: tuple(range(a.mamba_head_dim)) for i in a.mamba_layers()},
-            experts={i: tuple(range(a.n_routed_experts)) for i in a.moe_layers()},
-            moe_ffn={i: {e: tuple(range(a.moe_intermediate_size)) for e in range(a.n_routed_experts)}
-                     for i in a.moe_layers()},
-            shared_ffn={i: tuple(range(a.moe_shared_expert_intermediate_size)) for i in a.moe_layers()},
-        )
+        plan = cls(source=a, hidden=tuple(range(a.hidden_size)))
+        for ax in SCORED[1:]:
+            every = tuple(range(ax.size(a)))
+            per_layer = getattr(plan, ax.plan)
+            for i in ax.layers(a):
+                per_layer[i] = {e: every for e in range(a.n_routed_experts)} if ax.per_expert else every
+        return plan
 
     # ------------------------------------------------------------------ facts
     def kept_layers(self) -> list[int]:
@@ -105,42 +100,27 @@ class PrunePlan:
             return {i: v for i, v in per_layer.items() if i in kept}
 
         pattern = "".join(a.pattern[i] for i in kept)
-        # Every kept expert of every kept MoE layer, as one "layer" each: their neuron counts must agree.
-        moe_ffn = {(i, e): self.moe_ffn[i][e] for i in kept if i in self.experts for e in self.experts[i]}
+        counts = {}
+        for ax in SCORED[1:]:
+            per_layer = getattr(self, ax.plan)
+            if ax.per_expert:  # every kept expert of every kept MoE layer, as one "layer" each
+                per_layer = {(i, e): per_layer[i][e] for i in kept if i in self.experts for e in self.experts[i]}
+            else:
+                per_layer = kept_only(per_layer)
+            counts[ax.field] = count(per_layer, ax.size(a), ax.label)
         return a.with_(
             pattern=pattern,
             layer_types=None if a.layer_types is None else tuple(a.layer_types[i] for i in kept),
             hidden_size=len(self.hidden),
-            intermediate_size=count(kept_only(self.ffn), a.intermediate_size, "FFN neuron"),
-            num_attention_heads=count(kept_only(self.q_heads), a.num_attention_heads, "query head"),
-            num_key_value_heads=count(kept_only(self.kv_heads), a.num_key_value_heads, "KV head"),
-            mamba_num_heads=count(kept_only(self.mamba_heads), a.mamba_num_heads, "Mamba head"),
-            mamba_head_dim=count(kept_only(self.mamba_dims), a.mamba_head_dim, "Mamba head-dim"),
-            n_routed_experts=count(kept_only(self.experts), a.n_routed_experts, "routed expert"),
-            moe_intermediate_size=count(moe_ffn, a.moe_intermediate_size, "expert neuron"),
-            moe_shared_expert_intermediate_size=count(kept_only(self.shared_ffn),
-                                                      a.moe_shared_expert_intermediate_size, "shared-expert neuron"),
             num_experts_per_tok=self.experts_per_token or a.num_experts_per_tok,
+            **counts,
         )
 
     def summary(self) -> dict:
-        """The `plan` object of `prune --json`."""
+        """The `plan` object of `prune --json`: every axis' pruned size (0: the model has none of its layers)."""
         t = self.target()
-        return {
-            "hidden_size": t.hidden_size,
-            "ffn_size": t.intermediate_size,
-            "mamba_heads": t.mamba_num_heads,
-            "mamba_head_dim": t.mamba_head_dim,
-            "attention_heads": t.num_attention_heads,
-            "kv_heads": t.num_key_value_heads,
-            "experts": t.n_routed_experts if t.moe_layers() else 0,
-            "moe_ffn_size": t.moe_intermediate_size if t.moe_layers() else 0,
-            "shared_expert_ffn_size": t.moe_shared_expert_intermediate_size if t.moe_layers() else 0,
-            "experts_per_token": t.num_experts_per_tok if t.moe_layers() else 0,
-            "num_layers": t.num_layers,
-            "dropped_layers": sorted(self.dropped_layers),
-            "pattern": t.pattern,
-        }
+        out = {ax.name: (ax.size(t) if ax.component != "moe" or ax.present(t) else 0) for ax in AXES}
+        return {**out, "num_layers": t.num_layers, "dropped_layers": sorted(self.dropped_layers), "pattern": t.pattern}
 
     def indices(self) -> dict:
         """The kept indices themselves (recorded in minitron.json)."""

@@ -11,7 +11,7 @@ here, and copied into a fresh transformers model built from the pruned config.
 
 from __future__ import annotations
 
-from minitron.models.layers import ATTENTION, MAMBA, MLP, MOE
+from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE
 from minitron.models.tensors import model_specs
 from minitron.prune.plan import PrunePlan
 

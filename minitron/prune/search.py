@@ -19,17 +19,18 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from minitron.axes import AXES as REGISTRY
+from minitron.axes import BY_NAME, NAMES
 from minitron.errors import InfeasibleError, InputError
-from minitron.memory import DTYPE_BYTES, Budget, GiB, estimate, norm_dtype, prefill_activation_bytes
+from minitron.memory import GiB, Serving, prefill_activation_bytes
+from minitron.dtypes import DTYPE_BYTES, norm_dtype
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
 from minitron.tensor_parallel import problems as tp_problems
 
-AXES = ("num_layers", "hidden_size", "ffn_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads",
-        "experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token")
+AXES = ("num_layers", *NAMES)  # the search axes: depth, then every axis of the registry
 LINEAR = ("ffn_size", "moe_ffn_size", "shared_expert_ffn_size")  # swept in closed form
-_ARCH_FIELD = {"ffn_size": "intermediate_size", "moe_ffn_size": "moe_intermediate_size",
-               "shared_expert_ffn_size": "moe_shared_expert_intermediate_size"}
+_ARCH_FIELD = {x: BY_NAME[x].field for x in LINEAR}
 EXPERT_STEP = 8
 WIDTH_CUT, DEPTH_CUT = 0.4, 0.2
 
@@ -145,16 +146,11 @@ def _moe_space(a: Architecture) -> dict[str, Range]:
 
 def check_space(arch: Architecture, space: dict[str, Range]) -> None:
     a = arch
-    limits = {"num_layers": a.num_layers, "hidden_size": a.hidden_size, "ffn_size": a.intermediate_size,
-              "mamba_heads": a.mamba_num_heads, "mamba_head_dim": a.mamba_head_dim,
-              "attention_heads": a.num_attention_heads, "kv_heads": a.num_key_value_heads,
-              "experts": a.n_routed_experts, "moe_ffn_size": a.moe_intermediate_size,
-              "shared_expert_ffn_size": a.moe_shared_expert_intermediate_size,
-              "experts_per_token": a.n_routed_experts}  # fmt: skip
+    limits = {"num_layers": a.num_layers, **{ax.name: ax.size(a) for ax in REGISTRY}}
+    limits["experts_per_token"] = a.n_routed_experts  # top-k may rise up to the experts
     refused = a.impl.unsupported_axes(a)
     for axis, r in space.items():
-        if axis in ("experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token") and r.hi \
-                and not a.moe_layers():
+        if axis in BY_NAME and BY_NAME[axis].component == "moe" and r.hi and not a.moe_layers():
             raise InputError(f"{axis}: this {a.family} model has no MoE layer", flag="--search")
         if r.hi > limits[axis]:
             raise InputError(f"{axis} max {r.hi} is larger than the model's {limits[axis]}", flag="--search")
@@ -177,30 +173,17 @@ def routable(a: Architecture, experts: int, k: int) -> bool:
     return experts % a.n_group == 0 and per >= 2 and k <= a.topk_group * per
 
 
-def enumerate_candidates(
-    arch: Architecture,
-    space: dict[str, Range],
-    *,
-    drop_order: list[int] | None,
-    keep_min: dict[str, int] | None = None,
-    budget: Budget | None = None,
-    target_params: int | None = None,
-    target_active_params: int | None = None,
-    context_length: int = 131072,
-    batch_size: int = 1,
-    dtype: str = "bf16",
-    state_dtype: str | None = None,
-    engine: str = "vllm",
-    kv_dtype: str | None = None,
-    prefill_chunk: int | None = None,
-    tensor_parallel: int = 1,
-) -> list[Candidate]:
-    """Every valid candidate of the space with its parameters (total, active), memory and whether it fits."""
+def enumerate_candidates(arch: Architecture, space: dict[str, Range], *, drop_order: list[int] | None,
+                         keep_min: dict[str, int] | None = None, target=None) -> list[Candidate]:
+    """Every valid candidate of the space with its parameters (total, active), memory and whether it meets
+    every limit of `target` (a `minitron.prune.target.Target`; None: the default `Serving`, no limit)."""
     a = arch
+    serving = target.serving if target is not None else Serving()
+    tensor_parallel = serving.tensor_parallel
     check_space(a, space)
     seq = drop_sequence(a, drop_order or [], keep_min or {})
     per_group = a.num_attention_heads // a.num_key_value_heads
-    bytes_per = DTYPE_BYTES[norm_dtype(dtype)]
+    bytes_per = DTYPE_BYTES[norm_dtype(serving.dtype)]
     others = ("hidden_size", "mamba_heads", "mamba_head_dim", "attention_heads", "kv_heads", "experts",
               "experts_per_token")
     linear = list(itertools.product(*(space[x].values() for x in LINEAR)))
@@ -232,9 +215,7 @@ def enumerate_candidates(
                     per_unit[x] = (one_more.total_params - p0, one_more.total_active_params - act0)
                 else:
                     per_unit[x] = (0, 0)
-            est0 = estimate(base, context_length=context_length, batch_size=batch_size, dtype=dtype,
-                            state_dtype=state_dtype, params=0, engine=engine, kv_dtype=kv_dtype,
-                            prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel)
+            est0 = serving.estimate(base, params=0)
             act_bytes = DTYPE_BYTES["bf16" if est0.dtype == "fp8" else est0.dtype]
             for values in linear:
                 widths = dict(zip(LINEAR, values, strict=True))
@@ -248,9 +229,7 @@ def enumerate_candidates(
                 if f and f != base.intermediate_size and base.ffn_layers():  # the MLP's prefill tensors grow with f
                     mem += prefill_activation_bytes(base.with_(intermediate_size=f), est0.prefill_tokens,
                                                     act_bytes, tensor_parallel) - est0.prefill_activation_bytes
-                fits = ((budget is None or mem <= budget.budget_bytes)
-                        and (target_params is None or params <= target_params)
-                        and (target_active_params is None or active <= target_active_params))
+                fits = target is None or target.fits(params, active, mem)
                 out.append(Candidate(n, h, f or a.intermediate_size, mh, mhd, q, kv, params, mem, fits,
                                      dropped, experts=ne, moe_ffn_size=widths["moe_ffn_size"],
                                      shared_expert_ffn_size=widths["shared_expert_ffn_size"], experts_per_token=topk,
@@ -264,9 +243,9 @@ def rank_by_params(cands: list[Candidate]) -> list[Candidate]:
                   key=lambda c: (-c.params, -c.num_layers, -c.hidden_size, -c.mamba_heads, -c.ffn_size))
 
 
-def require_feasible(cands: list[Candidate], *, budget: Budget | None, target_params: int | None,
-                     target_active_params: int | None = None) -> None:
-    """Raise (exit 3) when no candidate meets every target, naming the one the space cannot reach."""
+def require_feasible(cands: list[Candidate], target) -> None:
+    """Raise (exit 3) when no candidate meets every limit of `target`, naming the one the space cannot reach."""
+    budget, target_params, target_active_params = target.budget, target.params, target.active_params
     if not cands:
         raise InputError("the search space is empty (check --search and --drop-order / --keep-layer-types)",
                          flag="--search")

@@ -23,94 +23,53 @@ shape (`--dry-run` on a bare config), never to write weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
 
+from minitron.axes import AXES, BY_NAME, FLAGS
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
-from minitron.models.layers import LAYER_TYPE_NAMES, layer_char
+from minitron.models.layer_types import LAYER_TYPE_NAMES
 from minitron.prune.plan import PrunePlan
 
-SHAPE_FLAGS = {
-    "hidden_size": "--hidden-size",
-    "ffn_size": "--ffn-size",
-    "mamba_heads": "--mamba-heads",
-    "mamba_head_dim": "--mamba-head-dim",
-    "attention_heads": "--attention-heads",
-    "kv_heads": "--kv-heads",
-    "experts": "--experts",
-    "moe_ffn_size": "--moe-ffn-size",
-    "shared_expert_ffn_size": "--shared-expert-ffn-size",
-    "experts_per_token": "--experts-per-token",
-}
+SHAPE_FLAGS = FLAGS  # shape key -> its CLI flag
 
 
 @dataclass(frozen=True)
-class Shape:
-    """Width targets; None keeps the model's value."""
-
-    hidden_size: int | None = None
-    ffn_size: int | None = None
-    mamba_heads: int | None = None
-    mamba_head_dim: int | None = None
-    attention_heads: int | None = None
-    kv_heads: int | None = None
-    experts: int | None = None
-    moe_ffn_size: int | None = None
-    shared_expert_ffn_size: int | None = None
-    experts_per_token: int | None = None
-
+class _ShapeBase:
     def is_empty(self) -> bool:
         return all(v is None for v in asdict(self).values())
 
     def resolve(self, arch: Architecture) -> Shape:
         """Every value filled in from the model; `kv_heads` alone keeps the query heads of the kept groups."""
-        kv = self.kv_heads or arch.num_key_value_heads
-        q = self.attention_heads
-        if q is None:
-            q = arch.num_attention_heads // arch.num_key_value_heads * kv
-        return Shape(
-            hidden_size=self.hidden_size or arch.hidden_size,
-            ffn_size=self.ffn_size or arch.intermediate_size,
-            mamba_heads=self.mamba_heads or arch.mamba_num_heads,
-            mamba_head_dim=self.mamba_head_dim or arch.mamba_head_dim,
-            attention_heads=q,
-            kv_heads=kv,
-            experts=self.experts or arch.n_routed_experts,
-            moe_ffn_size=self.moe_ffn_size or arch.moe_intermediate_size,
-            shared_expert_ffn_size=self.shared_expert_ffn_size or arch.moe_shared_expert_intermediate_size,
-            experts_per_token=self.experts_per_token or arch.num_experts_per_tok,
-        )
+        values = {ax.name: getattr(self, ax.name) or ax.size(arch) for ax in AXES}
+        if self.attention_heads is None:
+            values["attention_heads"] = arch.num_attention_heads // arch.num_key_value_heads * values["kv_heads"]
+        return Shape(**values)
+
+
+# Width targets, one field per axis of `minitron.axes.AXES` (in its order); None keeps the model's value.
+Shape = make_dataclass("Shape", [(ax.name, "int | None", field(default=None)) for ax in AXES], bases=(_ShapeBase,),
+                       frozen=True)
+Shape.__module__ = __name__
 
 
 def validate_shape(arch: Architecture, shape: Shape) -> Shape:
     """The resolved shape, or a one-line error naming the flag at fault."""
-    original = {
-        "hidden_size": arch.hidden_size, "ffn_size": arch.intermediate_size, "mamba_heads": arch.mamba_num_heads,
-        "mamba_head_dim": arch.mamba_head_dim, "attention_heads": arch.num_attention_heads,
-        "kv_heads": arch.num_key_value_heads, "experts": arch.n_routed_experts,
-        "moe_ffn_size": arch.moe_intermediate_size, "shared_expert_ffn_size": arch.moe_shared_expert_intermediate_size,
-        "experts_per_token": arch.num_experts_per_tok,
-    }  # fmt: skip
     refused = arch.impl.unsupported_axes(arch)
-    units = arch.unit_counts()
-    has = {"hidden_size": True, "ffn_size": units["ffn"] > 0, "mamba_heads": units["mamba_heads"] > 0,
-           "mamba_head_dim": units["mamba_head_dim"] > 0, "attention_heads": units["attention_heads"] > 0,
-           "kv_heads": units["kv_heads"] > 0, "experts": units["experts"] > 0, "moe_ffn_size": units["moe_ffn"] > 0,
-           "shared_expert_ffn_size": units["shared_expert_ffn"] > 0,
-           "experts_per_token": units["experts_per_token"] > 0}  # fmt: skip
-    for key, value in asdict(shape).items():
-        if value is None or value == original[key]:
+    for ax in AXES:
+        value = getattr(shape, ax.name)
+        if value is None or value == ax.size(arch):
             continue
-        if key in refused:
-            raise InputError(f"cannot be cut: {refused[key]}", flag=SHAPE_FLAGS[key])
-        if not has[key]:
-            raise InputError(f"this {arch.family} model has no such units to cut", flag=SHAPE_FLAGS[key])
+        if ax.name in refused:
+            raise InputError(f"cannot be cut: {refused[ax.name]}", flag=ax.flag)
+        if not ax.units(arch):
+            raise InputError(f"this {arch.family} model has no such units to cut", flag=ax.flag)
         if value < 1:
-            raise InputError(f"must be >= 1, got {value}", flag=SHAPE_FLAGS[key])
-        if value > original[key] and key != "experts_per_token":  # top-k may rise, up to the kept experts
-            raise InputError(f"{value} is larger than the model's {original[key]}", flag=SHAPE_FLAGS[key])
+            raise InputError(f"must be >= 1, got {value}", flag=ax.flag)
+        if value > ax.size(arch) and not ax.may_grow:  # top-k may rise, up to the kept experts
+            raise InputError(f"{value} is larger than the model's {ax.size(arch)}", flag=ax.flag)
     s = shape.resolve(arch)
-    if has["mamba_heads"] and s.mamba_heads % arch.n_groups:
+    if arch.mamba_layers() and s.mamba_heads % arch.n_groups:
         raise InputError(
             f"{s.mamba_heads} Mamba heads is not a multiple of the model's {arch.n_groups} groups", flag="--mamba-heads"
         )
@@ -125,7 +84,7 @@ def validate_shape(arch: Architecture, shape: Shape) -> Shape:
             f"per group; the model has {per_group}",
             flag="--attention-heads",
         )
-    if has["experts"]:
+    if BY_NAME["experts"].units(arch):
         _check_routing(arch, s, shape)
     problem = arch.impl.target_problem(arch, shape_arch(arch, s))
     if problem:
@@ -151,11 +110,7 @@ def _check_routing(arch: Architecture, s: Shape, asked: Shape) -> None:
 
 def shape_arch(arch: Architecture, s: Shape) -> Architecture:
     """`arch` with the widths of a resolved shape (layers unchanged)."""
-    return arch.with_(hidden_size=s.hidden_size, intermediate_size=s.ffn_size, mamba_num_heads=s.mamba_heads,
-                      mamba_head_dim=s.mamba_head_dim, num_attention_heads=s.attention_heads,
-                      num_key_value_heads=s.kv_heads, n_routed_experts=s.experts, moe_intermediate_size=s.moe_ffn_size,
-                      moe_shared_expert_intermediate_size=s.shared_expert_ffn_size,
-                      num_experts_per_tok=s.experts_per_token)
+    return arch.with_(**{ax.field: getattr(s, ax.name) for ax in AXES})
 
 
 # ---------------------------------------------------------------------- ranking (pure)
@@ -179,9 +134,13 @@ def grouped_top_k(scores, n_groups: int, k_per_group: int) -> tuple[int, ...]:
 
 def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) -> PrunePlan:
     """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape."""
+    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers)
+
+
+def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=()) -> PrunePlan:
+    """`make_plan` of a shape already resolved and validated (`validate_shape`, as a `Target` holds it)."""
     import torch
 
-    s = validate_shape(arch, shape)
 
     def rows(name: str, n_rows: int, n: int):
         if scores is None:
@@ -228,41 +187,7 @@ def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) 
     return plan
 
 
-# ---------------------------------------------------------------------- depth
-def parse_layer_list(text: str, num_layers: int, flag: str) -> list[int]:
-    """`7,8,17` -> [7, 8, 17] (0-based, in the given order); errors name the flag."""
-    try:
-        out = [int(t) for t in str(text).replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise InputError(f"expected comma-separated 0-based layer indices, got {text!r}", flag=flag) from None
-    if not out:
-        raise InputError("no layer indices given", flag=flag)
-    bad = [i for i in out if not 0 <= i < num_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} is out of range (the model has {num_layers} layers: 0..{num_layers - 1})",
-                         flag=flag)
-    if len(set(out)) != len(out):
-        raise InputError("a layer is listed twice", flag=flag)
-    return out
-
-
-def parse_keep_types(text: str | None) -> dict[str, int]:
-    """`--keep-layer-types attention=4,mamba=20` (or `*=4,M=20`) -> {"*": 4, "M": 20}."""
-    if not text:
-        return {}
-    out = {}
-    for item in str(text).split(","):
-        name, sep, n = item.partition("=")
-        try:
-            out[layer_char(name.strip())] = int(n)
-            if not sep or int(n) < 0:
-                raise ValueError
-        except (ValueError, InputError):
-            raise InputError(f"expected TYPE=MIN items like attention=4,mamba=20; got {item!r}",
-                             flag="--keep-layer-types") from None
-    return out
-
-
+# ---------------------------------------------------------------------- depth (pure)
 def drop_sequence(arch: Architecture, order, keep_min: dict[str, int]) -> list[int]:
     """The layers of `order` that may go, in order, skipping those whose type would fall under its minimum
     or that the family can never drop."""

@@ -56,10 +56,11 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
     import json
 
     from minitron.data import data_fingerprints, load_dataset, parse_data_specs
-    from minitron.distill.run import _compute_dtype, _open_model_dir, _tokenizer
     from minitron.io import atomic_output_dir, check_output_dir, model_fingerprint, write_provenance
     from minitron.memory import parse_size
-    from minitron.models.checkpoint import load_model, resolve_device
+    from minitron.models.checkpoint import load_model
+    from minitron.device import auto_dtype, resolve_device
+    from minitron.models.checkpoint import open_model_dir, optional_tokenizer
 
     o.model, o.out = Path(o.model), Path(o.out)
     if o.top_k < 1:
@@ -73,8 +74,8 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
     if o.tokens is not None and o.tokens < 1:
         raise InputError(f"must be >= 1, got {o.tokens}", flag="--tokens")
     shard_bytes = parse_size(o.max_shard_size, flag="--max-shard-size")
-    ckpt = _open_model_dir(o.model, "MODEL")
-    tok = _tokenizer(o.model, "MODEL")
+    ckpt = open_model_dir(o.model, "MODEL")
+    tok = optional_tokenizer(o.model, "MODEL")
     if tok is None:
         raise InputError(f"{o.model} has no tokenizer files", flag="MODEL")
     check_output_dir(o.out, overwrite=o.overwrite, inputs=[o.model])
@@ -91,7 +92,7 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
                           max_positions=max_pos)  # fmt: skip
         splits["eval"] = (ev.take(o.eval_samples or ev.blocks.shape[0]), o.eval_data)
     device = resolve_device(o.device)
-    dtype = _compute_dtype(o.dtype, device)
+    dtype = auto_dtype(o.dtype, device)
     vocab = int(ckpt.arch.vocab_size)
     k = min(o.top_k, vocab)
     meta = {

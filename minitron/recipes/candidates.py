@@ -19,7 +19,7 @@ def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_bloc
     """For each candidate: {"proxy_kl", "proxy_loss"} of the candidate pruned in memory.
 
     The figures are `minitron eval`'s (`score_blocks`: mean next-token NLL, and the chunked forward
-    KL of `minitron.distill.losses` to the original), batch by batch: no [blocks x tokens x vocab]
+    KL of `minitron.losses.divergence` to the original), batch by batch: no [blocks x tokens x vocab]
     tensor is kept, which matters at a vocabulary of 131072. The original's forward runs again for
     each candidate; that is the price of bounded memory.
     """

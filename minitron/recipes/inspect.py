@@ -6,7 +6,7 @@ from pathlib import Path
 
 from minitron.memory import Budget, estimate, resolve_context
 from minitron.models.checkpoint import open_checkpoint
-from minitron.models.layers import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, MOE
+from minitron.models.layer_types import ATTENTION, LAYER_TYPE_NAMES, MAMBA, MLP, MOE
 
 
 def describe(

@@ -7,7 +7,7 @@ Metrics (pure functions, per token; larger = more important):
     loss    increase of the next-token cross-entropy (clamped at 0 in the final score)
     cosine  1 - cos(block input, block output): free, from the full pass alone
 
-`layer_scores()` is the library entry point (prune's `--iterative` depth pruning re-scores with it
+`minitron.importance.engine.layer_scores()` is the library entry point (prune's `--iterative` depth pruning re-scores with it
 after each removal). It does not pay N+1 full passes: the full pass runs once, and the input of every
 block is carried as the start of a "branch" in which that block is skipped; each later block is then
 applied to the live branches. Block i's branch costs only the suffix i+1..N-1 (N + N(N-1)/2 block
@@ -22,30 +22,9 @@ LAYER_METRICS = ("kl", "mse", "loss", "cosine")
 LOGIT_METRICS = ("kl", "mse", "loss")
 
 
-def kl_per_token(ref_logits, logits):
-    """[..., V] full-model and skipped-block logits -> [...] KL(p_ref || p) in nats (float32)."""
-    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    return kl_from_logp(ref_logp, ref_logp.exp(), torch.log_softmax(logits.float(), dim=-1))
-
-
-def kl_from_logp(ref_logp, ref_p, logp):
-    """KL(p_ref || p) from log-probabilities (the engine computes ref_logp and ref_p once per chunk)."""
-    return (ref_p * (ref_logp - logp)).sum(dim=-1).clamp_min(0)
-
-
 def mse_per_token(ref_logits, logits):
     """[..., V] -> [...] mean squared difference of the logits."""
     return (logits.float() - ref_logits.float()).pow(2).mean(dim=-1)
-
-
-def nll_per_token(logits, targets):
-    """[..., V] logits and [...] target ids -> [...] cross-entropy in nats."""
-    return nll_from_logp(torch.log_softmax(logits.float(), dim=-1), targets)
-
-
-def nll_from_logp(logp, targets):
-    """[..., V] log-probabilities (possibly more positions than targets) -> [len(targets)] nats."""
-    return -logp[: len(targets)].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def cosine_distance(x, y):
@@ -71,24 +50,3 @@ def finalize_layer_scores(stats, num_layers: int, skip=frozenset()) -> dict:
             t[i] = 0.0
         out[name] = t.float()
     return out
-
-
-def layer_scores(model, blocks, metric: str = "kl", batch_size: int = 8, skip=frozenset(), progress=None):
-    """Importance of every layer of an in-memory `NemotronHForCausalLM` -> [num_layers] float32.
-
-    `blocks`: [n_samples, seq_len] token ids. `skip`: layers already removed; they are skipped in
-    every pass (the model is evaluated as if they were gone) and score 0. `progress`: optional
-    callable `progress(done, total)`.
-    """
-    from minitron.importance.aggregate import Stats
-    from minitron.importance.engine import InMemorySource, run_engine
-    from minitron.models.architecture import Architecture
-
-    if metric not in LAYER_METRICS:
-        raise ValueError(f"unknown layer metric {metric!r} (expected one of {', '.join(LAYER_METRICS)})")
-    arch = Architecture.from_config(model.config.to_dict())
-    source = InMemorySource(model)
-    stats = Stats()
-    run_engine(source, blocks, batch_size=batch_size, layer_metric=metric, skip=frozenset(skip), stats=stats,
-               collector=None, progress=progress)
-    return finalize_layer_scores(stats, arch.num_layers, frozenset(skip))[metric]

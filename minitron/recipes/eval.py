@@ -122,15 +122,15 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
     from minitron.evaluate import perplexity, table, throughput
     from minitron.evaluate.harness import run_tasks
-    from minitron.memory import estimate, norm_dtype, resolve_context
-    from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint, resolve_device
+    from minitron.memory import estimate, resolve_context
+    from minitron.dtypes import norm_dtype
+    from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint
+    from minitron.device import auto_dtype, resolve_device
 
     rep = reporter or Reporter()
     opts.validate()
     device = resolve_device(opts.device)
-    dtype = (
-        ("bf16" if device.startswith("cuda") else "fp32") if opts.dtype == "auto" else norm_dtype(opts.dtype, fp8=False)
-    )
+    dtype = auto_dtype(opts.dtype, device)
     # ---------------------------------------------------------------- everything checked before loading
     ckpts = [open_checkpoint(p, require_weights=True) for p in opts.models]
     teacher_ckpt = open_checkpoint(opts.teacher, require_weights=True) if opts.teacher else None

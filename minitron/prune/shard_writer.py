@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitron import faults
-from minitron.models.checkpoint import DTYPE_BYTES, Checkpoint
+from minitron.models.checkpoint import Checkpoint
+from minitron.dtypes import CODE_BYTES
+from minitron.models.safetensors_io import encode_header
 from minitron.models.tensors import canonical_name, checkpoint_name, model_specs
 from minitron.prune.plan import PrunePlan, pruned_shape, stacked_indices, tensor_indices
 
@@ -41,7 +43,7 @@ class Item:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+        return math.prod(self.shape) * CODE_BYTES[self.dtype]
 
 
 def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
@@ -86,13 +88,11 @@ def split_shards(items: list[Item], max_shard_bytes: int) -> list[list[Item]]:
 
 def shard_header(items: list[Item]) -> bytes:
     """Length-prefixed safetensors JSON header (space-padded to 8 bytes) for `items` in order."""
-    header, off = {"__metadata__": {"format": "pt"}}, 0
+    entries, off = {}, 0
     for it in items:
-        header[it.out_key] = {"dtype": it.dtype, "shape": list(it.shape), "data_offsets": [off, off + it.nbytes]}
+        entries[it.out_key] = {"dtype": it.dtype, "shape": list(it.shape), "data_offsets": [off, off + it.nbytes]}
         off += it.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+    return encode_header(entries, {"format": "pt"})
 
 
 def read_pruned(handle, item: Item):

@@ -16,15 +16,15 @@ from minitron.errors import InfeasibleError, InputError, MinitronError
 
 
 def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None) -> dict:
-    from minitron.distill.losses import auto_chunk
+    from minitron.losses.divergence import auto_chunk
+    from minitron.device import auto_dtype
     from minitron.memory import make_budget
 
     if opts.nproc is not None and opts.nproc < 1:
         raise InputError(f"must be >= 1, got {opts.nproc}", flag="--nproc")
     budget = make_budget(gpu=opts.gpu, memory_budget=opts.memory_budget, headroom=0.0, reserve_gib=0.0)  # training: the whole GPU
     kind = "cuda" if (opts.gpu or str(device or opts.device).startswith("cuda")) else "cpu"
-    dtype = opts.dtype if opts.dtype not in (None, "auto") else ("bf16" if kind == "cuda" else "fp32")
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    dtype = auto_dtype(opts.dtype, kind)
     devices = opts.nproc or dist.world_size()
     base = PlanInput(
         teacher=teacher_arch, student=student_arch,
@@ -81,7 +81,7 @@ def memory_plan(opts, t_ckpt=None, s_ckpt=None, device: str | None = None) -> di
 def _open_config(path, flag: str):
     from pathlib import Path
 
-    from minitron.assets import resolve_model_path
+    from minitron.hub import resolve_model_path
     from minitron.models.checkpoint import open_checkpoint
 
     path = resolve_model_path(path)

@@ -9,7 +9,7 @@ p = softmax(t / T) (teacher), q = softmax(s / T) (student).
 
 Each is multiplied by T^2 (Hinton et al.) so that gradient magnitudes do not shrink with T; at the
 default T = 1 this changes nothing. With `top_k`, both distributions are coarsened to k + 1 outcomes:
-the teacher's k most likely tokens and one tail bin for the rest (`minitron.distill.topk`), the same
+the teacher's k most likely tokens and one tail bin for the rest (`minitron.losses.topk`), the same
 definition as the cached teacher logits (`topk_distill_loss`); student mass outside the teacher's
 top-k is penalised through the tail bin, and as k -> V the value reaches the full divergence.
 Zero teacher probabilities (-inf logits) contribute 0, never NaN (0 * log 0 = 0).
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minitron.distill.topk import bins_divergence, bins_rows, forward_kl_bins_fast, teacher_bins
+from minitron.losses.topk import bins_divergence, bins_rows, forward_kl_bins_fast, teacher_bins
 
 KINDS = ("forward-kl", "reverse-kl", "jsd")
 DEFAULT_CHUNK = None  # auto: CHUNK_ELEMENTS // vocab tokens per chunk

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minitron import distributed as dist
-from minitron.assets import resolve_model_path
+from minitron.hub import resolve_model_path
 from minitron.distill.checkpointing import RunDir, run_dir_for
 from minitron.distill.trainer import TrainConfig, Trainer, unwrap
 from minitron.errors import InputError, MinitronError
@@ -53,29 +53,6 @@ class DistillOptions:
 
 
 # ---------------------------------------------------------------------- validation
-def _open_model_dir(path: Path, flag: str):
-    from minitron.models.checkpoint import open_checkpoint
-
-    path = resolve_model_path(path, weights=True, flag=flag)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputError(f"{path} is not a Hugging Face causal-LM directory (no config.json)", flag=flag)
-    try:
-        return open_checkpoint(path, require_weights=True, check=True)
-    except MinitronError as e:
-        raise InputError(str(e), flag=flag) from None
-
-
-def _tokenizer(path: Path, flag: str):
-    from minitron.models.checkpoint import load_tokenizer
-
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        return None
-    try:
-        return load_tokenizer(path)
-    except MinitronError as e:
-        raise InputError(str(e), flag=flag) from None
-
-
 def check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok) -> None:
     """Teacher and student must agree on the vocabulary (size and ids)."""
     tv, sv = t_ckpt.arch.vocab_size, s_ckpt.arch.vocab_size
@@ -89,15 +66,6 @@ def check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok) -> None:
     for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
         if getattr(t_tok, attr, None) != getattr(s_tok, attr, None):
             raise InputError(f"teacher and student tokenizers differ in {attr}", flag="--student")
-
-
-def _compute_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    from minitron.models.checkpoint import torch_dtype
-
-    torch_dtype(dtype)  # validates
-    return {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(dtype, dtype)
 
 
 @dataclass
@@ -124,7 +92,8 @@ def prepare(opts: DistillOptions) -> Prepared:
     """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
     from minitron.data import data_fingerprints, load_dataset, mix_eval, resolve_seq_len
     from minitron.io import check_output_dir, model_fingerprint
-    from minitron.models.checkpoint import resolve_device
+    from minitron.device import auto_dtype, resolve_device
+    from minitron.models.checkpoint import open_model_dir, optional_tokenizer
 
     opts.out = Path(opts.out)
     opts.teacher_spec = str(opts.teacher)  # as named (a hub id names the card's base_model)
@@ -146,7 +115,7 @@ def prepare(opts: DistillOptions) -> Prepared:
     if opts.tokens is None:
         opts.train.validate(world)
     device = dist.local_device(resolve_device(opts.device))
-    dtype = _compute_dtype(opts.dtype, device)
+    dtype = auto_dtype(opts.dtype, device)
     opts.train.autocast_dtype = None if dtype == "fp32" else dtype
     from minitron.distill.reporting import check_report_to
 
@@ -157,8 +126,8 @@ def prepare(opts: DistillOptions) -> Prepared:
     if opts.fsdp_load not in FSDP_LOADS:
         raise InputError(f"must be one of {', '.join(FSDP_LOADS)}, got {opts.fsdp_load!r}", flag="--fsdp-load")
 
-    t_ckpt = _open_model_dir(opts.teacher, "--teacher")
-    s_ckpt = _open_model_dir(opts.student, "--student")
+    t_ckpt = open_model_dir(opts.teacher, "--teacher")
+    s_ckpt = open_model_dir(opts.student, "--student")
     if opts.fsdp and opts.fsdp_load == "sharded":  # every tensor has a source in the files (headers only)
         from minitron.distill.sharded_load import check_loadable
 
@@ -169,10 +138,10 @@ def prepare(opts: DistillOptions) -> Prepared:
             except MinitronError as e:
                 raise InputError(f"{e} (sharded FSDP loading; --fsdp-load full loads it whole)", flag=flag) from None
     if opts.gpu or opts.memory_budget:  # the same check as --dry-run, before anything loads
-        from minitron.distill.plan_run import check_plan, memory_plan
+        from minitron.recipes.distill_plan import check_plan, memory_plan
 
         check_plan(memory_plan(opts, t_ckpt, s_ckpt, device))
-    t_tok, s_tok = _tokenizer(opts.teacher, "--teacher"), _tokenizer(opts.student, "--student")
+    t_tok, s_tok = optional_tokenizer(opts.teacher, "--teacher"), optional_tokenizer(opts.student, "--student")
     check_same_tokenizer(t_ckpt, s_ckpt, t_tok, s_tok)
     tok, tok_dir = (s_tok, opts.student) if s_tok is not None else (t_tok, opts.teacher)
     if tok is None:
@@ -196,7 +165,7 @@ def prepare(opts: DistillOptions) -> Prepared:
         evals, source = mix_eval(train, opts.eval_samples or 16), "train"
     cache, eval_split = None, "train"
     if opts.teacher_logits is not None:
-        from minitron.distill.cache_run import open_for_distill
+        from minitron.recipes.teacher_logits import open_for_distill
 
         opts.teacher_logits = Path(opts.teacher_logits)
         cache, train, evals, eval_split = open_for_distill(
@@ -406,10 +375,11 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
     from minitron import card
     from minitron.data import data_fingerprints
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
-    from minitron.models.checkpoint import copy_side_files, torch_dtype
+    from minitron.models.checkpoint import copy_side_files
+    from minitron.dtypes import compute_dtype_of_code, torch_dtype
 
     opts = p.opts
-    dtype = torch_dtype({"BF16": "bf16", "F16": "fp16"}.get(p.student_ckpt.dtype, "fp32"))
+    dtype = torch_dtype(compute_dtype_of_code(p.student_ckpt.dtype))
     from minitron.distill.sharded_load import tied_aliases
 
     sd = state_dict if state_dict is not None else student.state_dict()

@@ -12,29 +12,12 @@ from pathlib import Path
 
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import Budget, estimate, max_sequences, resolve_context
+from minitron.memory import Budget, Serving, max_sequences, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
-from minitron.prune.search import (
-    AXES,
-    default_space,
-    enumerate_candidates,
-    parse_search,
-    rank_by_params,
-    require_feasible,
-)
-from minitron.prune.select import (
-    Shape,
-    check_drop,
-    least_important,
-    make_plan,
-    parse_keep_types,
-    parse_layer_list,
-    shape_arch,
-    validate_shape,
-)
-from minitron.prune.stream import DEFAULT_SHARD_BYTES
-from minitron.tensor_parallel import impossible as tp_impossible
-from minitron.tensor_parallel import problems as tp_problems
+from minitron.prune.search import AXES, default_space, enumerate_candidates, rank_by_params, require_feasible
+from minitron.prune.select import Shape, least_important, plan_for
+from minitron.prune.target import Target, parse_target
+from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
 
 
 @dataclass
@@ -75,37 +58,28 @@ class PruneOptions:
     seed: int = 0
     device: str = "auto"  # for the in-memory work (proxy, short distillation, --iterative)
 
-    @property
-    def searching(self) -> bool:
-        return self.target_params is not None or self.target_active_params is not None or self.budget is not None
 
-
-def _validate_kind(o: PruneOptions) -> None:
-    exact = not o.shape.is_empty() or o.num_layers is not None or o.drop_layers is not None
-    if exact and o.searching:
-        from minitron.prune.select import SHAPE_FLAGS
-
-        given = [SHAPE_FLAGS[k] for k, v in asdict(o.shape).items() if v is not None]
-        given += [f for f, v in (("--num-layers", o.num_layers), ("--drop-layers", o.drop_layers)) if v is not None]
-        raise InputError("exact sizes and a searched target (--target-params / --target-active-params / memory "
-                         "budget) cannot be combined; restrict the search with --search AXIS=MIN:MAX instead",
-                         flag=given[0])
-    if not exact and not o.searching:
-        raise InputError("no target: give sizes (--hidden-size, --ffn-size, --experts, ..., --num-layers, "
-                         "--drop-layers), --target-params, --target-active-params, or --memory-budget / --gpu",
-                         flag="--target-params")
-    if o.num_layers is not None and o.drop_layers is not None:
-        raise InputError("give --num-layers or --drop-layers, not both", flag="--drop-layers")
-    if (o.search or o.drop_order) and not o.searching:
-        flag = "--search" if o.search else "--drop-order"
-        raise InputError("only used with --target-params, --target-active-params or a memory budget", flag=flag)
-    if o.iterative and o.num_layers is None:
-        raise InputError("re-scoring between removals needs --num-layers", flag="--iterative")
+def _check_ranking(o: PruneOptions) -> None:
     if o.proxy not in ("kl", "loss"):
         raise InputError(f"expected kl or loss, got {o.proxy!r}", flag="--proxy")
     if o.top_k < 0 or o.shortlist < 0 or o.candidate_distill_steps < 0:
         flag = "--candidates" if o.top_k < 0 else "--shortlist" if o.shortlist < 0 else "--candidate-distill-steps"
         raise InputError("must be >= 0", flag=flag)
+
+
+def serving(o: PruneOptions, arch) -> Serving:
+    """The serving settings of the memory figures (the context resolved against the model)."""
+    return Serving(context_length=resolve_context(arch, o.context_length), batch_size=o.batch_size, dtype=o.dtype,
+                   state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk,
+                   tensor_parallel=o.tensor_parallel)
+
+
+def target_of(o: PruneOptions, arch) -> Target:
+    """The options' `Target` on `arch` (every target flag validated here, once)."""
+    return parse_target(arch, serving=serving(o, arch), shape=o.shape, num_layers=o.num_layers,
+                        drop_layers=o.drop_layers, iterative=o.iterative, keep_layer_types=o.keep_layer_types,
+                        target_params=o.target_params, target_active_params=o.target_active_params, budget=o.budget,
+                        search=o.search, drop_order=o.drop_order)
 
 
 def _load_scores(o: PruneOptions, ckpt: Checkpoint):
@@ -124,46 +98,14 @@ def _load_scores(o: PruneOptions, ckpt: Checkpoint):
     return scores
 
 
-def _target(o: PruneOptions) -> dict:
-    """What was asked for, as recorded in the JSON document and minitron.json.
-
-    A search's `kind` names its targets, joined by `+` when several must hold (`params+active_params`).
-    """
-    if o.searching:
-        kinds, out = [], {}
-        if o.target_params is not None:
-            kinds.append("params")
-            out["target_params"] = o.target_params
-        if o.target_active_params is not None:
-            kinds.append("active_params")
-            out["target_active_params"] = o.target_active_params
-        if o.budget is not None:
-            kinds.append("memory")
-            out.update(budget_bytes=o.budget.budget_bytes, gpu=o.budget.gpu, context_length=o.context_length,
-                       batch_size=o.batch_size, dtype=o.dtype, state_dtype=o.state_dtype, engine=o.engine,
-                       kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk, tensor_parallel=o.tensor_parallel)
-        return {"kind": "+".join(kinds), **out}
-    exact = {k: v for k, v in asdict(o.shape).items() if v is not None}
-    if o.num_layers is not None:
-        exact["num_layers"] = o.num_layers
-    if o.drop_layers is not None:
-        exact["drop_layers"] = o.drop_layers
-    return {"kind": "exact", **exact, "iterative": o.iterative}
-
-
-def _memory(arch, o: PruneOptions):
-    return estimate(arch, context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                    state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype, prefill_chunk=o.prefill_chunk,
-                    tensor_parallel=o.tensor_parallel)
-
-
 def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     """Run `minitron prune`. `progress(description, done, total)` reports long loops."""
-    _validate_kind(o)
+    _check_ranking(o)
     ckpt = open_checkpoint(o.model, fetch_weights=not o.dry_run)
     arch = ckpt.arch
     o.context_length = resolve_context(arch, o.context_length)
     o.seq_len = resolve_seq_len(o.seq_len, arch.max_position_embeddings)
+    target = target_of(o, arch)
     if not o.dry_run:
         if o.out is None:
             raise InputError("an output directory is needed (or use --dry-run)", flag="--out")
@@ -172,58 +114,29 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
         from minitron.io import check_output_dir
 
         check_output_dir(o.out, overwrite=o.overwrite, inputs=[ckpt.path])
-    _memory(arch, o)  # validates --context-length, --batch-size, dtypes, --tensor-parallel
-    why = tp_impossible(arch, o.tensor_parallel)
-    if why:
-        raise InputError(why, flag="--tensor-parallel")
-    keep_min = parse_keep_types(o.keep_layer_types)
-    if "*" in arch.pattern:
-        # transformers' cache (generate) fails on a Nemotron-H with no attention layer left
-        # (`get_seq_length` needs one): keep one unless the user says `attention=0`.
-        keep_min.setdefault("*", 1)
-    if o.searching:
-        parse_search(o.search)
-        if o.target_params is not None and o.target_params >= arch.total_params:
-            raise InputError(f"{o.target_params:,} is not below the model's {arch.total_params:,} parameters",
-                             flag="--target-params")
-        if o.target_active_params is not None and o.target_active_params >= arch.total_active_params:
-            raise InputError(f"{o.target_active_params:,} is not below the model's {arch.total_active_params:,} "
-                             "active parameters per token", flag="--target-active-params")
-        if o.drop_order is not None:
-            parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
-    else:
-        broken = tp_problems(shape_arch(arch, validate_shape(arch, o.shape)), o.tensor_parallel)
-        if broken:  # checked before any work; the search lists only shardable shapes
-            flag, rule = broken[0]
-            raise InputError(f"{rule}: vLLM cannot shard it over {o.tensor_parallel} GPUs", flag=flag)
-        if o.drop_layers is not None:
-            check_drop(arch, parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers"), keep_min,
-                       "--drop-layers")
-        if o.num_layers is not None and not 1 <= o.num_layers <= arch.num_layers:
-            raise InputError(f"must be in 1..{arch.num_layers}, got {o.num_layers}", flag="--num-layers")
     if o.data or o.iterative:
-        from minitron.models.checkpoint import resolve_device
+        from minitron.device import resolve_device
 
         resolve_device(o.device)
     scores = _load_scores(o, ckpt)
     if not o.dry_run and scores is None:
         raise InputError("writing a pruned model needs importance scores (run `minitron score` first)",
                          flag="--scores")
-    doc: dict = {"model": str(ckpt.path), "family": arch.family, "dry_run": o.dry_run, "scores": str(o.scores) if o.scores else None,
-                 "target": _target(o)}
+    doc: dict = {"model": str(ckpt.path), "family": arch.family, "dry_run": o.dry_run,
+                 "scores": str(o.scores) if o.scores else None, "target": target.record(o.shape, o.drop_layers)}
 
-    if o.searching:
-        plan, cands = _search(o, ckpt, scores, keep_min, doc, progress, log)
+    if target.searching:
+        plan, cands = _search(o, target, ckpt, scores, doc, progress, log)
     else:
-        plan, cands = _exact(o, ckpt, scores, keep_min, log), None
+        plan, cands = _exact(o, target, ckpt, scores, log), None
 
-    target = plan.target()
-    before, after = _memory(arch, o), _memory(target, o)
+    pruned = plan.target()
+    before, after = target.serving.estimate(arch), target.serving.estimate(pruned)
     doc.update(
         params_before=arch.total_params,
-        params_after=target.total_params,
+        params_after=pruned.total_params,
         active_params_before=arch.total_active_params,
-        active_params_after=target.total_active_params,
+        active_params_after=pruned.total_active_params,
         memory=after.to_dict(),
         memory_before=before.to_dict(),
         plan=plan.summary(),
@@ -237,43 +150,36 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     if cands is not None:
         doc["candidates"] = cands
     if o.dry_run:
-        doc["config"] = target.to_config()  # the config.json the pruned model would have
+        doc["config"] = pruned.to_config()  # the config.json the pruned model would have
         return doc
     doc["out"] = str(o.out)
     _write(o, ckpt, plan, doc, progress)
     return doc
 
 
-def _exact(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, log):
+def _exact(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, log):
     arch = ckpt.arch
-    shape = validate_shape(arch, o.shape)
-    dropped: list[int] = []
-    if o.drop_layers is not None:
-        dropped = parse_layer_list(o.drop_layers, arch.num_layers, "--drop-layers")
-        check_drop(arch, dropped, keep_min, "--drop-layers")
-    elif o.num_layers is not None:
-        if not 1 <= o.num_layers <= arch.num_layers:
-            raise InputError(f"must be in 1..{arch.num_layers}, got {o.num_layers}", flag="--num-layers")
-        k = arch.num_layers - o.num_layers
-        if k and o.iterative:
-            dropped = _iterative_drop(o, ckpt, k, keep_min, log)
-        elif k:
-            if scores is None:
-                raise InputError("choosing layers needs the layer scores of --scores (or give --drop-layers)",
-                                 flag="--num-layers")
-            order = least_important(scores["layers"], arch, keep_min)
-            if len(order) < k:
-                raise InputError(f"--keep-layer-types leaves only {len(order)} droppable layers", flag="--num-layers")
-            dropped = order[:k]
-    return make_plan(arch, shape, scores, dropped)
+    dropped: list[int] = list(target.drop_layers or ())
+    k = arch.num_layers - target.num_layers if target.num_layers is not None else 0
+    if k and target.iterative:
+        dropped = _iterative_drop(o, ckpt, k, target.keep_min, log)
+    elif k:
+        if scores is None:
+            raise InputError("choosing layers needs the layer scores of --scores (or give --drop-layers)",
+                             flag="--num-layers")
+        order = least_important(scores["layers"], arch, target.keep_min)
+        if len(order) < k:
+            raise InputError(f"--keep-layer-types leaves only {len(order)} droppable layers", flag="--num-layers")
+        dropped = order[:k]
+    return plan_for(arch, target.shape, scores, dropped)
 
 
 def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) -> list[int]:
     """Drop one layer at a time, re-scoring the remaining layers with the others already skipped."""
     try:
-        from minitron.importance.layers import layer_scores
+        from minitron.importance.engine import layer_scores
     except ImportError:
-        raise InputError("--iterative needs minitron.importance.layers (not available in this build)",
+        raise InputError("--iterative needs minitron.importance.depth (not available in this build)",
                          flag="--iterative") from None
     from minitron.prune.select import drop_sequence
 
@@ -284,8 +190,8 @@ def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) ->
     for step in range(k):
         s = layer_scores(model, blocks, metric="kl", skip=frozenset(dropped))
         order = sorted((i for i in range(ckpt.arch.num_layers) if i not in dropped), key=lambda i: (float(s[i]), i))
-        arch_left = ckpt.arch  # keep_min counts are over the original pattern minus the dropped layers
-        allowed = drop_sequence(arch_left, [*dropped, *order], keep_min)[len(dropped):]
+        # keep_min counts are over the original pattern minus the dropped layers
+        allowed = drop_sequence(ckpt.arch, [*dropped, *order], keep_min)[len(dropped):]
         if not allowed:
             raise InputError(f"--keep-layer-types leaves only {len(dropped)} droppable layers", flag="--num-layers")
         dropped.append(allowed[0])
@@ -295,7 +201,8 @@ def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) ->
 
 def _model_and_blocks(o: PruneOptions, ckpt: Checkpoint, *, n_eval: int, n_train: int):
     from minitron.data import load_blocks
-    from minitron.models.checkpoint import load_model, load_tokenizer, resolve_device
+    from minitron.models.checkpoint import load_model, load_tokenizer
+    from minitron.device import resolve_device
 
     if not o.data:
         raise InputError("calibration text is needed to rank candidates in memory", flag="--data")
@@ -310,30 +217,25 @@ def _model_and_blocks(o: PruneOptions, ckpt: Checkpoint, *, n_eval: int, n_train
     return model, blocks[n_train:], blocks[:n_train]
 
 
-def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, log):
+def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, progress, log):
     arch = ckpt.arch
     order = None
-    if o.drop_order is not None:
-        order = parse_layer_list(o.drop_order, arch.num_layers, "--drop-order")
+    if target.drop_order is not None:
+        order = list(target.drop_order)
     elif scores is not None:
-        order = least_important(scores["layers"], arch, keep_min)
+        order = least_important(scores["layers"], arch, target.keep_min)
     space = default_space(arch, depth=order is not None)
-    asked = parse_search(o.search)
+    asked = target.search
     if order is None and "num_layers" in asked and asked["num_layers"].lo < arch.num_layers:
         raise InputError("searching depth needs a drop order: --drop-order or the layer scores of --scores",
                          flag="--search")
     space.update(asked)
     doc["search_space"] = {a: [space[a].lo, space[a].hi, space[a].step] for a in AXES}
-    cands = enumerate_candidates(arch, space, drop_order=order, keep_min=keep_min, budget=o.budget,
-                                 target_params=o.target_params, target_active_params=o.target_active_params,
-                                 context_length=o.context_length, batch_size=o.batch_size, dtype=o.dtype,
-                                 state_dtype=o.state_dtype, engine=o.engine, kv_dtype=o.kv_dtype,
-                                 prefill_chunk=o.prefill_chunk, tensor_parallel=o.tensor_parallel)
+    cands = enumerate_candidates(arch, space, drop_order=order, keep_min=target.keep_min, target=target)
     if o.tensor_parallel > 1 and not cands:
         raise InputError(f"no shape of the search space can be sharded over {o.tensor_parallel} GPUs "
                          "(widen --search to multiples of it)", flag="--tensor-parallel")
-    require_feasible(cands, budget=o.budget, target_params=o.target_params,
-                     target_active_params=o.target_active_params)
+    require_feasible(cands, target)
     ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
     doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)
     doc["ranking"] = "params"
@@ -349,11 +251,11 @@ def _search(o: PruneOptions, ckpt: Checkpoint, scores, keep_min, doc, progress, 
     for rank, d in enumerate(ranked, 1):
         d["rank"] = rank
     cands_out = [{k: v for k, v in d.items() if k != "_c"} for d in shown]
-    return make_plan(arch, best.shape(), scores, best.dropped_layers), cands_out
+    return plan_for(arch, best.shape().resolve(arch), scores, best.dropped_layers), cands_out
 
 
 def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress, log):
-    from minitron.prune.proxy import distill_scores, proxy_scores
+    from minitron.recipes.candidates import distill_scores, proxy_scores
 
     short = ranked[: o.shortlist]
     n_train = o.distill_samples if o.candidate_distill_steps else 0
@@ -382,13 +284,13 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
 
     from minitron import card
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
-    from minitron.prune.stream import prune_checkpoint
+    from minitron.prune.shard_writer import prune_checkpoint
 
-    target = plan.target()
+    pruned = plan.target()
     cb = (lambda n, t, b: progress("prune", n, t)) if progress else None
     with atomic_output_dir(o.out, overwrite=o.overwrite) as tmp:
         files = prune_checkpoint(ckpt, plan, tmp, max_shard_bytes=o.max_shard_bytes, progress=cb)
-        cfg = target.to_config()
+        cfg = pruned.to_config()
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         copy_side_files(ckpt.path, tmp)
         doc["files"] = files

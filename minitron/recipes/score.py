@@ -15,7 +15,7 @@ from pathlib import Path
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
-from minitron.importance.layers import LAYER_METRICS, LOGIT_METRICS
+from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS
 
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
 
@@ -66,7 +66,9 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
 
     from minitron import distributed
     from minitron.data import load_blocks
-    from minitron.models.checkpoint import load_tokenizer, open_checkpoint, resolve_device, torch_dtype
+    from minitron.models.checkpoint import load_tokenizer, open_checkpoint
+    from minitron.device import auto_dtype, resolve_device
+    from minitron.dtypes import torch_dtype
 
     if opts.samples < 1:
         raise InputError(f"must be >= 1, got {opts.samples}", flag="--samples")
@@ -88,7 +90,7 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
     arch = ckpt.arch
     seq_len = resolve_seq_len(opts.seq_len, arch.max_position_embeddings)
     device = distributed.local_device(resolve_device(opts.device))
-    dtype_name = opts.dtype if opts.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    dtype_name = auto_dtype(opts.dtype, device)
     dtype = torch_dtype(dtype_name)
     tokenizer = load_tokenizer(ckpt.path)
     tokens = load_blocks(data, tokenizer, seq_len=seq_len, samples=opts.samples, text_field=opts.text_field,
@@ -149,7 +151,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     t0 = time.perf_counter()
     torch.manual_seed(p.opts.seed)
     if p.streaming:
-        from minitron.streaming import StreamingSource
+        from minitron.models.block_stream import StreamingSource
 
         source = StreamingSource(p.ckpt.path, device=p.device, dtype=p.dtype, ckpt=p.ckpt)
     else:
@@ -191,7 +193,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     from minitron.importance.aggregate import Stats
     from minitron.importance.engine import run_engine, stat_shapes
     from minitron.importance.hooks import WidthCollector
-    from minitron.importance.layers import finalize_layer_scores
+    from minitron.importance.depth import finalize_layer_scores
 
     stats = Stats()
     collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric).attach(source.model)
@@ -219,3 +221,33 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
 def score_model(model: str | Path, data, opts: ScoreOptions | None = None, progress=None) -> ScoreResult:
     """Validate, then score: `Scores` for every width axis and the layers, plus run facts."""
     return run(prepare(model, data, opts or ScoreOptions()), progress=progress)
+
+
+def write_outputs(out: Path, p: Prepared, result: ScoreResult, *, overwrite: bool) -> dict:
+    """The scores directory (scores.safetensors, importance.png, minitron.json), atomically; returns the `--json` document."""
+    from minitron.data import data_fingerprints
+    from minitron.importance.plot import plot_importance
+    from minitron.importance.summary import concentration, least_important_layers
+    from minitron.io import atomic_output_dir, write_provenance
+
+    t = result.scores.tensors
+    doc = {
+        "out": str(out),
+        "model": str(p.ckpt.path),
+        "model_fingerprint": result.scores.fingerprint,
+        "metric": p.opts.layer_metric,
+        **({"expert_metric": p.opts.expert_metric} if p.arch.moe_layers() else {}),
+        "aggregation": str(p.agg),
+        **result.info,
+        "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),
+        "concentration": concentration(t),
+        "tensors": {k: list(v.shape) for k, v in sorted(t.items())},
+        "files": ["scores.safetensors", "minitron.json", "importance.png"],
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        result.scores.save(tmp)
+        plot_importance(t, p.arch.pattern, p.opts.layer_metric, tmp / "importance.png", expert_metric=p.opts.expert_metric)
+        inputs = {"model": str(p.ckpt.path), "model_fingerprint": result.scores.fingerprint,
+                  "data": data_fingerprints(p.data)}
+        write_provenance(tmp, "score", p.opts.to_dict(), inputs=inputs, result=doc)
+    return doc
