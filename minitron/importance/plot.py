@@ -74,10 +74,15 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(xlabel)
             idx = [i for i, p in enumerate(pattern) if p == char] if char else list(range(t.shape[0]))
+            ylabel = "layer"
             if len(idx) == t.shape[0]:
                 step = max(1, len(idx) // 16)
                 ax.set_yticks(range(0, len(idx), step), [str(i) for i in idx[::step]])
-            ax.set_ylabel("layer")
+            elif idx and t.shape[0] % len(idx) == 0:  # moe_ffn: one row per (layer, expert)
+                per = t.shape[0] // len(idx)
+                ax.set_yticks(range(0, t.shape[0], per), [str(i) for i in idx])
+                ylabel = f"layer ({per} experts each)"
+            ax.set_ylabel(ylabel)
             fig.colorbar(im, ax=ax)
         ax.set_title(title.format(expert_metric=expert_metric))
     fig.tight_layout()
