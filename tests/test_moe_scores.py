@@ -246,3 +246,21 @@ def test_scoring_runs_the_experts_once_then_restores_the_models_implementation()
     assert model.config._experts_implementation == before != IMPLEMENTATION
     with torch.no_grad():
         assert torch.equal(model(toks, use_cache=False).logits, logits)
+
+
+def test_the_recomputing_hook_fallback_gives_the_same_scores(monkeypatch):
+    """Where the experts do not dispatch through transformers' interface (here: as if it were missing),
+    the hook recomputes each expert; the scores equal the one-pass path's."""
+    from minitron.importance import expert_capture
+
+    model = build_model(CFG)
+    toks = tokens()
+    fast = score(model, toks)
+    monkeypatch.setattr(expert_capture, "_register", lambda: False)
+    seen = set()
+    slow, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=Aggregation(), batch_size=3,
+                               layer_metric="cosine",
+                               progress=lambda *_: seen.add(model.config._experts_implementation))
+    assert expert_capture.IMPLEMENTATION not in seen
+    for name in ("experts", "experts_frequency", "experts_output_norm", "moe_ffn", "shared_expert_ffn", "hidden"):
+        torch.testing.assert_close(slow[name], fast[name], rtol=1e-5, atol=1e-7)
