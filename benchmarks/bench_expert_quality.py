@@ -84,8 +84,8 @@ class Bench:
             device="cpu", dtype="fp32", streaming=False, seed=seed)).scores.tensors
 
     def prune(self, tensors: dict, name: str) -> tuple[Path, list]:
-        from minitron.recipes.prune import PruneOptions, prune
         from minitron.prune.select import Shape
+        from minitron.recipes.prune import PruneOptions, prune
 
         sdir, dest = self.work / "scores" / name, self.work / "pruned" / name
         save_scores(tensors, sdir, model_dir=self.teacher_dir, metric="cosine")
@@ -94,8 +94,8 @@ class Bench:
         return dest, doc["params_after"]
 
     def distill(self, student: Path, name: str) -> dict:
-        from minitron.recipes.distill import DistillOptions, run_distill
         from minitron.distill.trainer import TrainConfig
+        from minitron.recipes.distill import DistillOptions, run_distill
 
         c = self.cfg
         s = run_distill(DistillOptions(

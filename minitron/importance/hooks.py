@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from minitron.families import submodule
 from minitron.importance import experts as moe_maths
-from minitron.importance.expert_capture import ExpertCapture
 from minitron.importance import width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
+from minitron.importance.expert_capture import ExpertCapture
 from minitron.models.architecture import Architecture
 
 _MOE_SUMS = ("routed", "gate_norm", "norm", "act")
