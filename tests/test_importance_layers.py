@@ -104,5 +104,5 @@ def test_cosine_layer_score_is_one_minus_cos_of_block_in_and_out(model_and_token
 def test_progress_is_reported(model_and_tokens):
     model, tokens = model_and_tokens
     calls = []
-    layer_scores(model, tokens[:2], metric="cosine", batch_size=1, progress=lambda d, t: calls.append((d, t)))
+    layer_scores(model, tokens[:2], metric="cosine", batch_size=1, progress=lambda s, d, t: calls.append((d, t)))
     assert calls[-1] == (20, 20)  # 2 micro-batches x (9 layers + head)

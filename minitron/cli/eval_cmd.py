@@ -28,29 +28,6 @@ from minitron.cli.common import (
 from minitron.cli.progress import Progress
 
 
-class _Reporter:
-    """`evaluate_models`' hooks on the one progress display."""
-
-    def __init__(self, bar: Progress, *, messages: bool = True):
-        self.bar, self.description, self.total, self.done_blocks = bar, "", None, 0
-        self.messages = messages
-
-    def start(self, description: str, total: int) -> None:
-        self.description, self.total, self.done_blocks = description, total, 0
-        self.bar.update(description, 0, total)
-
-    def advance(self, n: int = 1) -> None:
-        self.done_blocks += n
-        self.bar.update(self.description, self.done_blocks, self.total)
-
-    def done(self) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        if self.messages:
-            self.bar.log(f"[dim]{message}[/dim]")
-
-
 def _print_task_dir(value: bool):
     if value:
         from minitron.evaluate.local_task import TASKS_DIR
@@ -228,7 +205,7 @@ def command(
         seed=seed,
     )
     with Progress(unit="blocks") as bar:
-        doc = evaluate_models(opts, _Reporter(bar))
+        doc = evaluate_models(opts, progress=bar.update, log=lambda m: bar.log(f"[dim]{m}[/dim]"))
     if out is not None:
         _write(out, doc, opts, overwrite)
     if json_out:

@@ -93,7 +93,7 @@ def command(
             info(f"scoring {p.tokens.shape[0]} x {p.opts.seq_len} tokens on {p.device} ({p.dtype_name}, {path}, "
                  f"{distributed.world_size()} process(es))")
         with Progress(unit="layer passes", disable=not main) as bar:
-            result = run(p, progress=lambda done, total: bar.update("score", done, total))
+            result = run(p, progress=bar.update)
         if main:
             doc = write_outputs(out, p, result, overwrite=overwrite)
             emit_json(doc) if json_out else render(doc)

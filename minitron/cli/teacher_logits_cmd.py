@@ -61,7 +61,7 @@ def command(
         max_shard_size=max_shard_size, chunk_size=chunk_size, overwrite=overwrite,
     )  # fmt: skip
     with Progress(unit="blocks") as bar:
-        summary = run_teacher_logits(opts, on_progress=lambda split, done, total: bar.update(
+        summary = run_teacher_logits(opts, progress=lambda split, done, total: bar.update(
             f"teacher-logits {split}", done, total))
     if json_out:
         emit_json(summary)

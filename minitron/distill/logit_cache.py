@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from minitron.progress import report
 from minitron.errors import CheckpointError, InputError
 
 FORMAT = "minitron-teacher-logits/1"
@@ -54,7 +55,7 @@ def bytes_per_token(k: int, tail: bool, logp_dtype: str) -> int:
 # ---------------------------------------------------------------------- writing
 def write_split(teacher, blocks, out_dir: Path, split: str, *, k: int, temperature: float = 1.0,
                 logp_dtype: str = "fp32", micro_batch_size: int = 4, shard_bytes: int = 2 * 10**9,
-                device: str = "cpu", autocast_dtype: str | None = None, chunk_size: int | None = None, on_batch=None) -> dict:  # fmt: skip
+                device: str = "cpu", autocast_dtype: str | None = None, chunk_size: int | None = None, progress=None) -> dict:  # fmt: skip
     """Run `teacher` over `blocks` [n, L] and write its bins for `split` as shards into `out_dir`.
 
     One teacher forward per micro-batch; the bins are made `chunk` tokens at a time (no [tokens, V]
@@ -121,8 +122,7 @@ def write_split(teacher, blocks, out_dir: Path, split: str, *, k: int, temperatu
             i += take
             if filled == buf_ids.shape[0]:
                 flush()
-        if on_batch:
-            on_batch(min(a + micro_batch_size, n))
+        report(progress, split, min(a + micro_batch_size, n), n)
     flush()
     return {"blocks": n, "tokens": n * seq_len, "tokens_sha256": blocks_fingerprint(blocks), "shards": shards,
             "k": k_eff, "tail": tail}  # fmt: skip

@@ -18,12 +18,12 @@ readable reference); `score_blocks` is the thin loop that runs the model(s) over
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from minitron.losses.nll import kl_sum, nll_sum
+from minitron.progress import report
 
 
 @dataclass
@@ -66,11 +66,13 @@ def score_blocks(
     batch_size: int = 1,
     teacher=None,
     chunk_size: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    progress=None,
+    stage: str = "eval",
 ) -> BlockScores:
     """Loss (and KL to `teacher` when given) of `model` over `blocks` [N, L], `batch_size` blocks per forward.
 
-    Blocks are moved to the model's device batch by batch; `on_batch(n_blocks)` reports progress.
+    Blocks are moved to the model's device batch by batch; `progress(stage, blocks_done, blocks)` reports
+    after each batch (`minitron.progress`).
     """
     device = next(model.parameters()).device
     out = BlockScores()
@@ -88,6 +90,5 @@ def score_blocks(
             out.kl += kl_sum(logits, t_logits.to(logits.device), chunk_size=chunk_size)
             del t_logits
         del logits
-        if on_batch is not None:
-            on_batch(ids.shape[0])
+        report(progress, stage, out.blocks, blocks.shape[0])
     return out

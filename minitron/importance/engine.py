@@ -27,6 +27,7 @@ import torch
 
 from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS, cosine_distance, finalize_layer_scores, mse_per_token
 from minitron.losses.reference import kl_from_logp, nll_from_logp
+from minitron.progress import report
 
 HEAD_ROWS = 1024
 
@@ -81,8 +82,7 @@ def run_engine(source, tokens, *, batch_size: int, layer_metric: str | None, ski
     def step():
         nonlocal done
         done += 1
-        if progress is not None:
-            progress(done, total)
+        report(progress, "score", done, total)
 
     with torch.inference_mode():
         for chunk in chunks:
@@ -178,8 +178,8 @@ def layer_scores(model, blocks, metric: str = "kl", batch_size: int = 8, skip=fr
     """Importance of every layer of an in-memory `NemotronHForCausalLM` -> [num_layers] float32.
 
     `blocks`: [n_samples, seq_len] token ids. `skip`: layers already removed; they are skipped in
-    every pass (the model is evaluated as if they were gone) and score 0. `progress`: optional
-    callable `progress(done, total)`.
+    every pass (the model is evaluated as if they were gone) and score 0. `progress`: the progress
+    protocol (`minitron.progress`), stage `score`, in layer passes.
     """
     from minitron.importance.aggregate import Stats
     from minitron.models.architecture import Architecture

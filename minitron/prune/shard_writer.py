@@ -22,6 +22,7 @@ from pathlib import Path
 from minitron import faults
 from minitron.models.checkpoint import Checkpoint
 from minitron.dtypes import CODE_BYTES
+from minitron.progress import report
 from minitron.models.safetensors_io import encode_header
 from minitron.models.tensors import canonical_name, checkpoint_name, model_specs
 from minitron.prune.plan import PrunePlan, pruned_shape, stacked_indices, tensor_indices
@@ -123,7 +124,7 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
                      max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress=None) -> dict:
     """Write the pruned tensors of `ckpt` as sharded safetensors + index into `out_dir`.
 
-    `progress(n_done, n_total, bytes_written)` is called after each tensor. Returns file names and sizes.
+    `progress("prune", n_done, n_total)` (`minitron.progress`) is called after each tensor. Returns file names and sizes.
     """
     from safetensors import safe_open
 
@@ -151,8 +152,7 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
                     done += 1
                     if done == 1:
                         faults.point("prune-tensor-written")
-                    if progress is not None:
-                        progress(done, len(items), written)
+                    report(progress, "prune", done, len(items))
     finally:
         handle = None
     index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}

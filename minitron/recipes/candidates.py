@@ -9,6 +9,7 @@ KL after distillation: the paper's final ranking.
 
 from __future__ import annotations
 
+from minitron.progress import report
 from minitron.prune.apply import prune_model
 from minitron.prune.search import Candidate
 from minitron.prune.select import make_plan
@@ -32,8 +33,7 @@ def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_bloc
         res = score_blocks(student, eval_blocks, batch_size=batch_size, teacher=model)
         out.append({"proxy_kl": res.mean_kl, "proxy_loss": res.loss})
         del student
-        if progress is not None:
-            progress(n + 1, len(candidates))
+        report(progress, "proxy", n + 1, len(candidates))
     return out
 
 
@@ -51,7 +51,6 @@ def distill_scores(model, arch_src, candidates: list[Candidate], scores, train_b
         res = quick_distill(model, student, train_blocks, eval_blocks, steps, lr=lr, device=device)
         out.append({"distill_kl": float(res["kl"]), "distill_loss": float(res["loss"])})
         del student
-        if progress is not None:
-            progress(n + 1, len(candidates))
+        report(progress, "distill", n + 1, len(candidates))
     return out
 

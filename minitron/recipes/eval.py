@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minitron.errors import InputError
+from minitron.progress import report
 from minitron.evaluate.harness import parse_tasks, resolve_tasks
 from minitron.evaluate.throughput import ThroughputSettings
 from minitron.evaluate.vllm_check import VllmSettings
@@ -96,18 +97,6 @@ def model_names(paths: list[Path]) -> list[str]:
     return names
 
 
-class Reporter:
-    """Progress hooks; the CLI passes one that draws rich progress bars. This one is silent."""
-
-    def start(self, description: str, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def done(self) -> None: ...
-
-    def log(self, message: str) -> None: ...
-
-
 def _release_memory() -> None:
     """Give freed models' memory back (call after dropping the last reference)."""
     import torch
@@ -117,8 +106,9 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict:
-    """The `minitron eval --json` document for `opts` (validated here first)."""
+def evaluate_models(opts: EvalOptions, *, progress=None, log=lambda message: None) -> dict:
+    """The `minitron eval --json` document for `opts` (validated here first). `progress(stage, done, total)`
+    (`minitron.progress`) counts blocks of each model's perplexity; `log(message)` says what runs next."""
     from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
     from minitron.evaluate import perplexity, table, throughput
     from minitron.evaluate.harness import run_tasks
@@ -127,7 +117,6 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint
     from minitron.device import auto_dtype, resolve_device
 
-    rep = reporter or Reporter()
     opts.validate()
     device = resolve_device(opts.device)
     dtype = auto_dtype(opts.dtype, device)
@@ -207,12 +196,12 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
     # ---------------------------------------------------------------- heavy work
     teacher = None
     if teacher_ckpt is not None:
-        rep.log(f"loading teacher {teacher_ckpt.path}")
+        log(f"loading teacher {teacher_ckpt.path}")
         teacher = load_model(teacher_ckpt.path, dtype=dtype, device=device, check=False)
     rows = []
     for name, ckpt, tok in zip(names, ckpts, tokenizers, strict=True):
         same_as_teacher = teacher is not None and ckpt.path.resolve() == teacher_ckpt.path.resolve()
-        rep.log(f"loading {name} ({ckpt.path})")
+        log(f"loading {name} ({ckpt.path})")
         model = teacher if same_as_teacher else load_model(ckpt.path, dtype=dtype, device=device, check=False)
         mem = memory(ckpt.arch)
         row = {"name": name, "path": str(ckpt.path), "params": sum(p.numel() for p in model.parameters()),
@@ -221,15 +210,12 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
                "fit": opts.budget.to_dict(mem) if opts.budget is not None else None,
                "throughput": None, "vllm": None}  # fmt: skip
         if blocks is not None:
-            rep.start(f"perplexity {name}", int(blocks.shape[0]))
-            try:
-                scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,
-                                                 on_batch=rep.advance)  # fmt: skip
-            finally:
-                rep.done()
+            report(progress, f"perplexity {name}", 0, int(blocks.shape[0]))
+            scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,
+                                             progress=progress, stage=f"perplexity {name}")  # fmt: skip
             row.update(scores.to_dict(with_kl=teacher is not None))
         if plan is not None and task_names:
-            rep.log(f"lm-eval {', '.join(task_names)} on {name}")
+            log(f"lm-eval {', '.join(task_names)} on {name}")
             row["tasks"] = run_tasks(
                 model,
                 tok,
@@ -242,7 +228,7 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
             )
         if opts.throughput or opts.vllm is not None:
             s = opts.throughput_settings
-            rep.log(
+            log(
                 f"throughput {name}: batch {s.batch_size}, prompt {s.prompt_len}, {s.gen_len} decode steps"
             )
             shape = estimate(
@@ -254,7 +240,7 @@ def evaluate_models(opts: EvalOptions, reporter: Reporter | None = None) -> dict
 
             row["vllm"] = check_model(model, tok, ckpt.arch, ckpt.path, settings=opts.vllm, python=vllm_python,
                                       dtype=dtype, throughput_settings=opts.throughput_settings,
-                                      hf_throughput=row["throughput"], log=rep.log)  # fmt: skip
+                                      hf_throughput=row["throughput"], log=log)  # fmt: skip
         rows.append(row)
         model = None  # the teacher (if this was it) stays referenced by `teacher`
         _release_memory()

@@ -262,7 +262,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress
     model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
     log(f"zero-shot proxy on the {len(short)} largest feasible candidates ({len(eval_blocks)} held-back blocks)")
     figs = proxy_scores(model, ckpt.arch, [d["_c"] for d in short], scores, eval_blocks,
-                        progress=(lambda n, t: progress("proxy", n, t)) if progress else None)
+                        progress=progress)
     for d, f in zip(short, figs, strict=True):
         d.update(f)
     key = f"proxy_{o.proxy}"
@@ -272,7 +272,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress
         log(f"short distillation ({o.candidate_distill_steps} steps) of the best {k}")
         figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
                               steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
-                              progress=(lambda n, t: progress("distill", n, t)) if progress else None)
+                              progress=progress)
         for d, f in zip(short[:k], figs, strict=True):
             d.update(f)
         short = sorted(short[:k], key=lambda d: d["distill_kl"]) + short[k:]
@@ -287,9 +287,8 @@ def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None
     from minitron.prune.shard_writer import prune_checkpoint
 
     pruned = plan.target()
-    cb = (lambda n, t, b: progress("prune", n, t)) if progress else None
     with atomic_output_dir(o.out, overwrite=o.overwrite) as tmp:
-        files = prune_checkpoint(ckpt, plan, tmp, max_shard_bytes=o.max_shard_bytes, progress=cb)
+        files = prune_checkpoint(ckpt, plan, tmp, max_shard_bytes=o.max_shard_bytes, progress=progress)
         cfg = pruned.to_config()
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         copy_side_files(ckpt.path, tmp)

@@ -49,10 +49,10 @@ class TeacherLogitsOptions:
     overwrite: bool = False
 
 
-def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
+def run_teacher_logits(o: TeacherLogitsOptions, *, progress=None) -> dict:
     """Check, load the teacher, write the cache; return the summary (the `--json` document).
 
-    `on_progress(split, done_blocks, total_blocks)` is called after every micro-batch."""
+    `progress(split, done_blocks, total_blocks)` (`minitron.progress`) is called after every micro-batch."""
     import json
 
     from minitron.data import data_fingerprints, load_dataset, parse_data_specs
@@ -109,14 +109,10 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, on_progress=None) -> dict:
         for name, (ds, specs) in splits.items():
             blocks = ds.blocks
 
-            def progress(done, name=name, total=blocks.shape[0]):
-                if on_progress:
-                    on_progress(name, done, total)
-
             entry = write_split(teacher, blocks, Path(tmp), name, k=k, temperature=o.temperature,
                                 logp_dtype=o.logprob_dtype, micro_batch_size=o.micro_batch_size,
                                 shard_bytes=shard_bytes, device=device, autocast_dtype=dtype,
-                                chunk_size=o.chunk_size, on_batch=progress)  # fmt: skip
+                                chunk_size=o.chunk_size, progress=progress)  # fmt: skip
             entry["data"] = [d["sha256"] for d in data_fingerprints(parse_data_specs(specs)[0])]
             entry["masks_sha256"] = None if ds.masks is None else blocks_fingerprint(ds.masks)
             entry["weights"] = ds.weights
