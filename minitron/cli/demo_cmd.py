@@ -30,7 +30,7 @@ DEFAULT_BUDGET_FRACTION = 0.5
 CONTEXT = 1024  # context length of the memory model that sets the budget (the recipe's prune.context-length)
 HEADINGS = {
     "score": "score: activation importance of every width unit and KL when each layer is skipped (16 x 256 tokens)",
-    "prune": "prune: search shapes under the budget, rank the largest by KL to the teacher, prune the best",
+    "prune": "prune: search shapes under the budget, rank those near it by KL to the teacher, prune the best",
     "prune-moe": "prune: keep the 8 of 16 routed experts with the highest REAP score in every MoE layer, "
                  "48 of 64 neurons in each",
     "distill": "distill: forward KL to the teacher's logits (8 x 256 tokens a step)",

@@ -19,6 +19,7 @@ from minitron.cli.common import (
     SeqLenOpt,
     SequencesOpt,
     StateDtypeOpt,
+    TensorParallelOpt,
     command,
     emit_json,
     info,
@@ -93,6 +94,7 @@ def command(
     engine: EngineOpt = "vllm",
     kv_dtype: KvDtypeOpt = None,
     prefill_chunk: PrefillChunkOpt = None,
+    tensor_parallel: TensorParallelOpt = 1,
     gpu: Annotated[str | None, typer.Option("--gpu", help="Deployment fit: concurrent sequences on this GPU.")] = None,
     memory_budget: Annotated[
         str | None, typer.Option("--memory-budget", help="Deployment fit against a size instead, e.g. 19.66GiB.")
@@ -197,6 +199,7 @@ def command(
         engine=engine,
         kv_dtype=kv_dtype,
         prefill_chunk=prefill_chunk,
+        tensor_parallel=tensor_parallel,
         budget=make_budget(gpu=gpu, memory_budget=memory_budget, engine=engine),
         vllm=VllmSettings(python=vllm_python, greedy_tokens=vllm_tokens, enforce_eager=vllm_eager,
                           kv_cache_dtype={"fp8": "fp8", None: "auto"}.get(kv_dtype, "auto")) if vllm else None,

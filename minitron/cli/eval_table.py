@@ -114,6 +114,10 @@ def render(doc: dict, console: Console) -> None:
         tp = s.get("throughput") or {}
         notes.append(f"throughput: batch {tp.get('batch_size')}, prompt {tp.get('prompt_len')}, "
                      f"{tp.get('gen_len')} decode steps, median of {tp.get('runs')} on {s.get('device')}")  # fmt: skip
+    for m in models:  # --tensor-parallel: a model whose widths vLLM would refuse to shard
+        if m.get("tensor_parallel_problems"):
+            notes.append(f"{m['name']}: vLLM cannot shard it over {m['memory']['tensor_parallel']} GPUs ("
+                         + "; ".join(f"{p['flag']}: {p['rule']}" for p in m["tensor_parallel_problems"]) + ")")
     if has["fit"]:
         b = s.get("budget") or {}
         notes.append(f"max sequences: concurrent sequences of {mm['context_length']:,} tokens in "

@@ -78,8 +78,10 @@ def command(
     seq_len: SeqLenOpt = None,
     proxy_samples: Annotated[int, typer.Option("--proxy-samples", help="Held-back blocks for the proxy.")] = 8,
     proxy: Annotated[str, typer.Option("--proxy", help="Zero-shot proxy: kl (to the original) or loss (LM loss).")] = "kl",
-    shortlist: Annotated[int, typer.Option("--shortlist", help="Largest feasible candidates ranked by the proxy.")] = 8,
-    candidate_distill_steps: Annotated[int, typer.Option("--candidate-distill-steps", help="Short distillation of the best --top-k before the final ranking.")] = 0,
+    shortlist: Annotated[int, typer.Option("--shortlist", help="Candidates shortlisted from the band, spread across the axes; the proxy ranks them all.")] = 8,
+    band: Annotated[float | None, typer.Option("--band", help="Shortlist from candidates within this fraction of the largest feasible budget use (default 0.05).")] = None,
+    candidate_distill_steps: Annotated[int, typer.Option("--candidate-distill-steps", help="Short distillation of the proxy's best --distill-candidates before the final ranking (needs --data).")] = 0,
+    distill_candidates: Annotated[int, typer.Option("--distill-candidates", help="How many of the proxy's best --candidate-distill-steps distils.")] = 3,
     distill_samples: Annotated[int, typer.Option("--distill-samples", help="Training blocks for --candidate-distill-steps.")] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate of the short distillation.")] = 1e-4,
     candidates: Annotated[int, typer.Option("--candidates", help="Candidates shown (and distilled); 0 lists every feasible one.")] = 10,
@@ -97,9 +99,11 @@ def command(
     """Prune a Nemotron-H model to an exact shape, a parameter count, an active-parameter count or a GPU-memory budget.
 
     Writing weights needs the scores of `minitron score`; --dry-run shows the plan or the candidate
-    table (also on a bare config). With a budget, candidates of the --search space that fit are
-    ranked by parameters, or with --data by a zero-shot proxy (KL to the original), then optionally
-    by --candidate-distill-steps of short distillation; the best is pruned.
+    table (also on a bare config). With a budget, a --shortlist of the candidates that fit is taken
+    from those within --band of the largest budget use, spread across the axes; with weights, --scores
+    and --data the zero-shot proxy (KL to the original) ranks all of it, then optionally the best
+    --distill-candidates are ranked after --candidate-distill-steps of distillation; without them the
+    largest wins. The winner is pruned; the table says why it won.
 
     Examples:
 
@@ -133,7 +137,8 @@ def command(
         context_length=context_length, batch_size=sequences, dtype=memory_dtype, state_dtype=state_dtype,
         engine=engine, kv_dtype=kv_dtype, prefill_chunk=prefill_chunk, tensor_parallel=tensor_parallel,
         search=search or [], drop_order=drop_order, data=data or [], seq_len=seq_len, proxy_samples=proxy_samples,
-        proxy=proxy, shortlist=shortlist, candidate_distill_steps=candidate_distill_steps,
+        proxy=proxy, shortlist=shortlist, band=band, candidate_distill_steps=candidate_distill_steps,
+        distill_candidates=distill_candidates,
         distill_samples=distill_samples, lr=lr, top_k=candidates, dry_run=dry_run, overwrite=overwrite,
         max_shard_bytes=parse_size(max_shard_size, flag="--max-shard-size"), seed=seed, device=device,
     )  # fmt: skip
@@ -159,15 +164,21 @@ def render(doc: dict) -> None:
             cols += ["experts", "moe_ffn_size", "shared_expert_ffn_size", "experts_per_token"]
             heads += ["experts", "e.ffn", "s.ffn", "top-k"]
         extra = [k for k in ("proxy_kl", "proxy_loss", "distill_kl", "distill_loss") if any(k in c for c in doc["candidates"])]
-        heads += ["params", *(["active"] if moe else []), "memory"]
+        heads += ["params", *(["active"] if moe else []), "memory", "use"]
         for c in heads + [k.replace("_", " ") for k in extra]:
             t.add_column(c, justify="right", no_wrap=True)
         for c in doc["candidates"]:
-            row = [str(c["rank"]), *(str(c[k]) for k in cols), fmt_params(c["params"]),
-                   *([fmt_params(c["active_params"])] if moe else []), fmt_bytes(c["memory_bytes"])]
+            mark = "*" if c.get("shortlisted") else ""  # shortlisted: from the band, spread across the axes
+            row = [f"{mark}{c['rank']}", *(str(c[k]) for k in cols), fmt_params(c["params"]),
+                   *([fmt_params(c["active_params"])] if moe else []), fmt_bytes(c["memory_bytes"]),
+                   f"{100 * c['budget_use']:.2f}%"]
             row += [f"{c[k]:.4f}" if c.get(k) is not None else "—" for k in extra]
             t.add_row(*row)
         out.print(t)
+        sl = doc["shortlist"]
+        out.print(f"shortlist (*): {sl['size']} of the {sl['in_band']} within {100 * sl['band']:g}% of the largest "
+                  f"budget use, spread over {', '.join(sl['spread_axes']) or 'no varying axis'}")
+        out.print(f"winner: {doc['winner_reason']}")
     p = doc["plan"]
     out.print(
         f"plan: {p['num_layers']} layers, hidden {p['hidden_size']}, ffn {p['ffn_size']}, "

@@ -40,6 +40,13 @@ def command(
     aggregation: Annotated[
         str, typer.Option("--aggregation", help="Reduction over the sequence, then the batch: mean or l2 each.")
     ] = "mean,l2",
+    width_metric: Annotated[
+        list[str] | None,
+        typer.Option("--width-metric", help="AXIS=NAME (repeatable, or comma-separated): the signal of a width "
+                     "axis. hidden: sum (default), l2, max (across layers); ffn: act (default), act_down; "
+                     "attention_heads: act (default), act_out; mamba_heads: x, x_out (default), gated, gated_out; "
+                     "mamba_head_dim: x (default), gated. See docs/score.md."),
+    ] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Field of .jsonl records / parquet column.")] = "text",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
@@ -75,15 +82,18 @@ def command(
 
       minitron score MODEL --data train.txt --layer-metric cosine --streaming --device cuda --out scores/
 
+      minitron score MODEL --data train.txt --width-metric ffn=act_down --width-metric mamba_heads=gated_out --out scores/
+
       torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
     """
     from minitron import distributed
+    from minitron.importance.signals import parse_width_metrics
     from minitron.recipes.score import ScoreOptions, prepare, run, write_outputs
     from minitron.io import check_output_dir
 
     opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,
                         expert_metric=expert_metric, aggregation=aggregation, device=device, dtype=dtype, seed=seed, text_field=text_field,
-                        streaming=streaming)
+                        streaming=streaming, width_metrics=parse_width_metrics(width_metric))
     check_output_dir(out, overwrite=overwrite, inputs=[model])
     with distributed.session("cuda" if device.startswith("cuda") else "cpu"):
         p = prepare(with_revision(model, revision), [str(d) for d in data], opts)

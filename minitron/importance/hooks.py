@@ -7,6 +7,7 @@ model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_p
     MLP down_proj         input          -> FFN neurons
     attention o_proj      input          -> attention heads (KV heads derived at the end)
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
+    mamba out_proj        input          -> gated output y (only for the `gated*` signals, `signals.py`)
     MoE experts           inputs (x, top-k indices, top-k weights) -> routed experts and their neurons
                                              (`experts.py`; the experts' weights are read from the module;
                                              captured inside the experts' own forward, `expert_capture.py`,
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from minitron.families import submodule
 from minitron.importance import experts as moe_maths
-from minitron.importance import width
+from minitron.importance import signals, width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
 from minitron.importance.expert_capture import ExpertCapture
 from minitron.models.architecture import Architecture
@@ -35,13 +36,25 @@ _MOE_SUMS = ("routed", "gate_norm", "norm", "act")
 
 
 class WidthCollector:
-    def __init__(self, arch: Architecture, agg: Aggregation, stats, expert_metric: str = "reap"):
+    """`width_metrics`: axis -> signal name (`signals.py`; missing axes take the default). With
+    `all_metrics`, every candidate signal is collected too and `finalize` adds `candidate.AXIS.NAME`
+    tensors beside the chosen ones (for the ablation benchmark; `minitron score` never writes them)."""
+
+    def __init__(self, arch: Architecture, agg: Aggregation, stats, expert_metric: str = "reap",
+                 width_metrics: dict | None = None, all_metrics: bool = False):
         self.arch, self.agg, self.stats = arch, agg, stats
         self.expert_metric = expert_metric
+        self.metrics = signals.resolve(width_metrics)
+        self.all_metrics = all_metrics
         self.enabled = False
         self.out_norms: dict[int, object] = {}  # Mamba layer position -> [H] output weight norms
+        self.down_norms: dict[int, object] = {}  # MLP layer position -> [F] down_proj column norms
         self._handles: list = []
         self._capture: ExpertCapture | None = None
+
+    def wants(self, axis: str, name: str) -> bool:
+        """Whether signal `name` of `axis` is collected."""
+        return self.all_metrics or self.metrics[axis] == name
 
     # ------------------------------------------------------------------ collection
     def add(self, name: str, values) -> None:
@@ -66,12 +79,18 @@ class WidthCollector:
                     name = _hidden_name(i, point.tag)
                     self._handles.append(mod.register_forward_hook(self._out_hook(name, width.channel_values)))
                 elif point.kind == "ffn":
-                    hook = self._in_hook(f"ffn.{positions['ffn'][i]}", width.channel_values)
+                    k = positions["ffn"][i]
+                    hook = self._in_hook(f"ffn.{k}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
+                    if self.wants("ffn", "act_down"):
+                        self._handles.append(mod.register_forward_pre_hook(self._down_norm_hook(k)))
                 elif point.kind == "attention":
-                    hook = self._in_hook(f"attention.{positions['attention'][i]}",
-                                         lambda t, nq=nq: width.head_values(t, nq))
+                    k = positions["attention"][i]
+                    hook = self._in_hook(f"attention.{k}", lambda t, nq=nq: width.head_values(t, nq))
                     self._handles.append(mod.register_forward_pre_hook(hook))
+                    if self.wants("attention_heads", "act_out"):
+                        self._handles.append(mod.register_forward_pre_hook(self._contribution_hook(
+                            f"attention_out.{k}", nq)))
                 elif point.kind == "experts":
                     if self._capture is None:
                         self._capture = ExpertCapture(model, lambda: self.enabled)
@@ -83,7 +102,10 @@ class WidthCollector:
                     self._handles.append(mod.register_forward_pre_hook(hook))
                 elif point.kind == "mamba":
                     mixer = submodule(blk, point.path.rpartition(".")[0])  # the module holding in_proj
-                    self._handles.append(mod.register_forward_hook(self._mamba_hook(positions["mamba"][i], mixer)))
+                    k = positions["mamba"][i]
+                    self._handles.append(mod.register_forward_hook(self._mamba_hook(k, mixer)))
+                    if self._gated_wanted():
+                        self._handles.append(mixer.out_proj.register_forward_pre_hook(self._gated_hook(k)))
         return self
 
     def detach(self) -> None:
@@ -114,6 +136,41 @@ class WidthCollector:
                 self.stats.add(f"moe_{name}.{k}", t)
 
         return add
+
+    def _gated_wanted(self) -> bool:
+        return any(self.wants(ax, n) for ax, n in (("mamba_heads", "gated"), ("mamba_heads", "gated_out"),
+                                                    ("mamba_head_dim", "gated")))
+
+    def _down_norm_hook(self, k: int):
+        def hook(module, _inputs):
+            if self.enabled and k not in self.down_norms:  # the weights are materialised now (also when streaming)
+                self.down_norms[k] = signals.column_norms(module.weight.detach()).cpu()
+
+        return hook
+
+    def _contribution_hook(self, name: str, n_heads: int):
+        def hook(module, inputs):
+            if self.enabled:
+                self.add(name, signals.head_contributions(inputs[0], module.weight.detach(), n_heads))
+
+        return hook
+
+    def _gated_hook(self, k: int):
+        """out_proj's input y [B, T, H·P] (the gated RMSNorm output, head-major)."""
+        h_n = self.arch.mamba_num_heads
+
+        def hook(module, inputs):
+            if not self.enabled:
+                return
+            y = inputs[0]
+            if self.wants("mamba_heads", "gated"):
+                self.add(f"mamba_gated.{k}", width.head_values(y, h_n))
+            if self.wants("mamba_heads", "gated_out"):
+                self.add(f"mamba_gated_out.{k}", signals.head_contributions(y, module.weight.detach(), h_n))
+            if self.wants("mamba_head_dim", "gated"):
+                self.add(f"mamba_gated_channels.{k}", width.channel_values(y))
+
+        return hook
 
     def _experts_hook(self, k: int):
         """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`; it holds
@@ -166,10 +223,18 @@ class WidthCollector:
         for k, i in enumerate(a.attention_layers()):
             if i not in skip:
                 shapes[f"attention.{k}"] = (a.num_attention_heads,)
+                if self.wants("attention_heads", "act_out"):
+                    shapes[f"attention_out.{k}"] = (a.num_attention_heads,)
         for k, i in enumerate(a.mamba_layers()):
             if i not in skip:
                 shapes[f"mamba_heads.{k}"] = (a.mamba_num_heads,)
                 shapes[f"mamba_channels.{k}"] = (a.mamba_intermediate,)
+                for name, stat, size in (("gated", "mamba_gated", a.mamba_num_heads),
+                                         ("gated_out", "mamba_gated_out", a.mamba_num_heads)):
+                    if self.wants("mamba_heads", name):
+                        shapes[f"{stat}.{k}"] = (size,)
+                if self.wants("mamba_head_dim", "gated"):
+                    shapes[f"mamba_gated_channels.{k}"] = (a.mamba_intermediate,)
         for k, i in enumerate(a.moe_layers()):
             if i not in skip:
                 e = a.n_routed_experts
@@ -189,29 +254,70 @@ class WidthCollector:
                 return torch.zeros(size, dtype=torch.float64)
             return finalize_batch(self.stats[name], n_samples, how)
 
-        hidden = sum(get(n, a.hidden_size) for n in self._hidden_names()) + get("hidden.final", a.hidden_size)
-        ffn = [get(f"ffn.{k}", a.intermediate_size) for k in range(len(a.ffn_layers()))]
-        att = [get(f"attention.{k}", a.num_attention_heads) for k in range(len(a.attention_layers()))]
-        mh, md = [], []
-        for k in range(len(a.mamba_layers())):
-            norms = self.out_norms.get(k, torch.zeros(a.mamba_num_heads, dtype=torch.float64))
-            mh.append(width.mamba_head_scores(get(f"mamba_heads.{k}", a.mamba_num_heads), norms))
-            md.append(width.mamba_head_dim_scores(get(f"mamba_channels.{k}", a.mamba_intermediate), a.mamba_num_heads))
+        cands = self._candidates(get)
+        chosen = {axis: cands[axis][name] for axis, name in self.metrics.items()}
 
-        def stack(rows, width_):
-            return torch.stack(rows) if rows else torch.zeros((0, 0), dtype=torch.float64)
+        def kv(att_t):
+            return width.kv_scores(att_t, a.num_key_value_heads) if att_t.numel() else torch.zeros((0, 0), dtype=torch.float64)
 
-        att_t = stack(att, a.num_attention_heads)
         out = {
-            "hidden": hidden,
-            "ffn": stack(ffn, a.intermediate_size),
-            "attention_heads": att_t,
-            "kv_heads": width.kv_scores(att_t, a.num_key_value_heads) if att else torch.zeros((0, 0), dtype=torch.float64),
-            "mamba_heads": stack(mh, a.mamba_num_heads),
-            "mamba_head_dim": stack(md, a.mamba_head_dim),
+            "hidden": chosen["hidden"],
+            "ffn": chosen["ffn"],
+            "attention_heads": chosen["attention_heads"],
+            "kv_heads": kv(chosen["attention_heads"]),
+            "mamba_heads": chosen["mamba_heads"],
+            "mamba_head_dim": chosen["mamba_head_dim"],
             **self._finalize_moe(get, n_tokens),
         }
+        if self.all_metrics:
+            for axis, by_name in cands.items():
+                for name, t in by_name.items():
+                    out[f"candidate.{axis}.{name}"] = t
+            for name, t in cands["attention_heads"].items():
+                out[f"candidate.kv_heads.{name}"] = kv(t)
         return {k: v.float() for k, v in out.items()}
+
+    def _candidates(self, get) -> dict:
+        """axis -> {signal name: tensor} for every signal collected (`wants`); float64."""
+        import torch
+
+        a = self.arch
+
+        def stack(rows):
+            return torch.stack(rows) if rows else torch.zeros((0, 0), dtype=torch.float64)
+
+        per_layer = [get(n, a.hidden_size) for n in self._hidden_names()] + [get("hidden.final", a.hidden_size)]
+        out: dict = {axis: {} for axis in signals.WIDTH_METRICS}
+        for how in signals.WIDTH_METRICS["hidden"][1]:
+            if self.wants("hidden", how):
+                out["hidden"][how] = signals.combine_layers(per_layer, how)  # [L+1, H] -> [H]
+        n_ffn, n_att, n_m = len(a.ffn_layers()), len(a.attention_layers()), len(a.mamba_layers())
+        f, nq, hm, inner = a.intermediate_size, a.num_attention_heads, a.mamba_num_heads, a.mamba_intermediate
+        act = [get(f"ffn.{k}", f) for k in range(n_ffn)]
+        out["ffn"]["act"] = stack(act)
+        if self.wants("ffn", "act_down"):
+            out["ffn"]["act_down"] = stack([act[k] * self.down_norms.get(k, torch.zeros(f, dtype=torch.float64))
+                                            for k in range(n_ffn)])
+        out["attention_heads"]["act"] = stack([get(f"attention.{k}", nq) for k in range(n_att)])
+        if self.wants("attention_heads", "act_out"):
+            out["attention_heads"]["act_out"] = stack([get(f"attention_out.{k}", nq) for k in range(n_att)])
+        x = [get(f"mamba_heads.{k}", hm) for k in range(n_m)]
+        norms = [self.out_norms.get(k, torch.zeros(hm, dtype=torch.float64)) for k in range(n_m)]
+        out["mamba_heads"]["x"] = stack(x)
+        out["mamba_heads"]["x_out"] = stack([width.mamba_head_scores(x[k], norms[k]) for k in range(n_m)])
+        for k in range(n_m):
+            gated = [s for s in ("mamba_gated", "mamba_gated_out", "mamba_gated_channels") if f"{s}.{k}" in self.stats]
+            if f"mamba_heads.{k}" in self.stats and self._gated_wanted() and not gated:
+                raise RuntimeError("the gated Mamba signals need out_proj called as a module, and this Mamba path "
+                                   "fuses it; use the default --width-metric")
+        for name, stat in (("gated", "mamba_gated"), ("gated_out", "mamba_gated_out")):
+            if self.wants("mamba_heads", name):
+                out["mamba_heads"][name] = stack([get(f"{stat}.{k}", hm) for k in range(n_m)])
+        for name, stat in (("x", "mamba_channels"), ("gated", "mamba_gated_channels")):
+            if self.wants("mamba_head_dim", name):
+                out["mamba_head_dim"][name] = stack([width.mamba_head_dim_scores(get(f"{stat}.{k}", inner), hm)
+                                                     for k in range(n_m)])
+        return out
 
     def _finalize_moe(self, get, n_tokens: float) -> dict:
         """`experts` (the chosen metric), `experts_<other>` (the others), `moe_ffn`, `shared_expert_ffn`."""

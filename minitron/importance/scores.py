@@ -21,7 +21,7 @@ Tensors (all finite, non-negative, larger = more important):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from minitron.axes import SCORED
@@ -46,6 +46,7 @@ class Scores:
     tensors: dict  # name -> torch.Tensor (float32, CPU)
     metric: str = "kl"
     fingerprint: str | None = None
+    width_metrics: dict = field(default_factory=dict)  # axis -> signal chosen (signals.py); {}: the defaults
 
     def __getitem__(self, name: str):
         return self.tensors[name]
@@ -71,6 +72,10 @@ class Scores:
         """Write `scores.safetensors`: byte-identical for identical scores (keys and metadata sorted)."""
         path = Path(out_dir) / SCORES_FILE
         meta = {"metric": self.metric, "fingerprint": self.fingerprint or ""}
+        if self.width_metrics:  # absent for the defaults: their files are unchanged
+            from minitron.importance.signals import format_metrics
+
+            meta["width_metrics"] = format_metrics(self.width_metrics)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.tensors.items()}
         write_safetensors(tensors, path, metadata=meta)
         return path
@@ -98,4 +103,5 @@ class Scores:
             except json.JSONDecodeError:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
-        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None)
+        chosen = dict(item.split("=", 1) for item in meta.get("width_metrics", "").split(",") if "=" in item)
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, width_metrics=chosen)

@@ -108,21 +108,50 @@ def _fixed(v: int) -> Range:
     return Range(v, v) if v else Range(0, 0)
 
 
-def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
-    """Width cut <= 40 % in multiples of 64 (hidden, FFN) or of the groups (Mamba heads); depth <= 20 %
-    when a drop order exists; head dim, query and KV heads are kept unless searched explicitly."""
+# Hardware-friendly widths: multiples of 128 suit GEMM tiles and leave every tensor-parallel split a
+# whole number of 16-wide tiles up to TP 8. A model too narrow for three cuts of 128 within the width
+# cut (the bundled demo, the test models) falls to 64, 32, 16, then 8.
+WIDTH_STEPS = (128, 64, 32, 16, 8)
+MIN_CUTS = 3  # values below the model's own width that a default range should hold
+
+
+def width_range(hi: int, cut: float = WIDTH_CUT, *, multiple: int = 1) -> Range:
+    """`hi` down to a `cut` fraction in multiples of the largest of `WIDTH_STEPS` (each raised to a
+    multiple of `multiple`, e.g. the TP size) that divides `hi` and leaves `MIN_CUTS` cuts; when none
+    does, the smallest such step from `hi` down (the values are then as aligned as `hi` is)."""
+    steps = [math.lcm(s, multiple) for s in WIDTH_STEPS]
+    for s in steps:
+        if hi % s == 0 and int(hi * cut) // s >= MIN_CUTS:
+            return _down(hi, s, cut)
+    return _down(hi, steps[-1], cut)
+
+
+def depth_range(num_layers: int, cut: float = DEPTH_CUT) -> Range:
+    """Layers down to a `cut` fraction in steps of 2 (a Mamba/attention pair, as the paper removed them)
+    when the cut holds at least two such steps; in steps of 1 for a shallower model."""
+    k = int(num_layers * cut)
+    step = 2 if k >= 4 else 1
+    return Range(num_layers - k // step * step, num_layers, step)
+
+
+def default_space(arch: Architecture, *, depth: bool, tensor_parallel: int = 1) -> dict[str, Range]:
+    """Width cut <= 40 % in hardware-friendly steps (`width_range`: hidden, FFN, expert widths; Mamba
+    heads in multiples of lcm(groups, TP)); depth <= 20 % in steps of 2 (`depth_range`) when a drop
+    order exists; head dim, query and KV heads are kept unless searched explicitly."""
     a = arch
     L = a.num_layers
+    tp = tensor_parallel
     space = {
-        "num_layers": Range(L - int(L * DEPTH_CUT), L) if depth else Range(L, L),
-        "hidden_size": _down(a.hidden_size, 64, WIDTH_CUT),
-        "ffn_size": _down(a.intermediate_size, 64, WIDTH_CUT) if a.ffn_layers() else _fixed(a.intermediate_size),
-        "mamba_heads": _down(a.mamba_num_heads, a.n_groups, WIDTH_CUT) if a.mamba_layers()
+        "num_layers": depth_range(L) if depth else Range(L, L),
+        "hidden_size": width_range(a.hidden_size),  # vLLM does not split the hidden size (no TP rule)
+        "ffn_size": width_range(a.intermediate_size, multiple=tp) if a.ffn_layers() else _fixed(a.intermediate_size),
+        # vLLM splits heads and groups alike over TP: heads % groups and heads % TP are what it asserts
+        "mamba_heads": _down(a.mamba_num_heads, math.lcm(a.n_groups, tp), WIDTH_CUT) if a.mamba_layers()
         else _fixed(a.mamba_num_heads),
         "mamba_head_dim": Range(a.mamba_head_dim, a.mamba_head_dim),
         "attention_heads": Range(a.num_attention_heads, a.num_attention_heads),
         "kv_heads": Range(a.num_key_value_heads, a.num_key_value_heads),
-        **_moe_space(a),
+        **_moe_space(a, tp),
     }
     for axis in a.impl.unsupported_axes(a):  # an axis the family cannot cut soundly stays whole
         if axis in space:
@@ -130,7 +159,7 @@ def default_space(arch: Architecture, *, depth: bool) -> dict[str, Range]:
     return space
 
 
-def _moe_space(a: Architecture) -> dict[str, Range]:
+def _moe_space(a: Architecture, tp: int = 1) -> dict[str, Range]:
     """Experts down to a 40 % cut in steps of 8 (rounded to the routing groups); expert and shared-expert
     widths like the FFN; top-k kept (it changes the function: only ever searched explicitly)."""
     if not a.moe_layers():
@@ -138,8 +167,8 @@ def _moe_space(a: Architecture) -> dict[str, Range]:
     step = math.lcm(EXPERT_STEP, a.n_group)
     return {
         "experts": _down(a.n_routed_experts, step, WIDTH_CUT),
-        "moe_ffn_size": _down(a.moe_intermediate_size, 64, WIDTH_CUT),
-        "shared_expert_ffn_size": _down(a.moe_shared_expert_intermediate_size, 64, WIDTH_CUT),
+        "moe_ffn_size": width_range(a.moe_intermediate_size, multiple=tp),
+        "shared_expert_ffn_size": width_range(a.moe_shared_expert_intermediate_size, multiple=tp),
         "experts_per_token": Range(a.num_experts_per_tok, a.num_experts_per_tok),
     }
 

@@ -20,6 +20,7 @@ from minitron.progress import report
 from minitron.evaluate.harness import parse_tasks, resolve_tasks
 from minitron.evaluate.throughput import ThroughputSettings
 from minitron.evaluate.vllm_check import VllmSettings
+from minitron.tensor_parallel import problems as tensor_parallel_problems
 
 PROBE = "The quick brown fox, 1234 €, naïve café — 日本語 text.\n\tdef f(x): return x ** 2"
 
@@ -46,6 +47,7 @@ class EvalOptions:
     engine: str = "vllm"  # memory model: the serving engine whose terms count
     kv_dtype: str | None = None  # memory model: KV-cache dtype (default: the activation dtype)
     prefill_chunk: int | None = None  # memory model (vllm): chunked-prefill tokens
+    tensor_parallel: int = 1  # memory model: figures per GPU of this many; widths checked against vLLM's rules
     budget: object | None = None  # memory.Budget: deployment fit (max sequences) per model
     vllm: VllmSettings | None = None  # also run each model in vLLM (greedy check, throughput, cache bytes)
     device: str = "auto"
@@ -131,7 +133,7 @@ def evaluate_models(opts: EvalOptions, *, progress=None, log=lambda message: Non
     def memory(arch):
         return estimate(arch, context_length=opts.context_length, batch_size=opts.sequences, dtype=opts.memory_dtype,
                         state_dtype=opts.state_dtype, engine=opts.engine, kv_dtype=opts.kv_dtype,
-                        prefill_chunk=opts.prefill_chunk)  # fmt: skip
+                        prefill_chunk=opts.prefill_chunk, tensor_parallel=opts.tensor_parallel)  # fmt: skip
 
     memory(ckpts[0].arch)  # validates the memory-model options before any model loads
     vllm_python = None
@@ -188,7 +190,8 @@ def evaluate_models(opts: EvalOptions, *, progress=None, log=lambda message: Non
         "context_length": opts.context_length,
         "memory_model": {"context_length": opts.context_length, "sequences": opts.sequences,
                          "dtype": opts.memory_dtype, "state_dtype": opts.state_dtype, "engine": opts.engine,
-                         "kv_dtype": opts.kv_dtype, "prefill_chunk": opts.prefill_chunk},
+                         "kv_dtype": opts.kv_dtype, "prefill_chunk": opts.prefill_chunk,
+                         "tensor_parallel": opts.tensor_parallel},
         "budget": opts.budget.to_dict() if opts.budget is not None else None,
         "throughput": asdict(opts.throughput_settings) if opts.throughput or opts.vllm else None,
         "vllm": dict(asdict(opts.vllm), python=str(vllm_python)) if opts.vllm is not None else None,
@@ -209,6 +212,9 @@ def evaluate_models(opts: EvalOptions, *, progress=None, log=lambda message: Non
                "loss": None, "perplexity": None, "kl": None, "tasks": {}, "memory": mem.to_dict(),
                "fit": opts.budget.to_dict(mem) if opts.budget is not None else None,
                "throughput": None, "vllm": None}  # fmt: skip
+        if opts.tensor_parallel > 1:  # what vLLM would refuse to shard (the memory figures assume it can)
+            row["tensor_parallel_problems"] = [{"flag": f, "rule": r} for f, r in
+                                               tensor_parallel_problems(ckpt.arch, opts.tensor_parallel)]
         if blocks is not None:
             report(progress, f"perplexity {name}", 0, int(blocks.shape[0]))
             scores = perplexity.score_blocks(model, blocks, batch_size=opts.batch_size, teacher=teacher,

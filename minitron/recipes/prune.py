@@ -16,8 +16,9 @@ from minitron.memory import Budget, Serving, max_sequences, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import AXES, default_space, enumerate_candidates, rank_by_params, require_feasible
 from minitron.prune.select import Shape, least_important, plan_for
-from minitron.prune.target import Target, parse_target
 from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
+from minitron.prune.shortlist import DEFAULT_BAND, DEFAULT_DISTILL_CANDIDATES
+from minitron.prune.target import Target, parse_target
 
 
 @dataclass
@@ -48,10 +49,12 @@ class PruneOptions:
     proxy_samples: int = 8
     proxy: str = "kl"
     shortlist: int = 8
+    band: float | None = None  # None: shortlist.DEFAULT_BAND (searches only: --band)
     candidate_distill_steps: int = 0
+    distill_candidates: int = DEFAULT_DISTILL_CANDIDATES  # the proxy's best, distilled (--distill-candidates)
     distill_samples: int = 32
     lr: float = 1e-4
-    top_k: int = 10  # candidates shown (and distilled): --candidates
+    top_k: int = 10  # candidates shown: --candidates
     dry_run: bool = False
     overwrite: bool = False
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
@@ -65,6 +68,22 @@ def _check_ranking(o: PruneOptions) -> None:
     if o.top_k < 0 or o.shortlist < 0 or o.candidate_distill_steps < 0:
         flag = "--candidates" if o.top_k < 0 else "--shortlist" if o.shortlist < 0 else "--candidate-distill-steps"
         raise InputError("must be >= 0", flag=flag)
+    _check_shortlist(o)
+
+
+def _check_shortlist(o: PruneOptions) -> None:
+    """The shortlist's options (`minitron.prune.shortlist`): ranges, and only where a search runs."""
+    from minitron.prune.shortlist import check_band
+
+    if o.band is not None:
+        if o.target_params is None and o.target_active_params is None and o.budget is None:
+            raise InputError("only used with --target-params, --target-active-params or a memory budget", flag="--band")
+        check_band(o.band)
+    if o.distill_candidates < 1:
+        raise InputError(f"must be >= 1, got {o.distill_candidates}", flag="--distill-candidates")
+    if o.candidate_distill_steps and not o.data:
+        raise InputError("ranking candidates by a short distillation needs calibration text (--data)",
+                         flag="--candidate-distill-steps")
 
 
 def serving(o: PruneOptions, arch) -> Serving:
@@ -201,8 +220,8 @@ def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) ->
 
 def _model_and_blocks(o: PruneOptions, ckpt: Checkpoint, *, n_eval: int, n_train: int):
     from minitron.data import load_blocks
-    from minitron.models.checkpoint import load_model, load_tokenizer
     from minitron.device import resolve_device
+    from minitron.models.checkpoint import load_model, load_tokenizer
 
     if not o.data:
         raise InputError("calibration text is needed to rank candidates in memory", flag="--data")
@@ -224,7 +243,7 @@ def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, prog
         order = list(target.drop_order)
     elif scores is not None:
         order = least_important(scores["layers"], arch, target.keep_min)
-    space = default_space(arch, depth=order is not None)
+    space = default_space(arch, depth=order is not None, tensor_parallel=target.serving.tensor_parallel)
     asked = target.search
     if order is None and "num_layers" in asked and asked["num_layers"].lo < arch.num_layers:
         raise InputError("searching depth needs a drop order: --drop-order or the layer scores of --scores",
@@ -236,47 +255,73 @@ def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, prog
         raise InputError(f"no shape of the search space can be sharded over {o.tensor_parallel} GPUs "
                          "(widen --search to multiples of it)", flag="--tensor-parallel")
     require_feasible(cands, target)
-    ranked = [c.to_dict() | {"_c": c} for c in rank_by_params(cands)]
-    doc["n_candidates"], doc["n_feasible"] = len(cands), len(ranked)
-    doc["ranking"] = "params"
-    use_proxy = scores is not None and ckpt.has_weights and bool(o.data) and o.shortlist > 0
-    if use_proxy:
-        ranked = _rank_with_model(o, ckpt, scores, ranked, progress, log)
-        doc["ranking"] = f"distill_kl after {o.candidate_distill_steps} steps" if o.candidate_distill_steps \
-            else f"proxy_{o.proxy}"
-    elif scores is not None and ckpt.has_weights:
-        log("ranking candidates by parameters (give --data to rank a shortlist by a zero-shot proxy)")
-    best = ranked[0]["_c"]
-    shown = ranked if o.top_k == 0 else ranked[: o.top_k]
-    for rank, d in enumerate(ranked, 1):
+    feasible = rank_by_params(cands)
+    doc["n_candidates"], doc["n_feasible"] = len(cands), len(feasible)
+    rows, info = _shortlist_and_rank(o, target, ckpt, scores, feasible, progress, log)
+    doc["ranking"], doc["shortlist"], doc["winner_reason"] = info["ranking"], info["shortlist"], info["reason"]
+    best = rows[0]["_c"]
+    for rank, d in enumerate(rows, 1):
         d["rank"] = rank
+    shown = rows if o.top_k == 0 else rows[: o.top_k]
     cands_out = [{k: v for k, v in d.items() if k != "_c"} for d in shown]
     return plan_for(arch, best.shape().resolve(arch), scores, best.dropped_layers), cands_out
 
 
-def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, ranked, progress, log):
+def _shortlist_and_rank(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, feasible, progress, log):
+    """Rows of every feasible candidate, the ranked shortlist first (winner on top), then the others
+    largest first; and what the JSON document says of the ranking (`minitron.prune.shortlist`)."""
+    from minitron.prune import shortlist as sl
+
+    limits = sl.limits_of(target)
+    short = sl.take(feasible, n=o.shortlist, band=DEFAULT_BAND if o.band is None else o.band, limits=limits)
+    picked = {id(c) for c in short.members}
+
+    def row(c, shortlisted):
+        return c.to_dict() | {"budget_use": round(sl.budget_use(c, limits), 6), "shortlisted": shortlisted, "_c": c}
+
+    top = [row(c, True) for c in short.members]
+    rest = [row(c, False) for c in feasible if id(c) not in picked]
+    info = {"shortlist": short.to_dict(), "ranking": "params"}
+    key, distilled = None, 0
+    if scores is not None and ckpt.has_weights and o.data and top:
+        key, distilled = _rank_with_model(o, ckpt, scores, top, progress, log)
+        info["ranking"] = f"{key} after {o.candidate_distill_steps} steps" if distilled else key
+        info["shortlist"] |= {"proxy": f"proxy_{o.proxy}", "distilled": distilled,
+                              "distill_steps": o.candidate_distill_steps}
+    elif scores is not None and ckpt.has_weights:
+        log("ranking candidates by parameters (give --data to rank the shortlist by a zero-shot proxy)")
+    rows = top + rest
+    info["reason"] = sl.reason(rows, key=key, shortlist=len(top), distilled=distilled, steps=o.candidate_distill_steps)
+    return rows, info
+
+
+def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict], progress, log):
+    """Rank `short` in place by the zero-shot proxy (all of it), then the best `--distill-candidates` by the
+    same figure after `--candidate-distill-steps` of distillation. Returns (the field ranked by, how many
+    were distilled)."""
     from minitron.recipes.candidates import distill_scores, proxy_scores
 
-    short = ranked[: o.shortlist]
     n_train = o.distill_samples if o.candidate_distill_steps else 0
     model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
-    log(f"zero-shot proxy on the {len(short)} largest feasible candidates ({len(eval_blocks)} held-back blocks)")
+    log(f"zero-shot proxy on all {len(short)} shortlisted candidates ({len(eval_blocks)} held-back blocks)")
     figs = proxy_scores(model, ckpt.arch, [d["_c"] for d in short], scores, eval_blocks,
                         progress=progress)
     for d, f in zip(short, figs, strict=True):
         d.update(f)
     key = f"proxy_{o.proxy}"
     short.sort(key=lambda d: d[key])
-    if o.candidate_distill_steps:
-        k = len(short) if o.top_k == 0 else min(o.top_k, len(short))
-        log(f"short distillation ({o.candidate_distill_steps} steps) of the best {k}")
-        figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
-                              steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
-                              progress=progress)
-        for d, f in zip(short[:k], figs, strict=True):
-            d.update(f)
-        short = sorted(short[:k], key=lambda d: d["distill_kl"]) + short[k:]
-    return short + ranked[o.shortlist:]
+    if not o.candidate_distill_steps:
+        return key, 0
+    k = min(o.distill_candidates, len(short))
+    log(f"short distillation ({o.candidate_distill_steps} steps) of the {k} best by the proxy")
+    figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
+                          steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
+                          progress=progress)
+    for d, f in zip(short[:k], figs, strict=True):
+        d.update(f)
+    key = f"distill_{o.proxy}"
+    short[:k] = sorted(short[:k], key=lambda d: d[key])
+    return key, k
 
 
 def _write(o: PruneOptions, ckpt: Checkpoint, plan, doc: dict, progress) -> None:

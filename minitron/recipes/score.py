@@ -33,9 +33,13 @@ class ScoreOptions:
     seed: int = 0
     text_field: str = "text"
     streaming: bool | None = None  # None: automatic
+    width_metrics: dict = field(default_factory=dict)  # axis -> signal (signals.py); only the axes asked for
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["width_metrics"]:  # the provenance of a default run is unchanged
+            del d["width_metrics"]
+        return d
 
 
 @dataclass
@@ -82,7 +86,11 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
     if norm_metric(opts.expert_metric) is None:
         raise InputError(f"unknown metric {opts.expert_metric!r} (expected {', '.join(EXPERT_METRICS)})",
                          flag="--expert-metric")
-    opts = ScoreOptions(**{**opts.to_dict(), "expert_metric": norm_metric(opts.expert_metric)})
+    from minitron.importance.signals import format_metrics, parse_width_metrics
+
+    width_metrics = parse_width_metrics([format_metrics(opts.width_metrics)]) if opts.width_metrics else {}
+    opts = ScoreOptions(**{**opts.to_dict(), "expert_metric": norm_metric(opts.expert_metric),
+                           "width_metrics": width_metrics})
     agg = Aggregation.parse(opts.aggregation)
     if not data:
         raise InputError("give at least one data file", flag="--data")
@@ -161,8 +169,9 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     mine = p.tokens[list(distributed.shard_range(p.tokens.shape[0]))]
     tensors, n_samples, n_tokens = score_tensors(source, p.arch, mine, agg=p.agg, batch_size=p.opts.batch_size,
                                                  layer_metric=p.opts.layer_metric, progress=progress,
-                                                 expert_metric=p.opts.expert_metric)
-    scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path))
+                                                 expert_metric=p.opts.expert_metric, width_metrics=p.opts.width_metrics)
+    scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path),
+                    width_metrics=dict(p.opts.width_metrics))
     scores.validate(p.arch)
     info = {
         "family": p.arch.family,
@@ -181,12 +190,15 @@ def run(p: Prepared, progress=None) -> ScoreResult:
 
 
 def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, layer_metric: str,
-                  progress=None, expert_metric: str = "reap") -> tuple[dict, int, int]:
+                  progress=None, expert_metric: str = "reap", width_metrics: dict | None = None,
+                  all_metrics: bool = False) -> tuple[dict, int, int]:
     """Run `tokens` (this rank's share) through a source; all-reduce; -> (score tensors, samples, tokens).
 
-    The tensors are those of `scores.safetensors`: the width axes, `layers` for `layer_metric` and
-    `layers_<metric>` for the other metrics that came for free; for an MoE model `experts` for
-    `expert_metric` and `experts_<metric>` for the others.
+    The tensors are those of `scores.safetensors`: the width axes (by `width_metrics`, axis -> signal
+    of `signals.py`, defaults for the others), `layers` for `layer_metric` and `layers_<metric>` for
+    the other metrics that came for free; for an MoE model `experts` for `expert_metric` and
+    `experts_<metric>` for the others. With `all_metrics`, also `candidate.AXIS.NAME` for every
+    candidate width signal (one pass for the ablation benchmark).
     """
     import torch
 
@@ -196,7 +208,8 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     from minitron.importance.depth import finalize_layer_scores
 
     stats = Stats()
-    collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric).attach(source.model)
+    collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric, width_metrics=width_metrics,
+                               all_metrics=all_metrics).attach(source.model)
     try:
         run_engine(source, tokens, batch_size=batch_size, layer_metric=layer_metric, stats=stats,
                    collector=collector, progress=progress)
@@ -238,6 +251,7 @@ def write_outputs(out: Path, p: Prepared, result: ScoreResult, *, overwrite: boo
         "metric": p.opts.layer_metric,
         **({"expert_metric": p.opts.expert_metric} if p.arch.moe_layers() else {}),
         "aggregation": str(p.agg),
+        **({"width_metrics": dict(p.opts.width_metrics)} if p.opts.width_metrics else {}),
         **result.info,
         "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),
         "concentration": concentration(t),
