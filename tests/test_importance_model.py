@@ -172,3 +172,26 @@ def test_importance_png_has_a_log_layer_panel_and_every_axis(tiny_model_dir, tmp
     for axis in ("hidden channels", "FFN neurons", "attention heads", "KV heads", "Mamba heads", "Mamba head-dim"):
         assert any(t.startswith(axis) for t in titles[1:]), (axis, titles)
     assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_importance_png_draws_the_expert_panels_of_a_moe_model(tiny_model_dir, tmp_path):
+    import torch
+
+    from minitron.importance.plot import plot_importance
+    from minitron.importance.scores import expected_shapes
+    from minitron.models.architecture import Architecture
+
+    arch = Architecture.from_path(tiny_model_dir)
+    assert arch.moe_layers()
+    g = torch.Generator().manual_seed(0)
+    tensors = {k: torch.rand(s, generator=g) for k, s in expected_shapes(arch).items()}
+    titles = plot_importance(tensors, arch.pattern, "kl", tmp_path / "a.png", expert_metric="frequency")
+    assert any(t.startswith("routed experts per MoE layer (frequency;") for t in titles), titles
+    assert any(t.startswith("routed-expert neurons") for t in titles) and any(t.startswith("shared-expert") for t in titles)
+    # The panel draws the expert scores: other scores, another picture; no expert scores, no expert panels.
+    tensors["experts"] = tensors["experts"].flip(-1)
+    plot_importance(tensors, arch.pattern, "kl", tmp_path / "b.png", expert_metric="frequency")
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    dense = {k: v for k, v in tensors.items() if k not in ("experts", "moe_ffn", "shared_expert_ffn")}
+    fewer = plot_importance(dense, arch.pattern, "kl", tmp_path / "c.png")
+    assert len(fewer) == len(titles) - 3 and not any("expert" in t for t in fewer)

@@ -189,3 +189,74 @@ def test_unknown_expert_metric_one_line_exit_2_nothing_written(tiny_model_dir, t
     assert r.exit_code == 2, r.output
     assert "--expert-metric" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- one pass: no expert computed twice
+def test_one_pass_forward_is_transformers_eager_loop_and_its_sums_the_reference():
+    model = build_model(CFG)
+    e = model.model.layers[MOE].mixer.experts
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 64, generator=g)
+    idx = torch.stack([torch.randperm(5, generator=g)[:2] for _ in range(30)])  # expert 5 never chosen
+    w = torch.rand(30, 2, generator=g)
+    with torch.no_grad():
+        want = type(e).forward.__wrapped__(e, x, idx, w)  # transformers' own eager loop
+        out, sums = ex.experts_forward_with_sums(x, idx, w, e.up_proj, e.down_proj, e.act_fn)
+        ref = ex.expert_sums(x, idx, w, e.up_proj, e.down_proj, e.act_fn)
+    assert torch.equal(out, want)
+    for k in ref:
+        torch.testing.assert_close(sums[k], ref[k], rtol=1e-6, atol=1e-9)
+    assert float(sums["routed"][5]) == 0.0 and float(sums["routed"].sum()) == 60
+
+
+def test_one_pass_gated_sums_equal_the_reference():
+    g = torch.Generator().manual_seed(2)
+    n, d, f, n_exp = 25, 8, 5, 4
+    x, up, down = torch.randn(n, d, generator=g), torch.randn(n_exp, 2 * f, d, generator=g), torch.randn(n_exp, d, f, generator=g)
+    idx = torch.stack([torch.randperm(n_exp, generator=g)[:2] for _ in range(n)])
+    w = torch.rand(n, 2, generator=g)
+    out, sums = ex.experts_forward_with_sums(x, idx, w, up, down, torch.nn.functional.silu, gated=True)
+    ref = ex.expert_sums(x, idx, w, up, down, torch.nn.functional.silu, gated=True)
+    for k in ref:
+        torch.testing.assert_close(sums[k], ref[k], rtol=1e-6, atol=1e-9)
+    want = torch.zeros(n, d)
+    for t in range(n):
+        for p in range(2):
+            gate, lin = (up[idx[t, p]] @ x[t]).chunk(2)
+            want[t] += w[t, p] * (down[idx[t, p]] @ (torch.nn.functional.silu(gate) * lin))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_scoring_runs_the_experts_once_then_restores_the_models_implementation():
+    from minitron.importance.expert_capture import IMPLEMENTATION
+
+    model = build_model(CFG)
+    toks = tokens()
+    before = model.config._experts_implementation
+    with torch.no_grad():
+        logits = model(toks, use_cache=False).logits
+    seen = set()
+    score_tensors(InMemorySource(model), ARCH, toks, agg=Aggregation(), batch_size=3, layer_metric="kl",
+                  progress=lambda *_: seen.add(model.config._experts_implementation))
+    assert seen == {IMPLEMENTATION}
+    assert model.config._experts_implementation == before != IMPLEMENTATION
+    with torch.no_grad():
+        assert torch.equal(model(toks, use_cache=False).logits, logits)
+
+
+def test_the_recomputing_hook_fallback_gives_the_same_scores(monkeypatch):
+    """Where the experts do not dispatch through transformers' interface (here: as if it were missing),
+    the hook recomputes each expert; the scores equal the one-pass path's."""
+    from minitron.importance import expert_capture
+
+    model = build_model(CFG)
+    toks = tokens()
+    fast = score(model, toks)
+    monkeypatch.setattr(expert_capture, "_register", lambda: False)
+    seen = set()
+    slow, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=Aggregation(), batch_size=3,
+                               layer_metric="cosine",
+                               progress=lambda *_: seen.add(model.config._experts_implementation))
+    assert expert_capture.IMPLEMENTATION not in seen
+    for name in ("experts", "experts_frequency", "experts_output_norm", "moe_ffn", "shared_expert_ffn", "hidden"):
+        torch.testing.assert_close(slow[name], fast[name], rtol=1e-5, atol=1e-7)

@@ -14,5 +14,6 @@ def bundled_configs() -> dict[str, Path]:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Name -> directory of every bundled model: the reference configs and the demo teacher (with weights)."""
-    return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher"}
+    """Name -> directory of every bundled model: the reference configs and the demo teachers (with weights)."""
+    return {**bundled_configs(), "demo-teacher": ASSETS / "demo" / "teacher",
+            "demo-moe-teacher": ASSETS / "demo" / "moe-teacher"}

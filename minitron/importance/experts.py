@@ -14,6 +14,11 @@ activation entering e's down projection and y_{t,e} = down_e(a_{t,e}) e's output
 
 An expert no token was routed to scores 0 on every metric. The statistics are float64 sums (and
 counts), so micro-batches and torchrun ranks add up exactly before the division.
+
+Two ways to the same sums: `expert_sums` recomputes every routed expert from the module's input (the
+readable reference, usable as a plain forward hook), and `experts_forward_with_sums` is the experts'
+forward itself that keeps the statistics of the activations and outputs it computes anyway (the
+scoring path: no expert is run twice). Both are tested against a token-by-token loop.
 """
 
 from __future__ import annotations
@@ -39,8 +44,7 @@ def expert_sums(x, top_k_index, top_k_weights, up, down, act, gated: bool = Fals
     import torch
 
     n_exp, f = up.shape[0], up.shape[1] // (2 if gated else 1)
-    out = {"routed": torch.zeros(n_exp, dtype=torch.float64), "gate_norm": torch.zeros(n_exp, dtype=torch.float64),
-           "norm": torch.zeros(n_exp, dtype=torch.float64), "act": torch.zeros(n_exp, f, dtype=torch.float64)}
+    out = _zero_sums(n_exp, f)
     for e in torch.unique(top_k_index).tolist():
         tok, pos = torch.where(top_k_index == e)
         if gated:
@@ -55,6 +59,48 @@ def expert_sums(x, top_k_index, top_k_weights, up, down, act, gated: bool = Fals
         out["norm"][e] = y.double().sum()
         out["act"][e] = a.float().abs().double().sum(dim=0)
     return out
+
+
+def _zero_sums(n_exp: int, f: int) -> dict:
+    import torch
+
+    return {"routed": torch.zeros(n_exp, dtype=torch.float64), "gate_norm": torch.zeros(n_exp, dtype=torch.float64),
+            "norm": torch.zeros(n_exp, dtype=torch.float64), "act": torch.zeros(n_exp, f, dtype=torch.float64)}
+
+
+def experts_forward_with_sums(x, top_k_index, top_k_weights, up, down, act, gated: bool = False):
+    """The routed experts' forward and `expert_sums` of the same tokens in one pass -> (out [N, d], sums).
+
+    The output is transformers' eager experts loop, op for op (bit-identical to it): for each expert
+    e that received tokens, in expert order, with its tokens in the order (top-k slot, token),
+    a = act(up_e x) (gated: act(gate_e x) · up_e x), y = down_e a, out[t] += g_{t,e} · y, accumulated
+    in the dtype of the router weights and returned in x's. The statistics read the same a and y.
+    """
+    import torch
+
+    n_exp, f = up.shape[0], up.shape[1] // (2 if gated else 1)
+    sums = _zero_sums(n_exp, f)
+    out = torch.zeros_like(x, dtype=top_k_weights.dtype)
+    mask = torch.nn.functional.one_hot(top_k_index, num_classes=n_exp + 1).permute(2, 1, 0)  # [E+1, K, N]
+    hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().squeeze(-1).tolist()
+    for e in hit:
+        if e == n_exp:  # transformers' sentinel for an expert on another rank
+            continue
+        pos, tok = torch.where(mask[e])
+        if gated:
+            gate, lin = torch.nn.functional.linear(x[tok], up[e]).chunk(2, dim=-1)
+            a = act(gate) * lin  # [n, f]
+        else:
+            a = act(torch.nn.functional.linear(x[tok], up[e]))  # [n, f]
+        y = torch.nn.functional.linear(a, down[e])  # [n, d]
+        g = top_k_weights[tok, pos]  # [n]
+        out.index_add_(0, tok, (y * g[:, None]).to(out.dtype))
+        y_norm = y.float().norm(dim=-1)
+        sums["routed"][e] = tok.numel()
+        sums["gate_norm"][e] = (g.float() * y_norm).double().sum()
+        sums["norm"][e] = y_norm.double().sum()
+        sums["act"][e] = a.float().abs().double().sum(dim=0)
+    return out.to(x.dtype), sums
 
 
 def expert_scores(sums: dict, n_tokens: float, metric: str):

@@ -9,7 +9,9 @@ model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_p
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
     mamba out_proj        input          -> gated output y (only for the `gated*` signals, `signals.py`)
     MoE experts           inputs (x, top-k indices, top-k weights) -> routed experts and their neurons
-                                             (`experts.py`; the experts' weights are read from the module)
+                                             (`experts.py`; the experts' weights are read from the module;
+                                             captured inside the experts' own forward, `expert_capture.py`,
+                                             where transformers dispatches it, else recomputed in a hook)
     shared expert down_proj  input       -> shared-expert neurons
 
 The x-slice is read from in_proj's output, which every Mamba path of transformers computes with the
@@ -27,6 +29,7 @@ from minitron.families import submodule
 from minitron.importance import experts as moe_maths
 from minitron.importance import signals, width
 from minitron.importance.aggregate import Aggregation, batch_partial, finalize_batch, reduce_seq
+from minitron.importance.expert_capture import ExpertCapture
 from minitron.models.architecture import Architecture
 
 _MOE_SUMS = ("routed", "gate_norm", "norm", "act")
@@ -47,6 +50,7 @@ class WidthCollector:
         self.out_norms: dict[int, object] = {}  # Mamba layer position -> [H] output weight norms
         self.down_norms: dict[int, object] = {}  # MLP layer position -> [F] down_proj column norms
         self._handles: list = []
+        self._capture: ExpertCapture | None = None
 
     def wants(self, axis: str, name: str) -> bool:
         """Whether signal `name` of `axis` is collected."""
@@ -88,8 +92,11 @@ class WidthCollector:
                         self._handles.append(mod.register_forward_pre_hook(self._contribution_hook(
                             f"attention_out.{k}", nq)))
                 elif point.kind == "experts":
-                    hook = self._experts_hook(positions["moe"][i])
-                    self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+                    if self._capture is None:
+                        self._capture = ExpertCapture(model, lambda: self.enabled)
+                    if not self._capture.observe(mod, self._add_expert_sums(positions["moe"][i])):
+                        hook = self._experts_hook(positions["moe"][i])  # recomputes the routed experts
+                        self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
                 elif point.kind == "shared_ffn":
                     hook = self._in_hook(f"shared_ffn.{positions['moe'][i]}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
@@ -105,6 +112,9 @@ class WidthCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
 
     def _out_hook(self, name, fn):
         def hook(_module, _inputs, output):
@@ -119,6 +129,13 @@ class WidthCollector:
                 self.add(name, fn(inputs[0]))
 
         return hook
+
+    def _add_expert_sums(self, k: int):
+        def add(sums):
+            for name, t in sums.items():
+                self.stats.add(f"moe_{name}.{k}", t)
+
+        return add
 
     def _gated_wanted(self) -> bool:
         return any(self.wants(ax, n) for ax, n in (("mamba_heads", "gated"), ("mamba_heads", "gated_out"),
@@ -157,7 +174,9 @@ class WidthCollector:
 
     def _experts_hook(self, k: int):
         """transformers' experts module is called as `experts(x, top_k_index, top_k_weights)`; it holds
-        `up_proj` (Nemotron-H: `act(up x)`) or a fused `gate_up_proj` (Granite: `act(gate x) · up x`)."""
+        `up_proj` (Nemotron-H: `act(up x)`) or a fused `gate_up_proj` (Granite: `act(gate x) · up x`).
+        The fallback where the module does not dispatch through transformers' experts interface."""
+        add = self._add_expert_sums(k)
 
         def hook(module, args, kwargs, _output):
             if not self.enabled:
@@ -166,9 +185,7 @@ class WidthCollector:
             x, idx, w = (args[j] if j < len(args) else kwargs[n] for j, n in enumerate(names))
             gated = not hasattr(module, "up_proj")
             up = module.gate_up_proj if gated else module.up_proj
-            sums = moe_maths.expert_sums(x, idx, w, up, module.down_proj, module.act_fn, gated=gated)
-            for name, t in sums.items():
-                self.stats.add(f"moe_{name}.{k}", t)
+            add(moe_maths.expert_sums(x, idx, w, up, module.down_proj, module.act_fn, gated=gated))
 
         return hook
 

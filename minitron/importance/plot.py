@@ -5,6 +5,9 @@
 - Hidden channels: every channel's score, sorted, on a log scale (how much a cut of N channels loses).
 - FFN neurons, Mamba head-dim channels: per layer, the scores sorted, as a heat map on a log scale.
 - Attention, KV and Mamba heads: heat maps, each layer's row scaled to its maximum.
+- MoE (when the model has MoE layers): routed experts as a heat map by expert index, each layer's
+  row scaled to its maximum (the experts `prune --experts` drops are the dark cells); each expert's
+  neurons (one row per layer and expert) and the shared expert's, sorted, on a log scale.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ PANELS = (
     ("kv_heads", "KV heads (each row scaled to its max)", ATTENTION, "heads"),
     ("mamba_heads", "Mamba heads (each row scaled to its max)", MAMBA, "heads"),
     ("mamba_head_dim", "Mamba head-dim channels per layer, sorted (log)", MAMBA, "sorted"),
+    ("experts", "routed experts per MoE layer ({expert_metric}; each row scaled to its max)", MOE, "experts"),
+    ("moe_ffn", "routed-expert neurons, one row per MoE layer and expert, sorted (log)", MOE, "sorted"),
+    ("shared_expert_ffn", "shared-expert neurons per MoE layer, sorted (log)", MOE, "sorted"),
 )
 
 
@@ -37,7 +43,8 @@ def panels(tensors: dict) -> list[tuple]:
     return [(k, title, c, kind) for k, title, c, kind in PANELS if tensors.get(k) is not None and tensors[k].numel()]
 
 
-def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) -> list[str]:
+def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path,
+                    expert_metric: str = "reap") -> list[str]:
     """Draw `importance.png`; returns the panel titles (the layer panel first)."""
     import matplotlib
 
@@ -56,22 +63,28 @@ def plot_importance(tensors: dict, pattern: str, metric: str, path: str | Path) 
         else:
             if t.dim() == 1:
                 t = t.unsqueeze(0)
+            t = t.reshape(-1, t.shape[-1])  # moe_ffn [layers, experts, f] -> [layers x experts, f]
             if kind == "sorted":
                 t = _positive(t.sort(dim=1, descending=True).values).log10()
                 xlabel = "unit rank within the layer (log10 score)"
             else:
                 t = t / t.amax(dim=1, keepdim=True).clamp_min(1e-12)
-                xlabel = "head"
+                xlabel = "expert" if kind == "experts" else "head"
             im = ax.imshow(t.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(xlabel)
             idx = [i for i, p in enumerate(pattern) if p == char] if char else list(range(t.shape[0]))
+            ylabel = "layer"
             if len(idx) == t.shape[0]:
                 step = max(1, len(idx) // 16)
                 ax.set_yticks(range(0, len(idx), step), [str(i) for i in idx[::step]])
-            ax.set_ylabel("layer")
+            elif idx and t.shape[0] % len(idx) == 0:  # moe_ffn: one row per (layer, expert)
+                per = t.shape[0] // len(idx)
+                ax.set_yticks(range(0, t.shape[0], per), [str(i) for i in idx])
+                ylabel = f"layer ({per} experts each)"
+            ax.set_ylabel(ylabel)
             fig.colorbar(im, ax=ax)
-        ax.set_title(title)
+        ax.set_title(title.format(expert_metric=expert_metric))
     fig.tight_layout()
     titles = [ax.get_title() for row in axes for ax in row]
     fig.savefig(Path(path), dpi=90, metadata={"Software": None, "Creation Time": None})

@@ -260,7 +260,7 @@ def write_outputs(out: Path, p: Prepared, result: ScoreResult, *, overwrite: boo
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         result.scores.save(tmp)
-        plot_importance(t, p.arch.pattern, p.opts.layer_metric, tmp / "importance.png")
+        plot_importance(t, p.arch.pattern, p.opts.layer_metric, tmp / "importance.png", expert_metric=p.opts.expert_metric)
         inputs = {"model": str(p.ckpt.path), "model_fingerprint": result.scores.fingerprint,
                   "data": data_fingerprints(p.data)}
         write_provenance(tmp, "score", p.opts.to_dict(), inputs=inputs, result=doc)
