@@ -60,7 +60,9 @@ def test_prune_search_table_keeps_every_column_in_a_pipe(tiny_model_dir):
         assert f" {col} " in header, (col, header)
     assert "…" not in r.stdout
     rows = [x for x in r.stdout.splitlines() if x.startswith("│")]
-    assert rows and all(x.split("│")[1].strip().isdigit() for x in rows)  # the rank column is filled
+    ranks = [x.split("│")[1].strip() for x in rows]
+    assert rows and all(r.removeprefix("*").isdigit() for r in ranks)  # the rank column is filled
+    assert any(r.startswith("*") for r in ranks)  # and marks the shortlist
 
 
 def test_distill_log_has_periodic_progress_lines(tiny_model_dir, text_file, tmp_path):
