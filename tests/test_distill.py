@@ -88,9 +88,9 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, student_dir)
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, student_dir):
     teacher, s1 = _models(tiny_model_dir, student_dir)
     _, s2 = _models(tiny_model_dir, student_dir)
-    from minitron.recipes.distill import _prepare_student
+    from minitron.recipes.distill_models import prepare_student
 
-    _prepare_student(s2, gradient_checkpointing=True)  # what distill --gradient-checkpointing does
+    prepare_student(s2, gradient_checkpointing=True)  # what distill --gradient-checkpointing does
     blocks = _blocks(8)
     for student in (s1, s2):
         Trainer(teacher, student, blocks, None, TrainConfig(steps=1, micro_batch_size=4)).accumulate_gradients(0)
