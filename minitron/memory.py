@@ -128,27 +128,37 @@ class MemoryEstimate:
         return d
 
 
-def prefill_activation_bytes(arch: Architecture, tokens: int, act_bytes: int, tp: int = 1) -> int:
+def prefill_activation_bytes(arch: Architecture, tokens: int, act_bytes: int, tp: int = 1,
+                             intermediate_size: int | None = None) -> int:
     """Peak transient bytes of one inference forward over `tokens` tokens (the module docstring's terms);
-    with tensor parallelism the layers' tensors are split `tp` ways, the residual stream is not."""
+    with tensor parallelism the layers' tensors are split `tp` ways, the residual stream is not.
+    `intermediate_size`: the same for that FFN width (the search prices every width of one shape)."""
     if tokens <= 0:
         return 0
+    residual, per_layer = prefill_activation_terms(arch, tokens, act_bytes)
+    if "ffn" in per_layer and intermediate_size is not None:
+        per_layer["ffn"] = 2 * tokens * intermediate_size * act_bytes
+    return residual + -(-max(per_layer.values(), default=0) // tp)
+
+
+def prefill_activation_terms(arch: Architecture, tokens: int, act_bytes: int) -> tuple[int, dict[str, int]]:
+    """The residual stream's bytes and each layer kind's transient bytes over `tokens` tokens (unsplit)."""
     t, h = tokens, arch.hidden_size
-    per_layer = [0]
+    per_layer = {}
     if arch.mamba_layers():
         hp, n = arch.mamba_intermediate, arch.ssm_state_size
         chunk = max(1, int(arch.raw.get("chunk_size") or 256))
         states = -(-t // chunk) * arch.mamba_num_heads * arch.mamba_head_dim * n * 4  # fp32 chunk states
-        per_layer.append(t * (arch.mamba_in_proj_dim + arch.mamba_conv_dim + hp) * act_bytes + states)
+        per_layer["mamba"] = t * (arch.mamba_in_proj_dim + arch.mamba_conv_dim + hp) * act_bytes + states
     if arch.ffn_layers():
-        per_layer.append(2 * t * arch.intermediate_size * act_bytes)
+        per_layer["ffn"] = 2 * t * arch.intermediate_size * act_bytes
     if arch.attention_layers():
-        per_layer.append(t * (2 * arch.num_attention_heads + 2 * arch.num_key_value_heads) * arch.head_dim * act_bytes)
+        per_layer["attention"] = t * (2 * arch.num_attention_heads + 2 * arch.num_key_value_heads) * arch.head_dim * act_bytes
     if arch.layers_with("moe"):
         top_k = int(arch.raw.get("num_experts_per_tok") or 1)
         shared = arch.moe_shared_expert_intermediate_size * max(arch.n_shared_experts, 0)
-        per_layer.append(2 * t * (top_k * arch.moe_intermediate_size + shared) * act_bytes)
-    return 2 * t * h * act_bytes + -(-max(per_layer) // tp)
+        per_layer["moe"] = 2 * t * (top_k * arch.moe_intermediate_size + shared) * act_bytes
+    return 2 * t * h * act_bytes, per_layer
 
 
 def estimate(

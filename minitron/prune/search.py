@@ -246,24 +246,35 @@ def enumerate_candidates(arch: Architecture, space: dict[str, Range], *, drop_or
                     per_unit[x] = (0, 0)
             est0 = serving.estimate(base, params=0)
             act_bytes = DTYPE_BYTES["bf16" if est0.dtype == "fp8" else est0.dtype]
+            by_ffn = {}  # FFN width -> (shardable, extra prefill bytes): the same for every other linear width
             for values in linear:
                 widths = dict(zip(LINEAR, values, strict=True))
                 f = widths["ffn_size"]
-                if tensor_parallel > 1 and tp_problems(base.with_(intermediate_size=f or base.intermediate_size),
-                                                       tensor_parallel):
+                if f not in by_ffn:
+                    by_ffn[f] = _ffn_terms(base, f, est0, act_bytes, tensor_parallel)
+                shardable, extra_prefill = by_ffn[f]
+                if not shardable:
                     continue  # a width vLLM cannot shard over the GPUs
                 params = p0 + sum(per_unit[x][0] * (v - first[x]) for x, v in widths.items())
                 active = act0 + sum(per_unit[x][1] * (v - first[x]) for x, v in widths.items())
-                mem = est0.total_bytes + -(-params * bytes_per // tensor_parallel)
-                if f and f != base.intermediate_size and base.ffn_layers():  # the MLP's prefill tensors grow with f
-                    mem += prefill_activation_bytes(base.with_(intermediate_size=f), est0.prefill_tokens,
-                                                    act_bytes, tensor_parallel) - est0.prefill_activation_bytes
+                mem = est0.total_bytes + -(-params * bytes_per // tensor_parallel) + extra_prefill
                 fits = target is None or target.fits(params, active, mem)
                 out.append(Candidate(n, h, f or a.intermediate_size, mh, mhd, q, kv, params, mem, fits,
                                      dropped, experts=ne, moe_ffn_size=widths["moe_ffn_size"],
                                      shared_expert_ffn_size=widths["shared_expert_ffn_size"], experts_per_token=topk,
                                      active_params=active))
     return out
+
+
+def _ffn_terms(base, f: int, est0, act_bytes: int, tensor_parallel: int) -> tuple[bool, int]:
+    """Whether FFN width `f` (0: the model's) shards over the GPUs, and the prefill bytes it adds to `est0`'s."""
+    if tensor_parallel > 1 and tp_problems(base.with_(intermediate_size=f or base.intermediate_size), tensor_parallel):
+        return False, 0
+    if not f or f == base.intermediate_size or not base.ffn_layers():
+        return True, 0
+    # the MLP's prefill tensors grow with f
+    return True, prefill_activation_bytes(base, est0.prefill_tokens, act_bytes, tensor_parallel,
+                                          intermediate_size=f) - est0.prefill_activation_bytes
 
 
 def rank_by_params(cands: list[Candidate]) -> list[Candidate]:
