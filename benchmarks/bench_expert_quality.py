@@ -1,12 +1,14 @@
-"""Which routed experts to drop? Expert metrics vs random on the bundled MoE teacher (issue #13).
+"""Which routed experts to drop? Expert metrics vs random on a trained MoE teacher (issue #13).
 
   python benchmarks/bench_expert_quality.py                 # the full run (~15-30 min on 2 shared cores)
   python benchmarks/bench_expert_quality.py --quick         # tiny settings: checks the pipeline
   python benchmarks/bench_expert_quality.py --json out.json
+  python benchmarks/bench_expert_quality.py --teacher DIR   # another MoE teacher (same demo corpus)
 
-The teacher is `minitron/assets/demo/moe-teacher` (3 MoE layers of 16 routed experts, top-2, a shared
-expert). Every candidate keeps `--keep` (8) of the 16 experts in every MoE layer (`prune --experts 8`,
-nothing else cut) and differs only in which:
+The teacher is `minitron/assets/demo/moe-teacher` by default (3 MoE layers of 16 routed experts, top-2,
+a shared expert), or `--teacher DIR` (a Nemotron-H MoE directory with the demo tokenizer, e.g. one
+written by `scripts/train_demo_teacher.py --moe --out DIR`). Every candidate keeps `--keep` (8) of
+the experts in every MoE layer (`prune --experts 8`, nothing else cut) and differs only in which:
 
 - each expert metric of `minitron score` (reap, frequency, output_norm), from `--draws` calibration
   draws (`score --seed d`: a different set of `--score-samples` blocks of 256 training tokens each);
@@ -54,14 +56,14 @@ def log(msg: str) -> None:
 
 
 class Bench:
-    def __init__(self, cfg: dict, work: Path):
+    def __init__(self, cfg: dict, work: Path, teacher: Path | None = None):
         from minitron.assets import ASSETS
         from minitron.data import load_blocks
         from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint
 
         demo = ASSETS / "demo"
         self.cfg, self.work = cfg, work
-        self.teacher_dir = demo / "moe-teacher"
+        self.teacher_dir = Path(teacher) if teacher else demo / "moe-teacher"
         self.train, self.heldout = demo / "corpus" / "train.txt", demo / "corpus" / "heldout.txt"
         self.arch = open_checkpoint(self.teacher_dir).arch
         tok = load_tokenizer(self.teacher_dir)
@@ -113,12 +115,30 @@ def with_experts(tensors: dict, experts) -> dict:
 
 
 def spread(values: list[float]) -> dict:
+    """mean, min, max, `std` (population) and `sd` (sample, n - 1) of `values`."""
     return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4),
-            "std": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0, "n": len(values)}
+            "std": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0,
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def run(cfg: dict, work: Path) -> dict:
-    b = Bench(cfg, work)
+def versus_random(summary: dict, key: str = "pruned_loss") -> dict:
+    """Does each metric beat random "clearly" in `key` (lower is better)? Clearly = its worst draw is
+    better than random's best seed, or its mean is more than 2 sample sd of random below random's mean."""
+    r = summary["random"][key]
+    out = {}
+    for m, s in summary.items():
+        if m == "random" or key not in s:
+            continue
+        x = s[key]
+        gap = r["mean"] - x["mean"]
+        out[m] = {"mean_gap": round(gap, 4), "gap_in_random_sd": round(gap / r["sd"], 2) if r["sd"] else None,
+                  "worst_beats_best_random": x["max"] < r["min"],
+                  "clearly": x["max"] < r["min"] or (r["sd"] > 0 and gap > 2 * r["sd"])}
+    return out
+
+
+def run(cfg: dict, work: Path, teacher: Path | None = None) -> dict:
+    b = Bench(cfg, work, teacher)
     teacher = b.evaluate_dir(b.teacher_dir)
     log(f"teacher loss {teacher['loss']:.3f} on {cfg['eval_samples']} held-out blocks")
     rows = []
@@ -162,20 +182,39 @@ def run(cfg: dict, work: Path) -> dict:
         if dist:
             summary[m]["distilled_loss"] = spread([x["loss"] for x in dist])
             summary[m]["distilled_kl"] = spread([x["kl"] for x in dist])
+    verdict = {k: versus_random(summary, k) for k in ("pruned_loss", "pruned_kl", "distilled_loss", "distilled_kl")
+               if k in summary["random"]}
     return {"teacher": teacher, "rows": [{k: v for k, v in r.items() if k != "path"} for r in rows],
-            "summary": summary, "settings": cfg, "keep": cfg["keep"], "experts": n_exp}
+            "summary": summary, "versus_random": verdict, "settings": cfg, "keep": cfg["keep"], "experts": n_exp,
+            "teacher_dir": str(b.teacher_dir), "teacher_sha256": sha256(b.teacher_dir / "model.safetensors")}
+
+
+def sha256(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def table(doc: dict) -> str:
     lines = ["| experts kept by | held-out loss after pruning | KL | after distillation | KL |",
              "|---|---|---|---|---|"]
     def fmt(s, d=3):
-        return f"{s['mean']:.{d}f} ({s['min']:.{d}f}–{s['max']:.{d}f}, n={s['n']})" if s else "–"
+        return f"{s['mean']:.{d}f} ({s['min']:.{d}f}–{s['max']:.{d}f}, sd {s['sd']:.{d}f}, n={s['n']})" if s else "–"
 
     for m, s in doc["summary"].items():
         lines.append(f"| {m} | {fmt(s['pruned_loss'])} | {fmt(s['pruned_kl'], 4)} | {fmt(s.get('distilled_loss'))} | "
                      f"{fmt(s.get('distilled_kl'), 4)} |")
     lines.append(f"| (teacher) | {doc['teacher']['loss']:.3f} | 0 | | |")
+    for k, v in doc.get("versus_random", {}).items():
+        lines.append(f"vs random, {k}: " + "; ".join(
+            f"{m} gap {x['mean_gap']:+.4f} ({x['gap_in_random_sd']} sd){' CLEARLY' if x['clearly'] else ''}"
+            for m, x in v.items()))
     return "\n".join(lines)
 
 
@@ -185,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="MoE teacher directory (default: the bundled minitron/assets/demo/moe-teacher)")
     for k in SETTINGS["full"]:
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
     args = ap.parse_args(argv)
@@ -195,7 +236,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        doc = run(cfg, work)
+        doc = run(cfg, work, args.teacher)
     doc.update(load_start=load, load_end=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                seconds=round(time.perf_counter() - T0, 1), threads=args.threads,
                command="python benchmarks/bench_expert_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]))

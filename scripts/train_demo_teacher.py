@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--experts", type=int, default=0, help="routed experts per MoE layer (E in --pattern)")
     ap.add_argument("--experts-per-token", type=int, default=2)
     ap.add_argument("--moe-ffn", type=int, default=64, help="neurons of each routed expert")
-    ap.add_argument("--shared-ffn", type=int, default=128, help="neurons of the shared expert")
+    ap.add_argument("--shared-ffn", type=int, default=128,
+                    help="neurons of the shared expert (>= 1: NemotronH always has one)")
     ap.add_argument("--balance-rate", type=float, default=1e-3,
                     help="step of the auxiliary-loss-free balancing of e_score_correction_bias")
     ap.add_argument("--probe", action="store_true", help="only measure tokens/s for --minutes; write nothing")
@@ -275,6 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if "E" in args.pattern and args.experts < 1:
         ap.error("--pattern has MoE layers (E): give --experts (or --moe)")
+    if "E" in args.pattern and args.shared_ffn < 1:
+        # transformers' NemotronHMLP takes `intermediate_size or config.intermediate_size`: a 0-wide shared
+        # expert would silently become an --ffn-wide one. Nemotron-H has no MoE block without a shared expert.
+        ap.error("--shared-ffn must be >= 1: transformers' NemotronH always builds a shared expert "
+                 "(0 would silently give it --ffn neurons); use a small one, e.g. 16")
     if args.rewrite_card:
         return rewrite_card(args.out)
 
