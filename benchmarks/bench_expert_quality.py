@@ -123,7 +123,8 @@ def spread(values: list[float]) -> dict:
 
 def versus_random(summary: dict, key: str = "pruned_loss") -> dict:
     """Does each metric beat random "clearly" in `key` (lower is better)? Clearly = its worst draw is
-    better than random's best seed, or its mean is more than 2 sample sd of random below random's mean."""
+    better than random's best seed, or its mean is more than 2 sample sd of random below random's mean.
+    `clearly` is None (undecided) unless both sides have at least 2 values."""
     r = summary["random"][key]
     out = {}
     for m, s in summary.items():
@@ -131,9 +132,10 @@ def versus_random(summary: dict, key: str = "pruned_loss") -> dict:
             continue
         x = s[key]
         gap = r["mean"] - x["mean"]
+        enough = x["n"] > 1 and r["n"] > 1
         out[m] = {"mean_gap": round(gap, 4), "gap_in_random_sd": round(gap / r["sd"], 2) if r["sd"] else None,
                   "worst_beats_best_random": x["max"] < r["min"],
-                  "clearly": x["max"] < r["min"] or (r["sd"] > 0 and gap > 2 * r["sd"])}
+                  "clearly": (x["max"] < r["min"] or (r["sd"] > 0 and gap > 2 * r["sd"])) if enough else None}
     return out
 
 
@@ -213,7 +215,8 @@ def table(doc: dict) -> str:
     lines.append(f"| (teacher) | {doc['teacher']['loss']:.3f} | 0 | | |")
     for k, v in doc.get("versus_random", {}).items():
         lines.append(f"vs random, {k}: " + "; ".join(
-            f"{m} gap {x['mean_gap']:+.4f} ({x['gap_in_random_sd']} sd){' CLEARLY' if x['clearly'] else ''}"
+            f"{m} gap {x['mean_gap']:+.4f} ({x['gap_in_random_sd']} sd)"
+            + {True: " CLEARLY", False: "", None: " (too few runs to say)"}[x["clearly"]]
             for m, x in v.items()))
     return "\n".join(lines)
 
