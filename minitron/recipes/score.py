@@ -16,24 +16,40 @@ from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS
+from minitron.importance.signals import parse_width_metrics
+from minitron.options import option
 
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
 
 
 @dataclass
 class ScoreOptions:
-    samples: int = 1024
-    seq_len: int | None = None  # None: min(2048, max_position_embeddings)
-    batch_size: int = 8
-    layer_metric: str = "kl"
-    expert_metric: str = "reap"
-    aggregation: str = "mean,l2"
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    seed: int = 0
-    text_field: str = "text"
-    streaming: bool | None = None  # None: automatic
-    width_metrics: dict = field(default_factory=dict)  # axis -> signal (signals.py); only the axes asked for
+    samples: int = option("--samples", default=1024, help="Calibration blocks to score on (the paper: 1024).")
+    seq_len: int | None = option("--seq-len", default=None,
+                                 help="Tokens per block (default: min(2048, max_position_embeddings)).")
+    batch_size: int = option("--batch-size", default=8, help="Blocks per forward pass.")
+    layer_metric: str = option("--layer-metric", default="kl",
+                               help="Layer importance when a block is skipped: kl, mse, loss or cosine.")
+    expert_metric: str = option("--expert-metric", default="reap",
+                                help="Routed-expert importance (MoE): reap (router-weighted output norm), frequency "
+                                     "or output_norm; the others are saved too.")
+    aggregation: str = option("--aggregation", default="mean,l2",
+                              help="Reduction over the sequence, then the batch: mean or l2 each.")
+    device: str = option("--device", default="auto", help="auto, cpu or cuda[:N].")
+    dtype: str = option("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
+    seed: int = option("--seed", default=0, help="Seed of the sample selection.")
+    text_field: str = option("--text-field", default="text", help="Field of .jsonl records / parquet column.")
+    streaming: bool | None = option(
+        "--streaming/--no-streaming", default=None,
+        help="Stream one block at a time from the safetensors files (default: when the weights don't fit in the "
+             "device's free memory).")
+    # axis -> signal (signals.py); only the axes asked for
+    width_metrics: dict = option(
+        "--width-metric", default_factory=dict, type=list[str] | None, parse=parse_width_metrics,
+        help="AXIS=NAME (repeatable, or comma-separated): the signal of a width axis. hidden: sum (default), l2, "
+             "max (across layers); ffn: act (default), act_down; attention_heads: act (default), act_out; "
+             "mamba_heads: x, x_out (default), gated, gated_out; mamba_head_dim: x (default), gated. "
+             "See docs/score.md.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
