@@ -82,7 +82,6 @@ def _kl_sum(logits, target, kl_positions, chunk_size) -> float:
     return float(kl_divergence(logits, target, kl_positions, chunk_size=chunk_size, reduction="sum"))
 
 
-@torch.no_grad()
 def score_blocks(
     model,
     blocks: torch.Tensor,
@@ -109,6 +108,15 @@ def score_blocks(
     Blocks are moved to `device` (default: the model's) batch by batch; `progress(stage, blocks_done, blocks)` reports
     after each batch (`minitron.progress`).
     """
+    # inference mode is the faster (no version counters); FSDP2 updates its all-gather buffers in place
+    # afterwards, which inference tensors forbid, so a sharded (training-time) evaluation takes no_grad
+    with torch.no_grad() if shard else torch.inference_mode():
+        return _score_blocks(model, blocks, batch_size, teacher, masks, chunk_size, autocast_dtype, shard, device,
+                             progress, stage)
+
+
+def _score_blocks(model, blocks, batch_size, teacher, masks, chunk_size, autocast_dtype, shard, device, progress,
+                  stage) -> BlockScores:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
     mine = list(range(rank, blocks.shape[0], world))
