@@ -22,6 +22,9 @@ from minitron.cli.progress import Progress
 from minitron.recipes.score import ScoreOptions
 
 
+STABLE = 0.9  # split-half Spearman below which a ranking is flagged (docs/score.md)
+
+
 @command
 @with_options(ScoreOptions)
 def command(
@@ -92,6 +95,13 @@ def render(doc: dict) -> None:
     for row in doc["least_important_layers"]:
         t.add_row(str(row["layer"]), row["type"], f"{row['score']:.4g}")
     out.print(t)
+    if doc.get("stability"):
+        st = doc["stability"]
+        low = [a for a, r in st.items() if r < STABLE]
+        out.print("ranking stability (Spearman, even vs odd batches): "
+                  + ", ".join(f"{a} {r:.3f}" for a, r in st.items())
+                  + (f"  [yellow]{', '.join(low)} below {STABLE}: more --samples would change the ranking[/yellow]"
+                     if low else ""))
     t = Table(title="concentration of importance (per layer, averaged)", title_justify="left")
     for col in ("axis", "units", "layers", "top 10% share", "gini"):
         t.add_column(col, justify="left" if col == "axis" else "right")
