@@ -246,6 +246,11 @@ def summarise(doc: dict) -> list[dict]:
         for x in (0.5, 0.7, 0.8):
             row[f"t{int(x * 100)}"] = tokens_to(seed0["curve"], P, T, x)
         rows.append(row)
+    demo = {r["seed"]: r["final"] for r in by.get(recipe_name(DEMO), [])}
+    for row in rows:  # paired by seed: the data order is shared, so the difference is less noisy than either
+        d = [r["final"] - demo[r["seed"]] for r in by[row["name"]] if r["seed"] in demo]
+        row["vs_demo"] = statistics.mean(d) if d else None
+        row["vs_demo_sd"] = statistics.stdev(d) if len(d) > 1 else None
     return rows
 
 
@@ -270,19 +275,21 @@ def report(paths: list[Path], md: Path) -> int:
     for doc, path in zip(docs, paths):
         rows = summarise(doc)
         P, T = doc["pruned"], doc["teacher_loss"]
-        lines += [f"## Teacher `{doc['teacher']}`", "",
+        lines += [f"## Teacher `{doc['teacher'].replace(str(REPO) + '/', '')}`", "",
                   f"Teacher {T:.3f}, pruned {P:.3f} ({doc['params']:,} params, dropped layers {doc['dropped']}); "
                   f"{doc['threads']} thread, torch {doc['torch']}. Commands:", "", "```"]
         lines += doc.get("commands", []) + ["```", ""]
         loads = ", ".join(f"{l['start'][0]:.1f} → {l.get('end', l['start'])[0]:.1f}" for l in doc.get("load", []))
         lines += [f"Load average (1 min) at start → end of each command: {loads}.", ""]
-        lines += ["| recipe | seeds | loss at 40 (seed 0) | mean ± sd | recovered (seed 0) | tokens to 50 % | "
-                  "70 % | 80 % | s / run |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| recipe | seeds | loss at 40 (seed 0) | mean ± sd | − demo's (paired) | recovered (seed 0) | "
+                  "recovered (mean) | tokens to 50 % | 70 % | 80 % | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: r["mean"]):
             sd = f" ± {r['sd']:.3f}" if r["sd"] is not None else ""
             label = r["name"] + (" (demo's)" if r["recipe"] == DEMO else "")
+            vs = "" if r["vs_demo"] is None else f"{r['vs_demo']:+.3f}" + (
+                f" ± {r['vs_demo_sd']:.3f}" if r["vs_demo_sd"] is not None else "")
             lines.append(f"| {label} | {','.join(map(str, r['seeds']))} | {r['final0']:.3f} | {r['mean']:.3f}{sd} | "
-                         f"{r['recovered0']:.1%} | {fmt_tokens(r['t50'])} | {fmt_tokens(r['t70'])} | "
+                         f"{vs} | {r['recovered0']:.1%} | {r['recovered']:.1%} | {fmt_tokens(r['t50'])} | {fmt_tokens(r['t70'])} | "
                          f"{fmt_tokens(r['t80'])} | {r['seconds']:.0f} |")
         lines += ["", "Loss at each evaluation (seed 0):", "",
                   "| recipe | " + " | ".join(f"step {c['step']}" for c in rows[0]["curve0"]) + " |",
