@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -169,7 +170,7 @@ def run_recipe(b, student0, recipe: dict, seed: int, steps: int, eval_at: list[i
 
 
 def sweep(args) -> int:
-    from ablation import ALL_AXES, SETTINGS, SEQ_LEN, Bench
+    from ablation import ALL_AXES, SEQ_LEN, SETTINGS, Bench
 
     torch.set_num_threads(args.threads)
     res = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
@@ -183,7 +184,7 @@ def sweep(args) -> int:
                 "dropped": sorted(dropped), "params": plan.target().total_params, "pruned": b.loss(student0),
                 "seq_len": SEQ_LEN, "micro_batch": MICRO, "eval_blocks": cfg["eval"], "threads": args.threads,
                 "torch": torch.__version__})
-    res.setdefault("commands", []).append("python benchmarks/distill_sweep.py " + " ".join(sys.argv[1:]))
+    res.setdefault("commands", []).append(shlex.join(["python", "benchmarks/distill_sweep.py", *sys.argv[1:]]))
     res.setdefault("load", []).append({"start": os.getloadavg()})
     log(f"teacher {res['teacher_loss']:.3f}, pruned {res['pruned']:.3f} ({res['params']:,} params, "
         f"dropped {res['dropped']})")
@@ -217,7 +218,7 @@ def sweep(args) -> int:
 def tokens_to(curve: list[dict], pruned: float, teacher: float, share: float) -> float | None:
     """Tokens at which the recovered share first reaches `share` (linear between evaluations), or None."""
     target = pruned - share * (pruned - teacher)
-    for a, c in zip(curve, curve[1:]):
+    for a, c in zip(curve, curve[1:], strict=False):
         if c["loss"] <= target:
             if a["loss"] <= target:
                 return a["tokens"]
@@ -272,14 +273,14 @@ def report(paths: list[Path], md: Path) -> int:
              "deviation over them. Unnamed fields: min_lr = lr / 10, AdamW β (0.9, 0.95), clip 1.0, "
              "no weight decay (TrainConfig's).", ""]
     plots = []
-    for doc, path in zip(docs, paths):
+    for doc, path in zip(docs, paths, strict=True):
         rows = summarise(doc)
         P, T = doc["pruned"], doc["teacher_loss"]
         lines += [f"## Teacher `{doc['teacher'].replace(str(REPO) + '/', '')}`", "",
                   f"Teacher {T:.3f}, pruned {P:.3f} ({doc['params']:,} params, dropped layers {doc['dropped']}); "
                   f"{doc['threads']} thread, torch {doc['torch']}. Commands:", "", "```"]
         lines += doc.get("commands", []) + ["```", ""]
-        loads = ", ".join(f"{l['start'][0]:.1f} → {l.get('end', l['start'])[0]:.1f}" for l in doc.get("load", []))
+        loads = ", ".join(f"{ld['start'][0]:.1f} → {ld.get('end', ld['start'])[0]:.1f}" for ld in doc.get("load", []))
         lines += [f"Load average (1 min) at start → end of each command: {loads}.", ""]
         lines += ["| recipe | seeds | loss at 40 (seed 0) | mean ± sd | − demo's (paired) | recovered (seed 0) | "
                   "recovered (mean) | tokens to 50 % | 70 % | 80 % | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
