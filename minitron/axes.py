@@ -31,6 +31,7 @@ class Axis:
     label: str  # what a unit is called in messages
     per_expert: bool = False  # the score has one row per routed expert ([layers, experts, units])
     may_grow: bool = False  # may be set above the model's value (the router's top-k)
+    help: str = ""  # the `prune` flag's help (an exact target for the axis)
 
     @property
     def flag(self) -> str:
@@ -62,19 +63,29 @@ class Axis:
 
 
 AXES: tuple[Axis, ...] = (
-    Axis("hidden_size", "hidden_size", "hidden", None, "hidden", HIDDEN, "hidden channel"),
-    Axis("ffn_size", "intermediate_size", "ffn", "ffn", "ffn", FFN, "FFN neuron"),
-    Axis("mamba_heads", "mamba_num_heads", "mamba_heads", "mamba", "mamba_heads", MAMBA_HEADS, "Mamba head"),
-    Axis("mamba_head_dim", "mamba_head_dim", "mamba_head_dim", "mamba", "mamba_dims", MAMBA_INNER, "Mamba head-dim"),
-    Axis("attention_heads", "num_attention_heads", "attention_heads", "attention", "q_heads", Q, "query head"),
-    Axis("kv_heads", "num_key_value_heads", "kv_heads", "attention", "kv_heads", KV, "KV head"),
-    Axis("experts", "n_routed_experts", "experts", "moe", "experts", EXPERTS, "routed expert"),
+    Axis("hidden_size", "hidden_size", "hidden", None, "hidden", HIDDEN, "hidden channel",
+         help="Exact target: hidden (embedding) channels."),
+    Axis("ffn_size", "intermediate_size", "ffn", "ffn", "ffn", FFN, "FFN neuron",
+         help="Exact target: FFN neurons per MLP layer."),
+    Axis("mamba_heads", "mamba_num_heads", "mamba_heads", "mamba", "mamba_heads", MAMBA_HEADS, "Mamba head",
+         help="Exact target: Mamba heads per layer (a multiple of the groups)."),
+    Axis("mamba_head_dim", "mamba_head_dim", "mamba_head_dim", "mamba", "mamba_dims", MAMBA_INNER, "Mamba head-dim",
+         help="Exact target: channels per Mamba head."),
+    Axis("attention_heads", "num_attention_heads", "attention_heads", "attention", "q_heads", Q, "query head",
+         help="Exact target: query heads per attention layer."),
+    Axis("kv_heads", "num_key_value_heads", "kv_heads", "attention", "kv_heads", KV, "KV head",
+         help="Exact target: KV heads (whole GQA groups) per attention layer."),
+    Axis("experts", "n_routed_experts", "experts", "moe", "experts", EXPERTS, "routed expert",
+         help="Exact target: routed experts kept per MoE layer (a multiple of n_group)."),
     Axis("moe_ffn_size", "moe_intermediate_size", "moe_ffn", "moe", "moe_ffn", MOE_FFN, "expert neuron",
-         per_expert=True),
+         per_expert=True,
+         help="Exact target: neurons kept in every routed expert."),
     Axis("shared_expert_ffn_size", "moe_shared_expert_intermediate_size", "shared_expert_ffn", "moe", "shared_ffn",
-         SHARED_FFN, "shared-expert neuron"),
+         SHARED_FFN, "shared-expert neuron",
+         help="Exact target: neurons of the shared expert."),
     Axis("experts_per_token", "num_experts_per_tok", "experts_per_token", "moe", None, None, "routed expert per token",
-         may_grow=True),
+         may_grow=True,
+         help="Exact target: the router's top-k (changes the function)."),
 )
 BY_NAME: dict[str, Axis] = {a.name: a for a in AXES}
 BY_UNIT: dict[str, Axis] = {a.unit: a for a in AXES}

@@ -23,3 +23,16 @@ def auto_dtype(dtype: str | None, device: str, flag: str = "--dtype") -> str:
     if dtype in (None, "auto"):
         return "bf16" if str(device).startswith("cuda") else "fp32"
     return norm_dtype(dtype, flag, fp8=False)
+
+
+def autocast(device: str, dtype: str | None):
+    """A `torch.autocast` context for `dtype` on `device` (a no-op for fp32 or None)."""
+    import contextlib
+
+    if dtype in (None, "fp32", "float32"):
+        return contextlib.nullcontext()
+    import torch
+
+    from minitron.dtypes import torch_dtype
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))

@@ -101,3 +101,41 @@ def test_kl_of_a_model_to_itself_is_zero_and_to_another_is_not(tiny, blocks, tin
     ref = (p.exp() * (p - s.log_softmax(-1))).sum(-1)[:, :-1].mean()
     assert diff.mean_kl > 1e-3
     assert diff.mean_kl == pytest.approx(float(ref), rel=1e-4)
+
+
+def _by_hand(student, teacher, blocks, masks):
+    """Loss over the target tokens and KL(teacher || student) over the positions predicting one, by hand."""
+    nll = kl = 0.0
+    n = 0
+    with torch.no_grad():
+        for b, m in zip(blocks, masks, strict=True):
+            q = torch.log_softmax(student(input_ids=b[None]).logits[0].double(), -1)
+            p = torch.log_softmax(teacher(input_ids=b[None]).logits[0].double(), -1)
+            for i in range(len(b) - 1):
+                if m[i + 1]:
+                    nll -= float(q[i, b[i + 1]])
+                    kl += float((p[i].exp() * (p[i] - q[i])).sum())
+                    n += 1
+    return nll / n, kl / n, n
+
+
+def test_masked_blocks_and_a_teacher_source_against_a_by_hand_reference(tiny, blocks):
+    """Distillation's validation (chat masks, a teacher behind `output()`) is the same loop as eval's."""
+    from minitron.distill.teacher import ResidentTeacher, evaluate
+    from minitron.testing import build_model
+
+    other = build_model(seed=7)
+    masks = torch.zeros_like(blocks, dtype=torch.bool)
+    masks[:, 10:] = True  # the answer: the last 14 tokens of each block
+    masks[1, 3:6] = True
+    loss, kl, n = _by_hand(other, tiny, blocks, masks)
+    got = score_blocks(other, blocks, teacher=ResidentTeacher(tiny), masks=masks, batch_size=2)
+    assert got.tokens == got.kl_tokens == n == 5 * 14 + 3
+    assert got.loss == pytest.approx(loss, rel=1e-5) and got.mean_kl == pytest.approx(kl, rel=1e-5)
+    ev = evaluate(tiny, other, blocks, micro_batch_size=3, masks=masks)
+    assert (ev["loss"], ev["kl"], ev["tokens"]) == pytest.approx((loss, kl, n), rel=1e-5)
+    # without masks: every predicted position, as `minitron eval --teacher` counts them
+    ev = evaluate(tiny, other, blocks, micro_batch_size=2)
+    full = score_blocks(other, blocks, teacher=tiny, batch_size=4)
+    assert ev["tokens"] == full.tokens == 5 * 23
+    assert ev["kl"] == pytest.approx(full.mean_kl, rel=1e-6) and ev["loss"] == pytest.approx(full.loss, rel=1e-6)

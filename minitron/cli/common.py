@@ -23,6 +23,7 @@ from rich.console import Console
 
 from minitron.errors import EXIT_UNEXPECTED, MinitronError
 from minitron.fmt import clean_floats, fmt_bytes, fmt_int, fmt_params  # noqa: F401 (re-exported to the commands)
+from minitron.options import VOCABULARY
 
 log = logging.getLogger("minitron")
 
@@ -176,27 +177,24 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 ComputeDtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
-SeqLenOpt = Annotated[int | None, typer.Option("--seq-len", help="Tokens per data block (default: min(2048, max_position_embeddings)).")]
-ContextOpt = Annotated[int | None, typer.Option(
-    "--context-length", help="Memory model: tokens per sequence (default: the model's max_position_embeddings).")]
-SequencesOpt = Annotated[int, typer.Option("--sequences", help="Memory model: sequences held at once.")]
-MemoryDtypeOpt = Annotated[str, typer.Option(
-    "--memory-dtype", help="Memory model: dtype of the weights (fp8, bf16, fp16 or fp32).")]
-StateDtypeOpt = Annotated[str | None, typer.Option(
-    "--state-dtype", help="Memory model: Mamba SSM state dtype (default: the config's mamba_ssm_cache_dtype).")]
-EngineOpt = Annotated[str, typer.Option(
-    "--engine", help="Memory model: the serving engine whose terms count: vllm, hf (transformers), or none (the model alone).")]
-KvDtypeOpt = Annotated[str | None, typer.Option(
-    "--kv-dtype", help="Memory model: KV-cache dtype, fp8 or bf16 (vLLM's --kv-cache-dtype; default: as the activations).")]
-PrefillChunkOpt = Annotated[int | None, typer.Option(
-    "--prefill-chunk", help="Memory model (vllm): tokens per prefill chunk (default 2048; hf: the whole context).")]
-TensorParallelOpt = Annotated[int, typer.Option(
-    "--tensor-parallel", help="GPUs vLLM shards the model over: widths must divide (docs/serving.md); memory per GPU.")]
-HeadroomOpt = Annotated[float | None, typer.Option(
-    "--headroom", help="Fraction of the GPU kept free (default with --gpu: 1 - the engine's usable share, vllm 0.08).")]
-ReserveOpt = Annotated[float | None, typer.Option(
-    "--reserve-gib", help="GiB reserved (default with --gpu: the CUDA context, 1.0).")]
 
+
+def _shared(key: str, annotation):
+    flag, help = VOCABULARY[key]
+    return Annotated[annotation, typer.Option(flag, help=help)]
+
+
+SeqLenOpt = _shared("seq_len", int | None)
+ContextOpt = _shared("context_length", int | None)
+SequencesOpt = _shared("sequences", int)
+MemoryDtypeOpt = _shared("memory_dtype", str)
+StateDtypeOpt = _shared("state_dtype", str | None)
+EngineOpt = _shared("engine", str)
+KvDtypeOpt = _shared("kv_dtype", str | None)
+PrefillChunkOpt = _shared("prefill_chunk", int | None)
+TensorParallelOpt = _shared("tensor_parallel", int)
+HeadroomOpt = _shared("headroom", float | None)
+ReserveOpt = _shared("reserve_gib", float | None)
 
 RevisionOpt = Annotated[str | None, typer.Option(
     "--revision", help="Branch, tag or commit of a hub model id (same as MODEL@REVISION).")]

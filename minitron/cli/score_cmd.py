@@ -17,45 +17,21 @@ from minitron.cli.common import (
     stdout,
     with_revision,
 )
+from minitron.cli.options import with_options
 from minitron.cli.progress import Progress
+from minitron.recipes.score import ScoreOptions
+
+
+STABLE = 0.9  # split-half Spearman below which a ranking is flagged (docs/score.md)
 
 
 @command
+@with_options(ScoreOptions)
 def command(
+    options,
     model: Annotated[Path, typer.Argument(help="Hugging Face Nemotron-H model directory.")],
     data: Annotated[list[Path], typer.Option("--data", help="Calibration text: .txt, .jsonl or .parquet (repeatable).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for scores.safetensors, minitron.json, importance.png.")],
-    samples: Annotated[int, typer.Option("--samples", help="Calibration blocks to score on (the paper: 1024).")] = 1024,
-    seq_len: Annotated[
-        int | None, typer.Option("--seq-len", help="Tokens per block (default: min(2048, max_position_embeddings)).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Blocks per forward pass.")] = 8,
-    layer_metric: Annotated[
-        str, typer.Option("--layer-metric", help="Layer importance when a block is skipped: kl, mse, loss or cosine.")
-    ] = "kl",
-    expert_metric: Annotated[
-        str, typer.Option("--expert-metric", help="Routed-expert importance (MoE): reap (router-weighted output "
-                          "norm), frequency or output_norm; the others are saved too.")
-    ] = "reap",
-    aggregation: Annotated[
-        str, typer.Option("--aggregation", help="Reduction over the sequence, then the batch: mean or l2 each.")
-    ] = "mean,l2",
-    width_metric: Annotated[
-        list[str] | None,
-        typer.Option("--width-metric", help="AXIS=NAME (repeatable, or comma-separated): the signal of a width "
-                     "axis. hidden: sum (default), l2, max (across layers); ffn: act (default), act_down; "
-                     "attention_heads: act (default), act_out; mamba_heads: x, x_out (default), gated, gated_out; "
-                     "mamba_head_dim: x (default), gated. See docs/score.md."),
-    ] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="Field of .jsonl records / parquet column.")] = "text",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample selection.")] = 0,
-    streaming: Annotated[
-        bool | None,
-        typer.Option("--streaming/--no-streaming", help="Stream one block at a time from the safetensors files "
-                     "(default: when the weights don't fit in the device's free memory)."),
-    ] = None,
     overwrite: OverwriteOpt = False,
     revision: RevisionOpt = None,
     json_out: JsonOpt = False,
@@ -87,13 +63,11 @@ def command(
       torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
     """
     from minitron import distributed
-    from minitron.importance.signals import parse_width_metrics
-    from minitron.recipes.score import ScoreOptions, prepare, run, write_outputs
     from minitron.io import check_output_dir
+    from minitron.recipes.score import prepare, run, write_outputs
 
-    opts = ScoreOptions(samples=samples, seq_len=seq_len, batch_size=batch_size, layer_metric=layer_metric,
-                        expert_metric=expert_metric, aggregation=aggregation, device=device, dtype=dtype, seed=seed, text_field=text_field,
-                        streaming=streaming, width_metrics=parse_width_metrics(width_metric))
+    opts = options()
+    device = opts.device
     check_output_dir(out, overwrite=overwrite, inputs=[model])
     with distributed.session("cuda" if device.startswith("cuda") else "cpu"):
         p = prepare(with_revision(model, revision), [str(d) for d in data], opts)
@@ -121,6 +95,13 @@ def render(doc: dict) -> None:
     for row in doc["least_important_layers"]:
         t.add_row(str(row["layer"]), row["type"], f"{row['score']:.4g}")
     out.print(t)
+    if doc.get("stability"):
+        st = doc["stability"]
+        low = [a for a, r in st.items() if r < STABLE]
+        out.print("ranking stability (Spearman, even vs odd batches): "
+                  + ", ".join(f"{a} {r:.3f}" for a, r in st.items())
+                  + (f"  [yellow]{', '.join(low)} below {STABLE}: more --samples would change the ranking[/yellow]"
+                     if low else ""))
     t = Table(title="concentration of importance (per layer, averaged)", title_justify="left")
     for col in ("axis", "units", "layers", "top 10% share", "gini"):
         t.add_column(col, justify="left" if col == "axis" else "right")

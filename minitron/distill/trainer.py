@@ -36,27 +36,37 @@ from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the
     reduce_sum,
 )
 from minitron.errors import InputError
+from minitron.options import option
 
 
 @dataclass
 class TrainConfig:
-    steps: int
-    micro_batch_size: int = 4
-    global_batch_size: int | None = None  # None: micro_batch_size x world size (no accumulation)
-    lr: float = 1e-4
-    min_lr: float | None = None  # None: lr / 10
-    warmup_steps: int = 0
-    schedule: str = "wsd"
-    weight_decay: float = 0.0
-    clip: float | None = 1.0  # None or 0: no clipping
-    loss: str = "forward-kl"
-    temperature: float = 1.0
-    top_k: int | None = None
-    ce_weight: float = 0.0
-    eval_every: int = 0  # 0: evaluate at the start and the end only
+    """The optimisation of `minitron distill`; each field with a flag is that command's option."""
+
+    steps: int = option("--steps", type=int | None, cli_default=None, help="Optimiser steps (or give --tokens).")
+    micro_batch_size: int = option("--micro-batch-size", default=4, help="Blocks per forward pass per process.")
+    # None: micro_batch_size x world size (no accumulation)
+    global_batch_size: int | None = option(
+        "--global-batch-size", default=None,
+        help="Blocks per optimiser step over all processes; gradient accumulation follows (default: micro x processes).")
+    lr: float = option("--lr", default=1e-4, help="Peak learning rate.")
+    min_lr: float | None = option("--min-lr", default=None, help="Final learning rate (default lr/10).")
+    warmup_steps: int = option("--warmup-steps", default=0, help="Linear warmup steps.")
+    schedule: str = option("--schedule", default="wsd", help="wsd, cosine or constant.")
+    weight_decay: float = option("--weight-decay", default=0.0, help="AdamW weight decay (matrices only).")
+    clip: float | None = option("--clip", default=1.0, type=float, parse=lambda v: v or None,  # None or 0: no clipping
+                                help="Gradient-norm clip (0: none).")
+    loss: str = option("--loss", default="forward-kl", help="forward-kl, reverse-kl or jsd.")
+    temperature: float = option("--temperature", default=1.0, help="Softmax temperature of both models.")
+    top_k: int | None = option("--top-k", default=None, help="Restrict the loss to the teacher's top-k tokens.")
+    ce_weight: float = option("--ce-weight", default=0.0, help="Weight of the student's LM loss mixed in.")
+    eval_every: int = option("--eval-every", default=0, help="Evaluate every N steps (0: start and end only).")
     eval_batch_size: int | None = None
-    seed: int = 0
-    chunk_size: int | None = DEFAULT_CHUNK  # tokens per loss chunk; None: auto (16 MiB fp32 temporaries)
+    seed: int = option("--seed", default=0, help="Seed of the data order.")
+    # tokens per loss chunk; None: auto (16 MiB fp32 temporaries)
+    chunk_size: int | None = option(
+        "--chunk-size", default=DEFAULT_CHUNK,
+        help="Tokens per chunk of the loss (default: 16 MiB fp32 temporaries, 32 tokens at vocab 131072).")
     autocast_dtype: str | None = None  # bf16/fp16: forward passes under torch.autocast
 
     def validate(self, world: int = 1) -> TrainConfig:

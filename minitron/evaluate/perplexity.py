@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from minitron import distributed as dist
+from minitron.device import autocast
+from minitron.losses.divergence import kl_divergence, lm_loss, topk_distill_loss
 from minitron.losses.nll import kl_sum, nll_sum
 from minitron.progress import report
 
@@ -32,7 +35,8 @@ class BlockScores:
 
     nll: float = 0.0  # nats, summed over predicted tokens
     tokens: int = 0  # predicted tokens (blocks x (seq_len - 1))
-    kl: float = 0.0  # nats, summed over the same positions
+    kl: float = 0.0  # nats, summed over the positions that predict those tokens
+    kl_tokens: int = 0  # those positions (= tokens unless a KL was computed on masked data)
     blocks: int = 0
 
     @property
@@ -45,7 +49,7 @@ class BlockScores:
 
     @property
     def mean_kl(self) -> float:
-        return self.kl / self.tokens if self.tokens else float("nan")
+        return self.kl / self.kl_tokens if self.kl_tokens else float("nan")
 
     def to_dict(self, with_kl: bool) -> dict:
         d = {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens, "blocks": self.blocks}
@@ -58,37 +62,99 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits  # [B, L, V], fp32 (the model upcasts)
 
 
-@torch.inference_mode()
+def _teacher_target(teacher, idx: list[int], ids: torch.Tensor, device, autocast_dtype):
+    """The teacher's logits [b, L, V] on `device`, or a teacher source's output (cached top-k bins)."""
+    if hasattr(teacher, "output") and not isinstance(teacher, torch.nn.Module):
+        return teacher.output("eval", idx, ids, str(device), autocast_dtype)
+    with autocast(str(device), autocast_dtype):
+        return _logits(teacher, ids.to(next(teacher.parameters()).device)).to(device)
+
+
+def _kl_sum(logits, target, kl_positions, chunk_size) -> float:
+    if isinstance(target, tuple):  # cached top-k bins: the top-k + tail KL
+        top, log_p = target
+        if kl_positions is None:  # every position that predicts a token (not the last)
+            kl_positions = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+            kl_positions[:, -1] = False
+        return float(topk_distill_loss(logits, top, log_p, kl_positions, reduction="sum", chunk_size=chunk_size))
+    if kl_positions is None:
+        return kl_sum(logits, target, chunk_size=chunk_size)
+    return float(kl_divergence(logits, target, kl_positions, chunk_size=chunk_size, reduction="sum"))
+
+
 def score_blocks(
     model,
     blocks: torch.Tensor,
     *,
     batch_size: int = 1,
     teacher=None,
+    masks: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    autocast_dtype: str | None = None,
+    shard: bool = False,
+    device=None,
     progress=None,
     stage: str = "eval",
 ) -> BlockScores:
-    """Loss (and KL to `teacher` when given) of `model` over `blocks` [N, L], `batch_size` blocks per forward.
+    """Loss (and KL to `teacher` when given) of `model` over `blocks` [N, L], `batch_size` blocks per forward:
+    the one teacher-vs-student evaluation loop (`minitron eval`, distillation's validation, the prune proxy).
 
-    Blocks are moved to the model's device batch by batch; `progress(stage, blocks_done, blocks)` reports
+    `teacher`: a model, or a teacher source (`minitron.distill.teacher`: `output(split, idx, ids, device,
+    autocast_dtype)` giving logits or cached top-k bins, whose KL is then the top-k + tail one).
+    `masks` [N, L]: target tokens (chat data): the loss counts the target tokens and the KL the positions
+    that predict one; None: every predicted token and position. `shard`: deal the blocks round-robin to
+    the torch.distributed ranks and sum the figures over them; every rank runs the same number of
+    forwards (a rank short of blocks repeats one with weight 0), as FSDP's collectives require.
+    Blocks are moved to `device` (default: the model's) batch by batch; `progress(stage, blocks_done, blocks)` reports
     after each batch (`minitron.progress`).
     """
-    device = next(model.parameters()).device
-    out = BlockScores()
-    for a in range(0, blocks.shape[0], batch_size):
-        ids = blocks[a : a + batch_size].to(device, non_blocking=True)  # [b, L]
-        logits = _logits(model, ids)
-        nll, n = nll_sum(logits, ids)
-        out.nll += nll
-        out.tokens += n
-        out.blocks += ids.shape[0]
-        if (
-            teacher is not None and teacher is not model
-        ):  # KL of the teacher to itself is 0: no second forward
-            t_logits = _logits(teacher, ids.to(next(teacher.parameters()).device))
-            out.kl += kl_sum(logits, t_logits.to(logits.device), chunk_size=chunk_size)
-            del t_logits
+    # inference mode is the faster (no version counters); FSDP2 updates its all-gather buffers in place
+    # afterwards, which inference tensors forbid, so a sharded (training-time) evaluation takes no_grad
+    with torch.no_grad() if shard else torch.inference_mode():
+        return _score_blocks(model, blocks, batch_size, teacher, masks, chunk_size, autocast_dtype, shard, device,
+                             progress, stage)
+
+
+def _score_blocks(model, blocks, batch_size, teacher, masks, chunk_size, autocast_dtype, shard, device, progress,
+                  stage) -> BlockScores:
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
+    mine = list(range(rank, blocks.shape[0], world))
+    most = -(-blocks.shape[0] // world)  # ceil: the blocks of the rank with the most
+    n_batches = -(-most // batch_size)
+    sums = torch.zeros(4, dtype=torch.float64)  # nll, predicted tokens, kl, kl positions
+    for b in range(n_batches):
+        idx = mine[b * batch_size : (b + 1) * batch_size]
+        weight = 1.0 if idx else 0.0
+        idx = idx or [0]
+        ids = blocks[idx].to(device, non_blocking=True)  # [b, L]
+        targets = None if masks is None else masks[idx].to(device)
+        with autocast(str(device), autocast_dtype):
+            logits = _logits(model, ids)
+        if targets is None:
+            nll, n = nll_sum(logits, ids)
+        else:
+            nll, n = float(lm_loss(logits, ids, targets, reduction="sum")), int(targets[:, 1:].sum())
+        kl, n_kl = 0.0, n
+        if teacher is not None and teacher is not model:  # KL of the teacher to itself is 0: no second forward
+            positions = kl_mask(targets)
+            target = _teacher_target(teacher, idx, ids, device, autocast_dtype)
+            kl = _kl_sum(logits, target, positions, chunk_size)
+            n_kl = n if positions is None else int(positions.sum())
+            del target
         del logits
-        report(progress, stage, out.blocks, blocks.shape[0])
-    return out
+        sums += weight * torch.tensor([nll, n, kl, n_kl], dtype=torch.float64)
+        report(progress, stage, min(len(mine), (b + 1) * batch_size), len(mine))
+    if shard and world > 1:
+        sums = dist.all_reduce_sum(sums.to(device)).cpu()  # through the device: NCCL reduces GPU tensors only
+    return BlockScores(nll=float(sums[0]), tokens=int(sums[1]), kl=float(sums[2]), kl_tokens=int(sums[3]),
+                       blocks=blocks.shape[0] if shard else len(mine))
+
+
+def kl_mask(loss_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions whose *next* token is a target ([b, L] bool; the last position has none), or None (all)."""
+    if loss_mask is None:
+        return None
+    m = torch.zeros_like(loss_mask, dtype=torch.bool)
+    m[:, :-1] = loss_mask[:, 1:].bool()
+    return m

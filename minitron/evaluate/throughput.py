@@ -25,15 +25,18 @@ from dataclasses import dataclass
 import torch
 
 from minitron.errors import InputError
+from minitron.options import option
 from minitron.models.compat import cache_kwargs, output_cache
 
 
 @dataclass(frozen=True)
 class ThroughputSettings:
-    prompt_len: int = 128
-    gen_len: int = 32
-    batch_size: int = 1
-    runs: int = 3
+    """`eval --throughput`: each field with a flag is that command's option."""
+
+    prompt_len: int = option("--prompt-len", default=512, help="Prompt tokens per sequence (throughput).")
+    gen_len: int = option("--gen-len", default=128, help="Decode steps after the prompt (throughput).")
+    batch_size: int = option("--throughput-batch-size", default=1, help="Sequences decoded at once (throughput).")
+    runs: int = option("--throughput-runs", default=3, help="Measured runs; the median is reported.")
     warmup: int = 1
     seed: int = 0
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitron.errors import InputError, MinitronError
+from minitron.options import option
 
 PYTHON_ENV = "MINITRON_VLLM_PYTHON"
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -47,9 +48,13 @@ class VllmError(MinitronError):
 
 @dataclass(frozen=True)
 class VllmSettings:
-    python: str | None = None  # --vllm-python; None: $MINITRON_VLLM_PYTHON
-    greedy_tokens: int = 24
-    enforce_eager: bool = False  # True skips vLLM's torch.compile warm-up (faster load, slower decode)
+    """`eval --vllm`: each field with a flag is that command's option."""
+
+    python: str | None = option("--vllm-python", default=None,  # None: $MINITRON_VLLM_PYTHON
+                                help="Python of the vLLM environment (default: $MINITRON_VLLM_PYTHON).")
+    greedy_tokens: int = option("--vllm-tokens", default=24, help="Greedy tokens compared per prompt (--vllm).")
+    enforce_eager: bool = option("--vllm-eager", default=False,  # skips vLLM's torch.compile warm-up
+                                 help="vLLM without torch.compile (faster load, slower decode).")
     kv_cache_dtype: str = "auto"
     timeout_s: float = 1800.0
 

@@ -71,17 +71,34 @@ def aggregate(values, agg: Aggregation):
 
 
 class Stats:
-    """Named float64 partial sums; `add` per batch, `all_reduce` across ranks, then read them."""
+    """Named float64 partial sums; `add` per batch, `all_reduce` across ranks, then read them.
 
-    def __init__(self):
+    With `split`, every sum added while `odd` is set (the engine sets it for the odd-numbered
+    micro-batches) is also kept apart, so that `halves()` gives the statistics of the even and of the
+    odd batches: the split-half stability of the rankings (`minitron.importance.stability`). The full
+    sums are the same either way.
+    """
+
+    def __init__(self, split: bool = False):
         self.sums: dict = {}
+        self.split = split
+        self.odd = False
+        self.half: dict = {}  # the odd batches' share of each sum
 
     def add(self, name: str, partial) -> None:
         partial = partial.detach().double().cpu()
-        if name in self.sums:
-            self.sums[name] += partial
-        else:
-            self.sums[name] = partial.clone()
+        _accumulate(self.sums, name, partial)
+        if self.split and self.odd:
+            _accumulate(self.half, name, partial)
+
+    def halves(self) -> tuple[Stats, Stats]:
+        """(even batches, odd batches) as two `Stats` of their own."""
+        even, odd = Stats(), Stats()
+        for name, total in self.sums.items():
+            part = self.half.get(name)
+            odd.sums[name] = part.clone() if part is not None else total.new_zeros(total.shape)
+            even.sums[name] = total - odd.sums[name]
+        return even, odd
 
     def __contains__(self, name: str) -> bool:
         return name in self.sums
@@ -101,8 +118,16 @@ class Stats:
 
         if not is_initialized():
             return
-        for name, shape in sorted(names.items()):
-            t = self.sums.get(name)
-            if t is None:
-                t = torch.zeros(shape, dtype=torch.float64)
-            self.sums[name] = all_reduce_sum(t.contiguous())
+        for d in (self.sums, self.half) if self.split else (self.sums,):
+            for name, shape in sorted(names.items()):
+                t = d.get(name)
+                if t is None:
+                    t = torch.zeros(shape, dtype=torch.float64)
+                d[name] = all_reduce_sum(t.contiguous())
+
+
+def _accumulate(d: dict, name: str, partial) -> None:
+    if name in d:
+        d[name] += partial
+    else:
+        d[name] = partial.clone()

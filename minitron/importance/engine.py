@@ -85,11 +85,14 @@ def run_engine(source, tokens, *, batch_size: int, layer_metric: str | None, ski
         report(progress, "score", done, total)
 
     with torch.inference_mode():
+        first = 0  # index of the chunk's first micro-batch (its parity splits the statistics in halves)
         for chunk in chunks:
-            _run_chunk(source, chunk, layer_metric, frozenset(skip), stats, collector, step)
+            _run_chunk(source, chunk, layer_metric, frozenset(skip), stats, collector, step, first)
+            first += len(chunk)
+        stats.odd = False
 
 
-def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> None:
+def _run_chunk(source, micro, layer_metric, skip, stats, collector, step, first: int = 0) -> None:
     n_layers = source.num_layers
     branches_on = layer_metric in LOGIT_METRICS
     dev = source.device
@@ -105,6 +108,7 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
             continue
         with source.block(j) as blk:
             for m, h in enumerate(states):
+                stats.odd = (first + m) % 2 == 1
                 if collector is not None:
                     collector.enabled = True
                 y = _call_block(source, blk, j, h, kws[m])
@@ -118,9 +122,11 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
                     branches.setdefault(j, [None] * len(states))[m] = h
                 states[m] = y
         step()
-    n_tok = sum(t.numel() for t in micro)
-    stats.add("samples", torch.tensor([float(sum(t.shape[0] for t in micro))]))
-    stats.add("tokens", torch.tensor([float(n_tok)]))
+    for m, t in enumerate(micro):  # per micro-batch, so that each half counts its own (integers: exact)
+        stats.odd = (first + m) % 2 == 1
+        stats.add("samples", torch.tensor([float(t.shape[0])]))
+        stats.add("tokens", torch.tensor([float(t.numel())]))
+    stats.odd = False
     stats.add("pred_tokens", torch.tensor([float(sum(t.shape[0] * (t.shape[1] - 1) for t in micro))]))
     stats.add("layer_cosine", cos)
     with source.head() as (norm_f, head):
@@ -129,6 +135,7 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
         kl, mse, loss = (torch.zeros(n_layers, dtype=torch.float64) for _ in range(3))
         ref_loss = torch.zeros(1, dtype=torch.float64)
         for m, tok in enumerate(micro):
+            stats.odd = (first + m) % 2 == 1
             normed = norm_f(states[m])
             if collector is not None:
                 collector.enabled = True
@@ -150,6 +157,7 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step) -> Non
                     kl[i] += kl_from_logp(ref_logp, ref_p, logp).double().sum().cpu()
                     mse[i] += mse_per_token(ref, logits).double().sum().cpu()
                     loss[i] += nll_from_logp(logp, tgt).double().sum().cpu()
+        stats.odd = False
         if branches_on:
             stats.add("layer_kl", kl)
             stats.add("layer_mse", mse)

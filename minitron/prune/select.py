@@ -23,12 +23,13 @@ shape (`--dry-run` on a bare config), never to write weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, make_dataclass
 
 from minitron.axes import AXES, BY_NAME, FLAGS
 from minitron.errors import InputError
 from minitron.models.architecture import Architecture
 from minitron.models.layer_types import LAYER_TYPE_NAMES
+from minitron.options import option
 from minitron.prune.plan import PrunePlan
 
 SHAPE_FLAGS = FLAGS  # shape key -> its CLI flag
@@ -48,8 +49,9 @@ class _ShapeBase:
 
 
 # Width targets, one field per axis of `minitron.axes.AXES` (in its order); None keeps the model's value.
-Shape = make_dataclass("Shape", [(ax.name, "int | None", field(default=None)) for ax in AXES], bases=(_ShapeBase,),
-                       frozen=True)
+# Each is also `prune`'s flag for that axis (`minitron.options`).
+Shape = make_dataclass("Shape", [(ax.name, "int | None", option(ax.flag, default=None, help=ax.help)) for ax in AXES],
+                       bases=(_ShapeBase,), frozen=True)
 Shape.__module__ = __name__
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from minitron import distributed as dist
 from minitron.hub import resolve_model_path
+from minitron.options import group, option
 from minitron.distill.checkpointing import RunDir, run_dir_for
 from minitron.distill.trainer import TrainConfig, Trainer, unwrap
 from minitron.errors import InputError, MinitronError
@@ -25,32 +26,66 @@ from minitron.recipes.distill_models import FSDP_LOADS, load_models
 
 @dataclass
 class DistillOptions:
-    teacher: Path
-    student: Path
-    data: list[Path]
-    out: Path
-    train: TrainConfig
-    tokens: int | None = None  # alternative to train.steps (steps = ceil(tokens / (global x seq_len)))
-    seq_len: int | None = None  # None: min(2048, the models' max_position_embeddings)
-    max_shard_size: str | int = "5GB"  # largest output shard (a size: 5GB, 500MiB, bytes)
+    teacher: Path = option("--teacher", help="Teacher model directory (e.g. the unpruned model).")
+    student: Path = option("--student", help="Student model directory (e.g. the pruned model).")
+    data: list[Path] = option("--data", help="Training text: .txt, .jsonl or .parquet (repeatable).")
+    out: Path = option("--out", "-o", help="Output directory for the distilled student.")
+    train: TrainConfig = group(TrainConfig, required=True)  # --steps, --lr, --loss, ...
+    # alternative to train.steps (steps = ceil(tokens / (global x seq_len)))
+    tokens: int | None = option("--tokens", default=None,
+                                help="Training tokens; steps = ceil(tokens / (global batch x seq len)).")
+    seq_len: int | None = option(  # None: min(2048, the models' max_position_embeddings)
+        "--seq-len", default=None, help="Tokens per training block (default: min(2048, max_position_embeddings)).")
+    max_shard_size: str | int = option("--max-shard-size", default="5GB", type=str,
+                                       help="Largest output shard: 5GB, 500MiB, bytes.")
     teacher_spec: str | None = None  # --teacher as given (set by prepare)
-    eval_data: list[Path] = field(default_factory=list)
-    eval_samples: int | None = None  # at most this many eval blocks (default: all of --eval-data, or 16 train blocks)
-    text_field: str = "text"
-    save_every: int = 100
-    keep_last: int = 2
-    device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    fsdp: bool = False
-    overwrite: bool = False
-    restart: bool = False
-    teacher_logits: Path | None = None  # a `minitron teacher-logits` cache: train without loading the teacher
-    nproc: int | None = None  # the memory plan for this many devices (default: the processes of this run)
-    gpu: str | None = None  # a budget per device: a GPU preset of minitron.memory ...
-    memory_budget: str | None = None  # ... or a size; the run is refused (exit 3) when the plan does not fit
-    report_to: str = "none"  # or "tensorboard" (events in <out>.partial/tensorboard, then <out>/tensorboard)
-    fsdp_load: str = "sharded"  # --fsdp: each rank reads only its shards; "full": every rank loads it all first
+    eval_data: list[Path] = option("--eval-data", default_factory=list,
+                                   help="Held-out text for val KL / val LM loss (repeatable).")
+    eval_samples: int | None = option(
+        "--eval-samples", default=None,
+        help="At most this many eval blocks (default: all; 16 training blocks without --eval-data).")
+    text_field: str = option("--text-field", default="text", help="Text field of .jsonl/.parquet records.")
+    save_every: int = option("--save-every", default=100,
+                             help="Checkpoint every N steps into <out>.partial/ (0: never).")
+    keep_last: int = option("--keep-last", default=2, help="Checkpoints kept.")
+    device: str = option("--device", default="auto", help="auto, cpu or cuda.")
+    dtype: str = option("--dtype", default="auto", help="Compute dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, "
+                                                        "fp32. Student master weights stay fp32.")
+    gradient_checkpointing: bool = option("--gradient-checkpointing", default=False,
+                                          help="Recompute activations in the backward (less memory).")
+    fsdp: bool = option("--fsdp", default=False, help="Shard student and teacher with FSDP2 (under torchrun).")
+    overwrite: bool = option("--overwrite", default=False, help="Replace an existing output directory.")
+    restart: bool = option("--restart", default=False,
+                           help="Discard an unfinished run in <out>.partial/ instead of resuming it.")
+    teacher_logits: Path | None = option(  # a `minitron teacher-logits` cache: train without loading the teacher
+        "--teacher-logits", default=None,
+        help="Cached teacher logits (from `minitron teacher-logits`): train on them without loading the teacher; "
+             "--teacher is still checked against the cache.")
+    nproc: int | None = option(  # the memory plan for this many devices (default: the processes of this run)
+        "--nproc", default=None, help="Devices to plan for (default: the torchrun processes; --dry-run also shows 8).")
+    gpu: str | None = option(  # a budget per device: a GPU preset of minitron.memory ...
+        "--gpu", default=None, help="Budget per device: a GPU preset (a10g, l4, a100-80gb, h100-80gb, h200, ...); a run "
+                                    "that does not fit is refused (exit 3).")
+    memory_budget: str | None = option(  # ... or a size; the run is refused (exit 3) when the plan does not fit
+        "--memory-budget", default=None, help="Budget per device as a size (e.g. 80GiB); as --gpu.")
+    report_to: str = option(  # or "tensorboard" (events in <out>.partial/tensorboard, then <out>/tensorboard)
+        "--report-to", default="none",
+        help="none or tensorboard (events in <out>.partial/tensorboard while running, then <out>/tensorboard); "
+             "metrics.jsonl is always written.")
+    fsdp_load: str = option(  # --fsdp: each rank reads only its shards; "full": every rank loads it all first
+        "--fsdp-load", default="sharded",
+        help="With --fsdp: sharded (each rank reads only its shards of the checkpoints) or full (every rank loads "
+             "them whole on CPU first: the former path).")
+
+    def check_length(self) -> DistillOptions:
+        """Exactly one of --steps and --tokens (the command line's; a library caller sets train.steps)."""
+        steps = self.train.steps
+        if (steps is None) == (self.tokens is None):
+            raise InputError("give exactly one of --steps and --tokens", flag="--steps")
+        if steps is not None and steps < 1:
+            raise InputError(f"must be >= 1, got {steps}", flag="--steps")
+        self.train.steps = steps or 1  # with --tokens: set from the token count by prepare()
+        return self
 
 
 # ---------------------------------------------------------------------- validation

@@ -12,47 +12,75 @@ import gc
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from minitron.errors import InputError
-from minitron.progress import report
 from minitron.evaluate.harness import parse_tasks, resolve_tasks
 from minitron.evaluate.throughput import ThroughputSettings
 from minitron.evaluate.vllm_check import VllmSettings
+from minitron.options import group, option, shared, switch
+from minitron.progress import report
 from minitron.tensor_parallel import problems as tensor_parallel_problems
 
 PROBE = "The quick brown fox, 1234 €, naïve café — 日本語 text.\n\tdef f(x): return x ** 2"
 
 
+def _limit(v: float) -> float | int:
+    """--limit: a whole number is a count, below 1 a fraction."""
+    return int(v) if v >= 1 and float(v).is_integer() else v
+
+
 @dataclass
 class EvalOptions:
-    models: list[Path]
-    data: list[Path] = field(default_factory=list)
-    seq_len: int | None = None  # None: min(2048, the models' max_position_embeddings); above it refused
-    samples: int | None = None
-    text_field: str = "text"
-    batch_size: int = 1
-    teacher: Path | None = None
-    tasks: str | None = None
-    include_path: list[Path] = field(default_factory=list)
-    num_fewshot: int | None = None
-    limit: float | None = None
-    throughput: bool = False
-    throughput_settings: ThroughputSettings = field(default_factory=ThroughputSettings)
-    context_length: int | None = None  # memory model; None: the reference model's max_position_embeddings
-    sequences: int = 1  # memory model: sequences held at once
-    memory_dtype: str = "bf16"  # memory model: weights and KV dtype (what a server holds), not the compute dtype
-    state_dtype: str | None = None  # memory model: SSM state dtype (default: the config's)
-    engine: str = "vllm"  # memory model: the serving engine whose terms count
-    kv_dtype: str | None = None  # memory model: KV-cache dtype (default: the activation dtype)
-    prefill_chunk: int | None = None  # memory model (vllm): chunked-prefill tokens
-    tensor_parallel: int = 1  # memory model: figures per GPU of this many; widths checked against vLLM's rules
-    budget: object | None = None  # memory.Budget: deployment fit (max sequences) per model
-    vllm: VllmSettings | None = None  # also run each model in vLLM (greedy check, throughput, cache bytes)
-    device: str = "auto"
-    dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
-    seed: int = 0
+    models: list[Path]  # MODEL... (the command attaches --revision)
+    data: list[Path] = option("--data", default_factory=list,
+                              help="Held-out text (.txt, .jsonl, .parquet) for loss and perplexity.")
+    # None: min(2048, the models' max_position_embeddings); above it refused
+    seq_len: int | None = shared("seq_len", default=None)
+    samples: int | None = option("--samples", default=None, help="Score only the first N blocks (default all).")
+    text_field: str = option("--text-field", default="text", help="Field of .jsonl / column of .parquet data.")
+    teacher: Path | None = option("--teacher", default=None, help="Also report KL(teacher || model) per token on --data.")
+    tasks: str | None = option("--tasks", default=None,
+                               help="lm-eval tasks, comma-separated (minitron_cloze is shipped).")
+    include_path: list[Path] = option("--include-path", default_factory=list,
+                                      help="Directory of local lm-eval task YAMLs (repeatable).")
+    num_fewshot: int | None = option("--num-fewshot", default=None, help="Few-shot examples (task default).")
+    limit: float | None = option("--limit", default=None, parse=_limit,
+                                 help="Items per task: a count, or a fraction below 1 (testing).")
+    batch_size: int = option("--batch-size", default=1, help="Blocks / lm-eval requests per forward pass.")
+    throughput: bool = option("--throughput", default=False, help="Measure prefill and decode tokens/s.")
+    throughput_settings: ThroughputSettings = group(ThroughputSettings)  # --prompt-len, --gen-len, ...
+    context_length: int | None = shared("context_length", default=None)  # None: the reference model's max positions
+    sequences: int = shared("sequences", default=1)  # memory model: sequences held at once
+    # memory model: weights and KV dtype (what a server holds), not the compute dtype
+    memory_dtype: str = shared("memory_dtype", default="bf16")
+    state_dtype: str | None = shared("state_dtype", default=None)  # memory model: SSM state dtype (default: the config's)
+    engine: str = shared("engine", default="vllm")  # memory model: the serving engine whose terms count
+    kv_dtype: str | None = shared("kv_dtype", default=None)  # memory model: KV-cache dtype (default: the activations')
+    prefill_chunk: int | None = shared("prefill_chunk", default=None)  # memory model (vllm): chunked-prefill tokens
+    tensor_parallel: int = shared("tensor_parallel", default=1)  # figures per GPU; widths checked against vLLM's rules
+    gpu: str | None = option("--gpu", default=None, help="Deployment fit: concurrent sequences on this GPU.")
+    memory_budget: str | None = option("--memory-budget", default=None,
+                                       help="Deployment fit against a size instead, e.g. 19.66GiB.")
+    budget: object | None = None  # memory.Budget: deployment fit (max sequences) per model; from --gpu / --memory-budget
+    # also run each model in vLLM (greedy check, throughput, cache bytes)
+    vllm: VllmSettings | None = group(VllmSettings, enable=switch(
+        "--vllm", "Also run each model in vLLM: greedy tokens vs transformers, generation throughput, cache bytes."))
+    device: str = option("--device", default="auto", help="auto, cpu or cuda[:N].")
+    dtype: str = option("--dtype", default="auto",  # bf16 on CUDA, fp32 on CPU
+                        help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
+    seed: int = option("--seed", default=0, help="Seed of lm-eval's few-shot sampling and the throughput prompt.")
+
+    def __post_init__(self):
+        if self.budget is None:
+            from minitron.memory import make_budget
+
+            self.budget = make_budget(gpu=self.gpu, memory_budget=self.memory_budget, engine=self.engine)
+        if self.throughput_settings.seed != self.seed:  # --seed is the throughput prompt's too
+            self.throughput_settings = replace(self.throughput_settings, seed=self.seed)
+        if self.vllm is not None and self.vllm.kv_cache_dtype == "auto" and self.kv_dtype == "fp8":
+            self.vllm = replace(self.vllm, kv_cache_dtype="fp8")  # vLLM's cache dtype follows --kv-dtype
 
     def validate(self) -> None:
         if not self.models:
@@ -112,12 +140,12 @@ def evaluate_models(opts: EvalOptions, *, progress=None, log=lambda message: Non
     """The `minitron eval --json` document for `opts` (validated here first). `progress(stage, done, total)`
     (`minitron.progress`) counts blocks of each model's perplexity; `log(message)` says what runs next."""
     from minitron.data import data_fingerprints, load_blocks, resolve_seq_len
+    from minitron.device import auto_dtype, resolve_device
+    from minitron.dtypes import norm_dtype
     from minitron.evaluate import perplexity, table, throughput
     from minitron.evaluate.harness import run_tasks
     from minitron.memory import estimate, resolve_context
-    from minitron.dtypes import norm_dtype
     from minitron.models.checkpoint import load_model, load_tokenizer, open_checkpoint
-    from minitron.device import auto_dtype, resolve_device
 
     opts.validate()
     device = resolve_device(opts.device)

@@ -7,16 +7,19 @@ fingerprint), the output directory, the search space. The result is the `prune -
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import Budget, Serving, max_sequences, resolve_context
+from minitron.memory import GPU_PRESETS, Budget, Serving, make_budget, max_sequences, parse_size, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import AXES, default_space, enumerate_candidates, rank_by_params, require_feasible
 from minitron.prune.select import Shape, least_important, plan_for
 from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
+from minitron.options import group, option, shared
+from minitron.prune.search import parse_params
 from minitron.prune.shortlist import DEFAULT_BAND, DEFAULT_DISTILL_CANDIDATES
 from minitron.prune.target import Target, parse_target
 
@@ -24,42 +27,68 @@ from minitron.prune.target import Target, parse_target
 @dataclass
 class PruneOptions:
     model: Path
-    out: Path | None = None
-    scores: Path | None = None
-    shape: Shape = field(default_factory=Shape)
-    num_layers: int | None = None
-    drop_layers: str | None = None
-    iterative: bool = False
-    keep_layer_types: str | None = None
-    target_params: int | None = None
-    target_active_params: int | None = None
-    budget: Budget | None = None
-    context_length: int | None = None  # None: the model's max_position_embeddings
-    batch_size: int = 1  # sequences held at once (--sequences)
-    dtype: str = "bf16"
-    state_dtype: str | None = None
-    engine: str = "vllm"  # memory model: whose serving terms count (--engine)
-    kv_dtype: str | None = None
-    prefill_chunk: int | None = None
-    tensor_parallel: int = 1  # widths vLLM can shard over this many GPUs; memory per GPU
-    search: list[str] = field(default_factory=list)
-    drop_order: str | None = None
-    data: list[Path] = field(default_factory=list)
-    seq_len: int | None = None  # None: min(2048, max_position_embeddings)
-    proxy_samples: int = 8
-    proxy: str = "kl"
-    shortlist: int = 8
-    band: float | None = None  # None: shortlist.DEFAULT_BAND (searches only: --band)
-    candidate_distill_steps: int = 0
-    distill_candidates: int = DEFAULT_DISTILL_CANDIDATES  # the proxy's best, distilled (--distill-candidates)
-    distill_samples: int = 32
-    lr: float = 1e-4
-    top_k: int = 10  # candidates shown: --candidates
-    dry_run: bool = False
-    overwrite: bool = False
-    max_shard_bytes: int = DEFAULT_SHARD_BYTES
-    seed: int = 0
-    device: str = "auto"  # for the in-memory work (proxy, short distillation, --iterative)
+    out: Path | None = option("--out", "-o", default=None, help="Output model directory.")
+    scores: Path | None = option("--scores", default=None, help="Scores directory written by `minitron score`.")
+    shape: Shape = group(Shape)  # --hidden-size ... --experts-per-token (the axis registry's flags)
+    num_layers: int | None = option("--num-layers", default=None,
+                                    help="Exact depth: drop the least important layers (layer scores).")
+    drop_layers: str | None = option("--drop-layers", default=None, help="Exact depth: 0-based layers to drop, e.g. 7,8,17.")
+    iterative: bool = option("--iterative", default=False,
+                             help="With --num-layers: re-score layers after each removal (needs --data).")
+    keep_layer_types: str | None = option("--keep-layer-types", default=None,
+                                          help="Minimum layers kept per type, e.g. attention=4,mamba=20.")
+    target_params: int | None = option("--target-params", default=None, type=str | None, parse=parse_params,
+                                       help="Search under a parameter count: 9B, 8.9e9, 8888227328.")
+    target_active_params: int | None = option(
+        "--target-active-params", default=None, type=str | None,
+        parse=functools.partial(parse_params, flag="--target-active-params"),
+        help="Search under active parameters per token (MoE), e.g. 3B; combinable with the other targets.")
+    memory_budget: str | None = option("--memory-budget", default=None, help="Search under a memory budget, e.g. 19.66GiB.")
+    gpu: str | None = option("--gpu", default=None, help=f"Search under a GPU's memory: {', '.join(GPU_PRESETS)}.")
+    headroom: float | None = shared("headroom", default=None)
+    reserve_gib: float | None = shared("reserve_gib", default=None)
+    budget: Budget | None = None  # from --gpu / --memory-budget / --headroom / --reserve-gib unless given
+    engine: str = shared("engine", default="vllm")  # memory model: whose serving terms count
+    kv_dtype: str | None = shared("kv_dtype", default=None)
+    prefill_chunk: int | None = shared("prefill_chunk", default=None)
+    tensor_parallel: int = shared("tensor_parallel", default=1)  # widths vLLM can shard; memory per GPU
+    context_length: int | None = shared("context_length", default=None)  # None: the model's max_position_embeddings
+    batch_size: int = shared("sequences", default=1)  # sequences held at once (--sequences)
+    dtype: str = shared("memory_dtype", default="bf16")
+    state_dtype: str | None = shared("state_dtype", default=None)
+    search: list[str] = option("--search", default_factory=list, help="Search range AXIS=MIN:MAX[:STEP] (repeatable).")
+    drop_order: str | None = option("--drop-order", default=None, help="Order in which layers go when depth is searched.")
+    data: list[Path] = option("--data", default_factory=list,
+                              help="Calibration text to rank candidates by a zero-shot proxy.")
+    seq_len: int | None = shared("seq_len", default=None)  # None: min(2048, max_position_embeddings)
+    proxy_samples: int = option("--proxy-samples", default=8, help="Held-back blocks for the proxy.")
+    proxy: str = option("--proxy", default="kl", help="Zero-shot proxy: kl (to the original) or loss (LM loss).")
+    shortlist: int = option("--shortlist", default=8, help="Candidates shortlisted from the band, spread across the "
+                                                          "axes; the proxy ranks them all.")
+    band: float | None = option("--band", default=None,  # None: shortlist.DEFAULT_BAND (searches only)
+                                help=f"Shortlist from candidates within this fraction of the largest feasible budget "
+                                     f"use (default {DEFAULT_BAND:g}).")
+    candidate_distill_steps: int = option(
+        "--candidate-distill-steps", default=0,
+        help="Short distillation of the proxy's best --distill-candidates before the final ranking (needs --data).")
+    distill_candidates: int = option("--distill-candidates", default=DEFAULT_DISTILL_CANDIDATES,
+                                     help="How many of the proxy's best --candidate-distill-steps distils.")
+    distill_samples: int = option("--distill-samples", default=32, help="Training blocks for --candidate-distill-steps.")
+    lr: float = option("--lr", default=1e-4, help="Learning rate of the short distillation.")
+    top_k: int = option("--candidates", default=10,  # candidates shown
+                        help="Candidates shown (and distilled); 0 lists every feasible one.")
+    dry_run: bool = option("--dry-run", default=False, help="Show the plan or the candidate table; write nothing.")
+    max_shard_bytes: int = option("--max-shard-size", default=DEFAULT_SHARD_BYTES, type=str, cli_default="5GB",
+                                  parse=functools.partial(parse_size, flag="--max-shard-size"), help="Largest output shard.")
+    seed: int = option("--seed", default=0, help="Seed for the calibration sample.")
+    device: str = option("--device", default="auto",  # for the in-memory work (proxy, short distillation, --iterative)
+                         help="auto, cpu or cuda[:N], for the proxy, distillation and --iterative.")
+    overwrite: bool = option("--overwrite", default=False, help="Replace an existing output directory.")
+
+    def __post_init__(self):
+        if self.budget is None:
+            self.budget = make_budget(gpu=self.gpu, memory_budget=self.memory_budget, headroom=self.headroom,
+                                      reserve_gib=self.reserve_gib, engine=self.engine)
 
 
 def _check_ranking(o: PruneOptions) -> None:

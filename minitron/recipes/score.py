@@ -16,24 +16,40 @@ from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS
+from minitron.importance.signals import parse_width_metrics
+from minitron.options import option
 
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
 
 
 @dataclass
 class ScoreOptions:
-    samples: int = 1024
-    seq_len: int | None = None  # None: min(2048, max_position_embeddings)
-    batch_size: int = 8
-    layer_metric: str = "kl"
-    expert_metric: str = "reap"
-    aggregation: str = "mean,l2"
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    seed: int = 0
-    text_field: str = "text"
-    streaming: bool | None = None  # None: automatic
-    width_metrics: dict = field(default_factory=dict)  # axis -> signal (signals.py); only the axes asked for
+    samples: int = option("--samples", default=1024, help="Calibration blocks to score on (the paper: 1024).")
+    seq_len: int | None = option("--seq-len", default=None,
+                                 help="Tokens per block (default: min(2048, max_position_embeddings)).")
+    batch_size: int = option("--batch-size", default=8, help="Blocks per forward pass.")
+    layer_metric: str = option("--layer-metric", default="kl",
+                               help="Layer importance when a block is skipped: kl, mse, loss or cosine.")
+    expert_metric: str = option("--expert-metric", default="reap",
+                                help="Routed-expert importance (MoE): reap (router-weighted output norm), frequency "
+                                     "or output_norm; the others are saved too.")
+    aggregation: str = option("--aggregation", default="mean,l2",
+                              help="Reduction over the sequence, then the batch: mean or l2 each.")
+    device: str = option("--device", default="auto", help="auto, cpu or cuda[:N].")
+    dtype: str = option("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
+    seed: int = option("--seed", default=0, help="Seed of the sample selection.")
+    text_field: str = option("--text-field", default="text", help="Field of .jsonl records / parquet column.")
+    streaming: bool | None = option(
+        "--streaming/--no-streaming", default=None,
+        help="Stream one block at a time from the safetensors files (default: when the weights don't fit in the "
+             "device's free memory).")
+    # axis -> signal (signals.py); only the axes asked for
+    width_metrics: dict = option(
+        "--width-metric", default_factory=dict, type=list[str] | None, parse=parse_width_metrics,
+        help="AXIS=NAME (repeatable, or comma-separated): the signal of a width axis. hidden: sum (default), l2, "
+             "max (across layers); ffn: act (default), act_down; attention_heads: act (default), act_out; "
+             "mamba_heads: x, x_out (default), gated, gated_out; mamba_head_dim: x (default), gated. "
+             "See docs/score.md.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,9 +183,11 @@ def run(p: Prepared, progress=None) -> ScoreResult:
 
         source = InMemorySource(load_model(p.ckpt.path, dtype=p.dtype_name, device=p.device, check=False))
     mine = p.tokens[list(distributed.shard_range(p.tokens.shape[0]))]
+    stability: dict = {}
     tensors, n_samples, n_tokens = score_tensors(source, p.arch, mine, agg=p.agg, batch_size=p.opts.batch_size,
                                                  layer_metric=p.opts.layer_metric, progress=progress,
-                                                 expert_metric=p.opts.expert_metric, width_metrics=p.opts.width_metrics)
+                                                 expert_metric=p.opts.expert_metric, width_metrics=p.opts.width_metrics,
+                                                 stability=stability)
     scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path),
                     width_metrics=dict(p.opts.width_metrics))
     scores.validate(p.arch)
@@ -183,6 +201,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
         "streaming": p.streaming,
         "world_size": distributed.world_size(),
         "seconds": round(time.perf_counter() - t0, 3),
+        "stability": stability,  # split-half Spearman per width axis (minitron.importance.stability)
     }
     if p.streaming:
         info["bytes_read"] = source.bytes_read
@@ -191,14 +210,16 @@ def run(p: Prepared, progress=None) -> ScoreResult:
 
 def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, layer_metric: str,
                   progress=None, expert_metric: str = "reap", width_metrics: dict | None = None,
-                  all_metrics: bool = False) -> tuple[dict, int, int]:
+                  all_metrics: bool = False, stability: dict | None = None) -> tuple[dict, int, int]:
     """Run `tokens` (this rank's share) through a source; all-reduce; -> (score tensors, samples, tokens).
 
     The tensors are those of `scores.safetensors`: the width axes (by `width_metrics`, axis -> signal
     of `signals.py`, defaults for the others), `layers` for `layer_metric` and `layers_<metric>` for
     the other metrics that came for free; for an MoE model `experts` for `expert_metric` and
     `experts_<metric>` for the others. With `all_metrics`, also `candidate.AXIS.NAME` for every
-    candidate width signal (one pass for the ablation benchmark).
+    candidate width signal (one pass for the ablation benchmark). A `stability` dict is filled with
+    the split-half rank agreement of each width axis (`minitron.importance.stability`); the scores
+    are the same with or without it.
     """
     import torch
 
@@ -207,7 +228,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     from minitron.importance.hooks import WidthCollector
     from minitron.importance.depth import finalize_layer_scores
 
-    stats = Stats()
+    stats = Stats(split=stability is not None)
     collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric, width_metrics=width_metrics,
                                all_metrics=all_metrics).attach(source.model)
     try:
@@ -219,6 +240,8 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     n_samples = float(stats["samples"].item()) if "samples" in stats else 0.0
     n_tok = float(stats["tokens"].item()) if "tokens" in stats else 0.0
     tensors = collector.finalize(n_samples, n_tok)
+    if stability is not None:
+        stability.update(_split_half(collector, stats))
     layer = finalize_layer_scores(stats, arch.num_layers)
     tensors["layers"] = layer[layer_metric]
     for name, t in layer.items():
@@ -229,6 +252,23 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
         raise RuntimeError(f"non-finite scores in {', '.join(bad)} (try --dtype fp32)")
     n_tokens = int(stats["tokens"].item()) if "tokens" in stats else 0
     return tensors, int(n_samples), n_tokens
+
+
+def _split_half(collector, stats) -> dict:
+    """Each width axis' ranking from the even and from the odd micro-batches, compared (Spearman)."""
+    from minitron.importance.stability import split_half
+
+    halves = stats.halves()
+    if any(float(h["samples"].item()) == 0 for h in halves if "samples" in h) or "samples" not in stats:
+        return {}  # one micro-batch: no second half
+    finals = []
+    try:
+        for h in halves:
+            collector.stats = h
+            finals.append(collector.finalize(float(h["samples"].item()), float(h["tokens"].item())))
+    finally:
+        collector.stats = stats
+    return split_half(*finals)
 
 
 def score_model(model: str | Path, data, opts: ScoreOptions | None = None, progress=None) -> ScoreResult:

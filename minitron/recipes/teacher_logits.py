@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from minitron.distill.logit_cache import (
@@ -26,27 +26,36 @@ from minitron.distill.logit_cache import (
     write_split,
 )
 from minitron.errors import InputError
+from minitron.options import option
 
 
 @dataclass
 class TeacherLogitsOptions:
-    model: Path
-    data: list[Path]
-    out: Path
-    seq_len: int | None = None  # None: min(2048, max_position_embeddings), as distill
-    top_k: int = 64
-    temperature: float = 1.0
-    logprob_dtype: str = "fp32"
-    tokens: int | None = None  # cache only the first ceil(tokens / seq_len) blocks (default: all)
-    eval_data: list[Path] = field(default_factory=list)
-    eval_samples: int | None = None
-    text_field: str = "text"
-    micro_batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
-    max_shard_size: str = "2GB"
-    chunk_size: int | None = None
-    overwrite: bool = False
+    model: Path = option("model", argument=True, help="Teacher model directory.")
+    data: list[Path] = option("--data", help="Training text, exactly as `distill --data` will get it (repeatable).")
+    out: Path = option("--out", "-o", help="Output directory for the cache.")
+    seq_len: int | None = option(  # None: min(2048, max_position_embeddings), as distill
+        "--seq-len", default=None,
+        help="Tokens per block, as distill's --seq-len (default: min(2048, max_position_embeddings)).")
+    top_k: int = option("--top-k", default=64, help="Teacher tokens kept per position (plus one tail bin for the rest).")
+    temperature: float = option("--temperature", default=1.0,
+                                help="Softmax temperature of the stored log-probs (must equal distill's).")
+    logprob_dtype: str = option("--logprob-dtype", default="fp32",
+                                help="Storage dtype of the log-probs: fp32, fp16 or bf16 (ids are int32).")
+    tokens: int | None = option(  # cache only the first ceil(tokens / seq_len) blocks (default: all)
+        "--tokens", default=None, help="Cache only the first ceil(tokens / seq len) blocks (default: all).")
+    eval_data: list[Path] = option("--eval-data", default_factory=list,
+                                   help="Held-out text: also cache an eval split for distill's val KL (repeatable).")
+    eval_samples: int | None = option("--eval-samples", default=None, help="At most this many eval blocks.")
+    text_field: str = option("--text-field", default="text", help="Text field of .jsonl/.parquet records.")
+    micro_batch_size: int = option("--micro-batch-size", default=4, help="Blocks per teacher forward.")
+    max_shard_size: str = option("--max-shard-size", default="2GB", help="Largest shard file (e.g. 2GB, 512MiB).")
+    device: str = option("--device", default="auto", help="auto, cpu or cuda.")
+    dtype: str = option("--dtype", default="auto",
+                        help="Compute dtype of the teacher: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
+    chunk_size: int | None = option("--chunk-size", default=None,
+                                    help="Tokens per chunk when making the top-k (default: 16 MiB fp32 temporaries).")
+    overwrite: bool = option("--overwrite", default=False, help="Replace an existing output directory.")
 
 
 def run_teacher_logits(o: TeacherLogitsOptions, *, progress=None) -> dict:
@@ -56,11 +65,10 @@ def run_teacher_logits(o: TeacherLogitsOptions, *, progress=None) -> dict:
     import json
 
     from minitron.data import data_fingerprints, load_dataset, parse_data_specs
+    from minitron.device import auto_dtype, resolve_device
     from minitron.io import atomic_output_dir, check_output_dir, model_fingerprint, write_provenance
     from minitron.memory import parse_size
-    from minitron.models.checkpoint import load_model
-    from minitron.device import auto_dtype, resolve_device
-    from minitron.models.checkpoint import open_model_dir, optional_tokenizer
+    from minitron.models.checkpoint import load_model, open_model_dir, optional_tokenizer
 
     o.model, o.out = Path(o.model), Path(o.out)
     if o.top_k < 1:
