@@ -73,13 +73,14 @@ def kd_loss(s_logits, target, mask=None, *, kind="forward-kl", temperature=1.0, 
                         chunk_size=chunk_size, reuse_teacher=True)  # fmt: skip
 
 
-def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, device: str = "cpu",
+def evaluate(teacher, student, blocks: torch.Tensor, *, micro_batch_size: int, device: str | None = None,
              autocast_dtype: str | None = None, chunk_size: int | None = DEFAULT_CHUNK,
              masks: torch.Tensor | None = None) -> dict:  # fmt: skip
     """Validation KL(teacher || student) per token and the student's LM loss per predicted token.
 
     `teacher`: a model, `ResidentTeacher` or `CachedTeacher` (then the KL is the top-k + tail one,
-    on the cache's eval split). `masks` [n, L]: target tokens (chat data), None for all.
+    on the cache's eval split). `masks` [n, L]: target tokens (chat data), None for all. `device`:
+    where the blocks go (default: the student's).
     Blocks are dealt round-robin to ranks; every rank runs the same number of forwards (ranks short
     of data repeat a block with weight 0), which FSDP's collectives require. The loop is `minitron
     eval`'s (`minitron.evaluate.perplexity.score_blocks`): KL over the positions that predict a token.

@@ -258,8 +258,10 @@ def _split_half(collector, stats) -> dict:
     """Each width axis' ranking from the even and from the odd micro-batches, compared (Spearman)."""
     from minitron.importance.stability import split_half
 
+    if "samples" not in stats:
+        return {}
     halves = stats.halves()
-    if any(float(h["samples"].item()) == 0 for h in halves if "samples" in h) or "samples" not in stats:
+    if any(float(h["samples"].item()) == 0 for h in halves):
         return {}  # one micro-batch: no second half
     finals = []
     try:
