@@ -104,6 +104,24 @@ class Family:
         """(flag, reason) when the pruned architecture `target` of `arch` cannot be written soundly."""
         return None
 
+    def hidden_norm_readers(self, arch) -> dict[str, tuple[str, ...]] | None:
+        """Each RMSNorm weight on the residual stream (canonical name) -> the name prefixes of the tensors
+        that read its output; None where the family has not declared them (then `--hidden-basis pca`,
+        `minitron.prune.rotation`, is refused). Uses `norm_readers_by_layer`."""
+        per_layer = self.norm_readers_by_layer(arch)
+        if per_layer is None:
+            return None
+        out = {}
+        for i in range(arch.num_layers):
+            for norm, readers in per_layer(i).items():
+                out[f"layers.{i}.{norm}.weight"] = tuple(f"layers.{i}.{r}." for r in readers)
+        out[self.modules.final_norm + ".weight"] = ("lm_head.",)
+        return out
+
+    def norm_readers_by_layer(self, arch):
+        """A function of the layer number -> {norm module: (reader modules, ...)}, or None."""
+        return None
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         raise NotImplementedError

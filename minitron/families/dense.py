@@ -197,6 +197,9 @@ class DenseFamily(Family):
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
         return stacked_model_specs(self, arch, layout, "norm")
 
+    def norm_readers_by_layer(self, arch):
+        return lambda i: {"input_layernorm": ("self_attn",), "post_attention_layernorm": ("mlp",)}
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         return [

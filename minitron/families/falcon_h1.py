@@ -129,6 +129,9 @@ class FalconH1(Family):
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
         return parts.stacked_model_specs(self, arch, layout, "final_layernorm")
 
+    def norm_readers_by_layer(self, arch):
+        return lambda i: {"input_layernorm": ("mamba", "self_attn"), "pre_ff_layernorm": ("feed_forward",)}
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         # input_layernorm feeds both mixers (each through a scalar multiplier); in_proj's output is taken

@@ -247,6 +247,10 @@ class MambaHybridFamily(Family):
     def model_specs(self, arch, layout: str = "checkpoint") -> list[TensorSpec]:
         return parts.stacked_model_specs(self, arch, layout, self.v.final_norm)
 
+    def norm_readers_by_layer(self, arch):
+        mixers = ("mamba", "self_attn")
+        return lambda i: {"input_layernorm": mixers, self.v.post_norm: (self.v.mlp, "block_sparse_moe")}
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         mixer = HookPoint("mamba", "mamba.in_proj") if char == MAMBA else HookPoint("attention", "self_attn.o_proj")

@@ -206,6 +206,9 @@ class NemotronH(Family):
         specs.append(TensorSpec("lm_head.weight", None, (vocab, h)))
         return specs
 
+    def norm_readers_by_layer(self, arch):
+        return lambda i: {"norm": ("mixer",)}  # one pre-norm per block, read by its mixer
+
     # ------------------------------------------------------------------ running blocks
     def hook_points(self, arch, char: str) -> list[HookPoint]:
         own = {MLP: [HookPoint("ffn", "mixer.down_proj")], ATTENTION: [HookPoint("attention", "mixer.o_proj")],

@@ -139,7 +139,7 @@ def _run_chunk(source, micro, layer_metric, skip, stats, collector, step, first:
             normed = norm_f(states[m])
             if collector is not None:
                 collector.enabled = True
-                collector.add_final(normed)
+                collector.add_final(normed, states[m])
                 collector.enabled = False
             if not branches_on:
                 continue

@@ -4,6 +4,9 @@ Hooks are attached to transformers' own modules (`model.model.layers[i]`), at th
 model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_proj`, ...):
 
     a pre-norm (each)     output         -> hidden channels of layer i
+                          input          -> the covariance of the normalised residual stream, summed
+                                             over the norms (`hidden_covariance`: the basis of
+                                             `prune --hidden-basis pca`, `minitron.prune.rotation`)
     MLP down_proj         input          -> FFN neurons
     attention o_proj      input          -> attention heads (KV heads derived at the end)
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
@@ -51,6 +54,8 @@ class WidthCollector:
         self.down_norms: dict[int, object] = {}  # MLP layer position -> [F] down_proj column norms
         self._handles: list = []
         self._capture: ExpertCapture | None = None
+        self._cov = None  # float64 running sum of u u^T on the model's device (u = x / rms(x)), and its rows
+        self._cov_rows = 0
 
     def wants(self, axis: str, name: str) -> bool:
         """Whether signal `name` of `axis` is collected."""
@@ -61,10 +66,23 @@ class WidthCollector:
         """[B, T, U] per-token unit values of one batch -> the running statistic `name`."""
         self.stats.add(name, batch_partial(reduce_seq(values, self.agg.seq), self.agg.batch))
 
-    def add_final(self, normed) -> None:
-        """The output of norm_f, [B, T, hidden] (counted as one more layer of the hidden signal)."""
+    def add_final(self, normed, states=None) -> None:
+        """The output of norm_f, [B, T, hidden] (counted as one more layer of the hidden signal), and
+        its input `states` (one more norm of the covariance)."""
         if self.enabled:
             self.add("hidden.final", width.channel_values(normed))
+            if states is not None:
+                self.add_covariance(states)
+
+    def add_covariance(self, x) -> None:
+        """[B, T, hidden] input of a norm on the residual stream -> the running sum of u u^T."""
+        import torch
+
+        u = x.detach().reshape(-1, x.shape[-1]).float()
+        u = u * torch.rsqrt(u.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-12))
+        part = (u.T @ u).double()
+        self._cov = part if self._cov is None else self._cov.add_(part)
+        self._cov_rows += u.shape[0]
 
     def attach(self, model) -> WidthCollector:
         a = self.arch
@@ -78,6 +96,7 @@ class WidthCollector:
                 if point.kind == "hidden":
                     name = _hidden_name(i, point.tag)
                     self._handles.append(mod.register_forward_hook(self._out_hook(name, width.channel_values)))
+                    self._handles.append(mod.register_forward_pre_hook(self._in_hook(None, self.add_covariance)))
                 elif point.kind == "ffn":
                     k = positions["ffn"][i]
                     hook = self._in_hook(f"ffn.{k}", width.channel_values)
@@ -109,9 +128,18 @@ class WidthCollector:
         return self
 
     def detach(self) -> None:
+        """Remove the hooks, and move the covariance into the statistics (whole, not split in halves)."""
+        import torch
+
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._cov is not None:
+            odd, self.stats.odd = self.stats.odd, False
+            self.stats.add("hidden_cov", self._cov)
+            self.stats.add("hidden_cov_rows", torch.tensor([float(self._cov_rows)]))
+            self.stats.odd = odd
+            self._cov, self._cov_rows = None, 0
         if self._capture is not None:
             self._capture.close()
             self._capture = None
@@ -124,9 +152,13 @@ class WidthCollector:
         return hook
 
     def _in_hook(self, name, fn):
+        """Adds `fn(input)` as statistic `name`; with `name` None, calls `fn(input)` itself."""
         def hook(_module, inputs):
             if self.enabled:
-                self.add(name, fn(inputs[0]))
+                if name is None:
+                    fn(inputs[0])
+                else:
+                    self.add(name, fn(inputs[0]))
 
         return hook
 
@@ -217,6 +249,7 @@ class WidthCollector:
         a = self.arch
         shapes = {name: (a.hidden_size,) for name in self._hidden_names(skip)}
         shapes["hidden.final"] = (a.hidden_size,)
+        shapes["hidden_cov"], shapes["hidden_cov_rows"] = (a.hidden_size, a.hidden_size), (1,)
         for k, i in enumerate(a.ffn_layers()):
             if i not in skip:
                 shapes[f"ffn.{k}"] = (a.intermediate_size,)
@@ -269,6 +302,8 @@ class WidthCollector:
             "mamba_head_dim": chosen["mamba_head_dim"],
             **self._finalize_moe(get, n_tokens),
         }
+        if "hidden_cov" in self.stats and float(self.stats["hidden_cov_rows"].item()) > 0:
+            out["hidden_covariance"] = self.stats["hidden_cov"] / float(self.stats["hidden_cov_rows"].item())
         if self.all_metrics:
             for axis, by_name in cands.items():
                 for name, t in by_name.items():

@@ -14,6 +14,9 @@ Tensors (all finite, non-negative, larger = more important):
     shared_expert_ffn [n_moe_layers, moe_shared_expert_intermediate_size]
     layers          [num_layers]                              for the chosen layer metric
     layers_<metric> [num_layers]                              optional, other metrics
+    hidden_covariance [hidden_size, hidden_size]              mean u u^T of the normalised residual stream
+                                                              (u = x / rms(x) at every norm's input; not a
+                                                              score: the basis of `prune --hidden-basis pca`)
 
 `minitron.json` beside it records the model fingerprint the scores belong to.
 """
@@ -64,7 +67,15 @@ class Scores:
                     "(scores of another model?)",
                     flag=flag,
                 )
+        cov = self.tensors.get("hidden_covariance")
+        if cov is not None and tuple(cov.shape) != (arch.hidden_size, arch.hidden_size):
+            raise InputError(f"scores tensor 'hidden_covariance' has shape {list(cov.shape)} but the model needs "
+                             f"{[arch.hidden_size] * 2}", flag=flag)
         for name, t in self.tensors.items():
+            if name == "hidden_covariance":
+                if not torch.isfinite(t).all():
+                    raise InputError("scores tensor 'hidden_covariance' has non-finite values", flag=flag)
+                continue
             if not torch.isfinite(t).all() or (t < 0).any():
                 raise InputError(f"scores tensor {name!r} has negative or non-finite values", flag=flag)
 

@@ -4,6 +4,7 @@ Each tensor is cut with `tensor_indices` (plan.py), the same function the stream
 dropped blocks are left out and the others renumbered. Fused routed experts ([E, ...], `stacked`
 specs) are cut slice by slice: the kept experts, each with its own kept neurons, stacked again.
 Dropped experts of the checkpoint layout (one tensor per expert) are left out and the others renumbered.
+A plan with a hidden rotation (`rotation.py`) then contracts each tensor's hidden dimensions.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
     stored in safetensors files (one tensor per expert).
     """
     specs = model_specs(plan.source, layout=layout)
+    rot = plan.rotation
+    if rot is not None:
+        rot.folds = {canonical_name(k): t.detach().float() for k, t in state_dict.items() if canonical_name(k) in rot.norms}
     out = {}
     for key, t in state_dict.items():
         name = canonical_name(key)
@@ -90,6 +94,8 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
             continue
         prefix = key[: len(key) - len(name)]
         cut = prune_stacked(t, spec, plan) if spec.stacked else prune_tensor(t, tensor_indices(spec, plan))
+        if rot is not None:
+            cut = rot.apply(name, spec, cut)
         out[checkpoint_name(new_name, prefix) if prefix else new_name] = cut
     return out
 

@@ -14,6 +14,9 @@ original 0-based block numbers):
     shared_ffn[l]   kept neurons of the shared expert of MoE layer l
     experts_per_token  the router's new top-k (None: unchanged); a scalar, not an index set
     dropped_layers  whole blocks removed
+    rotation        None, or the principal basis of the residual stream (`rotation.py`): hidden
+                    then holds the first k components, and every hidden dimension is kept whole
+                    here and contracted to k by `rotation.apply`
 
 Kept experts are renumbered in order (checkpoint keys `experts.{j}.` are rewritten, like layers).
 
@@ -60,6 +63,7 @@ class PrunePlan:
     shared_ffn: dict[int, Index] = field(default_factory=dict)
     experts_per_token: int | None = None
     dropped_layers: tuple[int, ...] = ()
+    rotation: object | None = None  # a minitron.prune.rotation.HiddenRotation
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -136,6 +140,7 @@ class PrunePlan:
             "shared_expert_ffn": {str(k): list(v) for k, v in self.shared_ffn.items()},
             "experts_per_token": self.experts_per_token,
             "dropped_layers": sorted(self.dropped_layers),
+            "hidden_basis": self.rotation.record() if self.rotation is not None else "channels",
         }
 
 
@@ -147,6 +152,8 @@ def segment_indices(plan: PrunePlan, axis: str, layer: int | None, size: int,
     if axis == FIXED:
         return None
     if axis == HIDDEN:
+        if plan.rotation is not None:
+            return None  # contracted to k components by the rotation (after the other dimensions' cut)
         kept = list(plan.hidden)
     elif axis == FFN:
         kept = list(plan.ffn[layer])
@@ -199,5 +206,9 @@ def stacked_indices(spec: TensorSpec, plan: PrunePlan) -> list[tuple[int, tuple[
     return [(j, tensor_indices(spec.expert_slice(j), plan)) for j in (range(n) if kept is None else kept)]
 
 
-def pruned_shape(spec: TensorSpec, idx: tuple[list[int] | None, ...]) -> tuple[int, ...]:
-    return tuple(n if ix is None else len(ix) for n, ix in zip(spec.shape, idx, strict=True))
+def pruned_shape(spec: TensorSpec, idx: tuple[list[int] | None, ...], plan: PrunePlan | None = None) -> tuple[int, ...]:
+    """The shape after the cut; with a plan that rotates, hidden dimensions hold its k components."""
+    out = tuple(n if ix is None else len(ix) for n, ix in zip(spec.shape, idx, strict=True))
+    if plan is None or plan.rotation is None:
+        return out
+    return tuple(len(plan.hidden) if any(a == HIDDEN for a, _ in segs) else n for n, segs in zip(out, spec.dims))

@@ -134,12 +134,16 @@ def grouped_top_k(scores, n_groups: int, k_per_group: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=()) -> PrunePlan:
-    """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape."""
-    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers)
+def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=(), rotation=None) -> PrunePlan:
+    """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape.
+
+    `rotation` (`minitron.prune.rotation`): keep the first hidden components of that basis instead of
+    the top hidden channels, where the shape cuts the hidden size (a shape that keeps it is left unrotated).
+    """
+    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers, rotation)
 
 
-def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=()) -> PrunePlan:
+def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=(), rotation=None) -> PrunePlan:
     """`make_plan` of a shape already resolved and validated (`validate_shape`, as a `Target` holds it)."""
     import torch
 
@@ -152,6 +156,8 @@ def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=()) -> Pr
     a = arch
     plan = PrunePlan(source=a, hidden=top_k(rows("hidden", 1, a.hidden_size).reshape(-1), s.hidden_size),
                      dropped_layers=tuple(sorted(set(dropped_layers))))
+    if rotation is not None and s.hidden_size < a.hidden_size:
+        plan.hidden, plan.rotation = tuple(range(s.hidden_size)), rotation.keep(s.hidden_size)
     mlp = a.ffn_layers()
     ffn_scores = rows("ffn", len(mlp), a.intermediate_size)
     for j, i in enumerate(mlp):

@@ -6,6 +6,7 @@ safetensors header is written first and the tensors are then streamed into it on
     for each source tensor, in file order (dropped blocks and dropped experts are never read):
         read its kept row range with `safe_open(...).get_slice(key)[lo:hi]`
         cut every dimension with `tensor_indices` (the function the in-memory apply uses)
+        with a hidden rotation (`rotation.py`), contract its hidden dimensions to the kept components
         append the bytes to the current output shard
 
 Peak memory is about one source tensor and its pruned copy, plus the pages of the source shard
@@ -41,6 +42,7 @@ class Item:
     shape: tuple[int, ...]  # after pruning
     idx: tuple[list[int] | None, ...]
     slices: tuple | None = None  # a fused [E, ...] expert tensor (Granite): (expert j, its slice's idx) per kept j
+    spec: object = None  # its TensorSpec, for a plan that rotates the hidden channels (`rotation.py`)
 
     @property
     def nbytes(self) -> int:
@@ -66,11 +68,11 @@ def plan_items(ckpt: Checkpoint, plan: PrunePlan) -> list[Item]:
         out_key = checkpoint_name(new, prefix) if prefix else new
         if spec.stacked:  # each kept expert's slice cut with its own indices, stacked again
             slices = tuple(stacked_indices(spec, plan))
-            shape = (len(slices), *pruned_shape(spec.expert_slice(0), slices[0][1]))
-            items.append(Item(out_key, e.file, e.key, e.dtype, shape, (), slices))
+            shape = (len(slices), *pruned_shape(spec.expert_slice(0), slices[0][1], plan))
+            items.append(Item(out_key, e.file, e.key, e.dtype, shape, (), slices, spec))
             continue
         idx = tensor_indices(spec, plan)
-        items.append(Item(out_key, e.file, e.key, e.dtype, pruned_shape(spec, idx), idx))
+        items.append(Item(out_key, e.file, e.key, e.dtype, pruned_shape(spec, idx, plan), idx, spec=spec))
     return items
 
 
@@ -96,8 +98,8 @@ def shard_header(items: list[Item]) -> bytes:
     return encode_header(entries, {"format": "pt"})
 
 
-def read_pruned(handle, item: Item):
-    """Read only the bounding row range of the kept rows, then cut every dimension."""
+def read_pruned(handle, item: Item, rotation=None):
+    """Read only the bounding row range of the kept rows, then cut every dimension (and rotate)."""
     import torch
 
     from minitron.prune.apply import prune_tensor_fast
@@ -105,6 +107,8 @@ def read_pruned(handle, item: Item):
     sl = handle.get_slice(item.src_key)
     if item.slices is not None:  # one expert's slice at a time
         t = torch.stack([prune_tensor_fast(sl[j:j + 1][0], idx) for j, idx in item.slices]).contiguous()
+        if rotation is not None:
+            t = rotation.apply(item.spec.name, item.spec, t)
         assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
         return t.view(torch.uint8) if t.numel() else t
     rows = item.idx[0]
@@ -116,8 +120,22 @@ def read_pruned(handle, item: Item):
         t = sl[lo:hi]
         idx = ([r - lo for r in rows], *item.idx[1:])
     t = prune_tensor_fast(t, idx)
+    if rotation is not None:
+        t = rotation.apply(item.spec.name, item.spec, t)
     assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
     return t.view(torch.uint8) if t.numel() else t
+
+
+def _read_folds(ckpt: Checkpoint, rotation) -> None:
+    """The residual stream's norm weights (small), which the rotation folds into their readers."""
+    from safetensors import safe_open
+
+    rotation.folds = {}
+    for e in ckpt.tensors.values():
+        name = canonical_name(e.key)
+        if name in rotation.norms:
+            with safe_open(str(ckpt.path / e.file), framework="pt") as h:
+                rotation.folds[name] = h.get_tensor(e.key).float()
 
 
 def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
@@ -129,6 +147,8 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
     from safetensors import safe_open
 
     items = plan_items(ckpt, plan)
+    if plan.rotation is not None:
+        _read_folds(ckpt, plan.rotation)
     shards = split_shards(items, max_shard_bytes)
     out_dir = Path(out_dir)
     weight_map, written, done = {}, 0, 0
@@ -143,7 +163,7 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
                         handle = None  # release the previous shard's mapping first
                         handle = safe_open(str(ckpt.path / it.src_file), framework="pt")
                         handle_file = it.src_file
-                    t = read_pruned(handle, it)
+                    t = read_pruned(handle, it, plan.rotation)
                     if t.numel():
                         f.write(memoryview(t.numpy()).cast("B"))
                     del t
