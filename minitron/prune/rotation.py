@@ -116,13 +116,14 @@ def unsupported(arch):
         return f"the {arch.family} family does not declare its norms' readers; use --hidden-basis channels"
     norms = frozenset(declared)
     reader_norm: dict = {}
-    for spec in model_specs(arch).values():
+    specs = {**model_specs(arch), **model_specs(arch, layout="module")}  # fused experts are named apart
+    for spec in specs.values():
         hid = [d for d, segs in enumerate(spec.dims) if any(a == HIDDEN for a, _ in segs)]
         if any(len(spec.dims[d]) != 1 for d in hid):
             return f"{spec.name} mixes hidden channels with others in one dimension; use --hidden-basis channels"
-        if spec.name in norms or not hid or hid[-1] != len(spec.dims) - 1 or spec.layer is None and \
-                spec.name.startswith(arch.impl.modules.embedding):
-            continue  # a norm, a tensor off the stream, a writer (or bias), or the embedding
+        embedding = spec.layer is None and spec.name.startswith(arch.impl.modules.embedding)
+        if spec.name in norms or not hid or len(spec.dims) < 2 or hid[-1] != len(spec.dims) - 1 or embedding:
+            continue  # a norm, a tensor off the stream, a writer's bias, a writer, or the embedding
         owner = [n for n, prefixes in declared.items() if any(spec.name.startswith(p) for p in prefixes)]
         if len(owner) != 1:
             return f"{spec.name} reads the hidden channels but no single norm is declared for it"
