@@ -111,17 +111,18 @@ class Bench:
                                 batch_size=8, layer_metric="kl", all_metrics=True)
         return t
 
-    def student(self, ranking: dict, shape: dict, dropped=()):
+    def student(self, ranking: dict, shape: dict, dropped=(), rotation=None):
         from minitron.prune.apply import prune_model
         from minitron.prune.select import Shape, make_plan
 
-        plan = make_plan(self.arch, Shape(**shape), ranking, dropped)
+        plan = make_plan(self.arch, Shape(**shape), ranking, dropped, rotation)
         return prune_model(self.teacher, plan), plan
 
-    def measure(self, ranking: dict, shape: dict, dropped=(), steps: int = 0, recipe: dict | None = None) -> dict:
+    def measure(self, ranking: dict, shape: dict, dropped=(), steps: int = 0, recipe: dict | None = None,
+                rotation=None) -> dict:
         from minitron.distill.trainer import quick_distill
 
-        model, plan = self.student(ranking, shape, dropped)
+        model, plan = self.student(ranking, shape, dropped, rotation)
         row = {"pruned": self.loss(model), "params": plan.target().total_params}
         if steps:
             for p in model.parameters():

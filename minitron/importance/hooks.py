@@ -231,8 +231,10 @@ class WidthCollector:
             self.add(f"mamba_heads.{k}", width.head_values(x, a.mamba_num_heads))
             self.add(f"mamba_channels.{k}", width.channel_values(x))
             if k not in self.out_norms:  # the weights are materialised now (also when streaming)
+                norm = getattr(getattr(mixer, "norm", None), "weight", None)  # Falcon-H1 may have none (Identity)
+                out_w = mixer.out_proj.weight.detach()
                 self.out_norms[k] = width.mamba_output_weight_norms(
-                    mixer.out_proj.weight.detach(), mixer.norm.weight.detach(), a.mamba_num_heads
+                    out_w, norm.detach() if norm is not None else out_w.new_ones(out_w.shape[1]), a.mamba_num_heads
                 ).double().cpu()
 
         return hook
