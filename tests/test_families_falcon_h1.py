@@ -85,9 +85,9 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     mem = fam.scores_streamed_equal_in_memory(path, model, arch)
     assert mem["mamba_heads"].shape == (3, 8) and mem["attention_heads"].shape == (3, 8) and mem["ffn"].shape == (3, 96)
 
-    def edit(m):  # Mamba head 5 of layer 1 (its x-slice rows of in_proj); FFN neuron 7 of layer 2
-        p, inner = arch.mamba_head_dim, arch.mamba_intermediate
-        m.model.layers[1].mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
+    def edit(m):  # Mamba head 5 of layer 1 (its out_proj columns: the default signal); FFN neuron 7 of layer 2
+        p = arch.mamba_head_dim
+        m.model.layers[1].mamba.out_proj.weight[:, 5 * p:6 * p] = 0
         m.model.layers[2].feed_forward.up_proj.weight[7] = 0
 
     z = fam.scores(fam.zeroed(model, edit), arch)

@@ -68,9 +68,9 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     mem = fam.scores_streamed_equal_in_memory(path, model, arch)
     assert mem["ffn"].shape == (4, 96) and mem["mamba_heads"].shape == (3, 8)
 
-    def edit(m):  # Mamba head 5 of layer 2 (the second Mamba layer): its x-slice rows of in_proj
-        p, inner = arch.mamba_head_dim, arch.mamba_intermediate
-        m.model.layers[2].mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
+    def edit(m):  # Mamba head 5 of layer 2 (the second Mamba layer): its out_proj columns (the default signal)
+        p = arch.mamba_head_dim
+        m.model.layers[2].mamba.out_proj.weight[:, 5 * p:6 * p] = 0
 
     z = fam.scores(fam.zeroed(model, edit), arch)
     assert z["mamba_heads"][1, 5] == 0 and (z["mamba_heads"][1] > 0).sum() == 7

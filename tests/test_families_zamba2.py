@@ -99,9 +99,9 @@ def test_scores_streaming_equals_in_memory_and_see_zeroed_units(tiny):
     mem = fam.scores_streamed_equal_in_memory(path, model, arch)  # streamed: layer 5 reads its block from layer 1
     assert mem["mamba_heads"].shape == (6, 8) and mem["ffn"].shape == (3, 96) and (mem["ffn"] > 0).all()
 
-    def edit(m):  # Mamba head 5 of hybrid layer 3 (the 4th Mamba mixer): its x-slice rows of in_proj
-        p, inner = arch.mamba_head_dim, arch.mamba_intermediate
-        m.model.layers[3].mamba_decoder.mamba.in_proj.weight[inner + 5 * p:inner + 6 * p] = 0
+    def edit(m):  # Mamba head 5 of hybrid layer 3 (the 4th Mamba mixer): its out_proj columns (the default signal)
+        p = arch.mamba_head_dim
+        m.model.layers[3].mamba_decoder.mamba.out_proj.weight[:, 5 * p:6 * p] = 0
 
     z = fam.scores(fam.zeroed(model, edit), arch)
     assert z["mamba_heads"][3, 5] == 0 and (z["mamba_heads"][3] > 0).sum() == 7

@@ -22,16 +22,20 @@ def tokens(n=4, t=16, seed=0):
     return torch.randint(3, 384, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-def score(model, toks, metric="cosine", agg=Aggregation()):
-    out, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=agg, batch_size=3, layer_metric=metric)
+def score(model, toks, metric="cosine", agg=Aggregation(), **kw):
+    out, _, _ = score_tensors(InMemorySource(model), ARCH, toks, agg=agg, batch_size=3, layer_metric=metric, **kw)
     return out
+
+
+X_SIGNALS = {"mamba_heads": "x_out", "mamba_head_dim": "x"}  # the x-slice signals (the defaults before 0.2)
 
 
 @pytest.mark.parametrize("agg", [Aggregation("mean", "l2"), Aggregation("l2", "mean")], ids=str)
 def test_every_width_score_equals_a_naive_reference(agg):
+    """The x-slice Mamba signals here; the gated defaults against theirs in test_importance_signals.py."""
     model = build_model()
     toks = tokens()
-    got = score(model, toks, agg=agg)
+    got = score(model, toks, agg=agg, width_metrics=X_SIGNALS)
     seen = block_io(model, toks)
     a = ARCH
     layers = model.model.layers
@@ -108,8 +112,20 @@ def test_mamba_head_with_zeroed_x_projection_ranks_last_in_its_group():
     inner, p = a.mamba_intermediate, a.mamba_head_dim
     with torch.no_grad():
         model.model.layers[a.layers_of(MAMBA)[0]].mixer.in_proj.weight[inner + 1 * p : inner + 2 * p].zero_()
+    got = score(model, tokens(), width_metrics=X_SIGNALS)["mamba_heads"][0]
+    assert float(got[1]) == 0.0 and int(got[: a.mamba_num_heads // a.n_groups].argmin()) == 1
+
+
+def test_mamba_head_with_zeroed_out_proj_columns_ranks_last_in_its_group():
+    """The default `gated_out`: what the head adds after out_proj."""
+    model = build_model()
+    a = ARCH
+    p = a.mamba_head_dim
+    with torch.no_grad():
+        model.model.layers[a.layers_of(MAMBA)[0]].mixer.out_proj.weight[:, 1 * p : 2 * p].zero_()
     got = score(model, tokens())["mamba_heads"][0]
     assert float(got[1]) == 0.0 and int(got[: a.mamba_num_heads // a.n_groups].argmin()) == 1
+    assert (got[: a.mamba_num_heads // a.n_groups] > 0).sum() == a.mamba_num_heads // a.n_groups - 1
 
 
 def test_mamba_head_dim_channel_zeroed_in_every_head_ranks_last():
@@ -119,6 +135,17 @@ def test_mamba_head_dim_channel_zeroed_in_every_head_ranks_last():
     rows = [inner + h * p + 5 for h in range(a.mamba_num_heads)]  # channel 5 of every head's x
     with torch.no_grad():
         model.model.layers[a.layers_of(MAMBA)[2]].mixer.in_proj.weight[rows] = 0
+    got = score(model, tokens(), width_metrics=X_SIGNALS)["mamba_head_dim"][2]
+    assert float(got[5]) == 0.0 and int(got.argmin()) == 5 and float(got.sort().values[1]) > 0
+
+
+def test_mamba_head_dim_channel_with_zeroed_gated_norm_weight_ranks_last():
+    """The default `gated`: channel 5 of every head leaves the gated norm as zero."""
+    model = build_model()
+    a = ARCH
+    p = a.mamba_head_dim
+    with torch.no_grad():
+        model.model.layers[a.layers_of(MAMBA)[2]].mixer.norm.weight[[h * p + 5 for h in range(a.mamba_num_heads)]] = 0
     got = score(model, tokens())["mamba_head_dim"][2]
     assert float(got[5]) == 0.0 and int(got.argmin()) == 5 and float(got.sort().values[1]) > 0
 

@@ -155,7 +155,7 @@ def test_the_defaults_are_the_chosen_tensors_and_their_candidates(scored):
 
 
 @pytest.mark.parametrize("axis,name", [("ffn", "act_down"), ("attention_heads", "act_out"), ("hidden", "max"),
-                                       ("mamba_heads", "gated_out"), ("mamba_head_dim", "gated")])
+                                       ("mamba_heads", "x_out"), ("mamba_head_dim", "x")])
 def test_a_chosen_signal_replaces_its_axis_only(scored, axis, name):
     model, toks, got = scored
     one = score(model, toks, width_metrics={axis: name})

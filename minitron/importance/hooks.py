@@ -346,7 +346,7 @@ class WidthCollector:
             gated = [s for s in ("mamba_gated", "mamba_gated_out", "mamba_gated_channels") if f"{s}.{k}" in self.stats]
             if f"mamba_heads.{k}" in self.stats and self._gated_wanted() and not gated:
                 raise RuntimeError("the gated Mamba signals need out_proj called as a module, and this Mamba path "
-                                   "fuses it; use the default --width-metric")
+                                   "fuses it; use --width-metric mamba_heads=x_out,mamba_head_dim=x")
         for name, stat in (("gated", "mamba_gated"), ("gated_out", "mamba_gated_out")):
             if self.wants("mamba_heads", name):
                 out["mamba_heads"][name] = stack([get(f"{stat}.{k}", hm) for k in range(n_m)])

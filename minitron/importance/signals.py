@@ -2,7 +2,7 @@
 
 Every signal is a per-token, non-negative value per unit, aggregated like the defaults (`aggregate.py`:
 mean over the sequence, L2 over the batch unless `--aggregation` says otherwise). Choose with
-`minitron score --width-metric AXIS=NAME` (repeatable); the defaults are today's scores, unchanged.
+`minitron score --width-metric AXIS=NAME` (repeatable).
 
     axis             name        per token (or across layers)                              source
     hidden           sum *       sum over the norms of the per-layer aggregated |norm(x)|  Minitron
@@ -15,13 +15,14 @@ mean over the sequence, L2 over the batch unless `--aggregation` says otherwise)
                      act_out     ||W_o[:, h] o_h||: the head's contribution after o_proj
     kv_heads         (follows attention_heads: the sum over the query heads of the group)
     mamba_heads      x           ||x_h||, the head's x-slice of in_proj's output             Minitron-SSM
-                     x_out *     ||x_h|| * ||(W_out * w_norm)[:, h]||_F                      minitron
+                     x_out       ||x_h|| * ||(W_out * w_norm)[:, h]||_F                      minitron < 0.2
                      gated       ||y_h||, y = gated_rmsnorm(scan, z): the input of out_proj
-                     gated_out   ||W_out[:, h] y_h||: the head's contribution after out_proj
-    mamba_head_dim   x *         |x_{h,p}|, aggregated per (h, p), then L2 over the heads    Minitron-SSM
-                     gated       |y_{h,p}|, the same on the input of out_proj
+                     gated_out * ||W_out[:, h] y_h||: the head's contribution after out_proj
+    mamba_head_dim   x           |x_{h,p}|, aggregated per (h, p), then L2 over the heads    Minitron-SSM
+                     gated *     |y_{h,p}|, the same on the input of out_proj
 
-(* the default.) `x_out` is a product of two aggregates, the others aggregate one per-token value; for
+(* the default; the Mamba defaults were `x_out` and `x` before 0.2, changed by the ablation of issue 18:
+docs/score.md.) `x_out` is a product of two aggregates, the others aggregate one per-token value; for
 `act_down` the two are the same (the column norm is a constant per neuron and both reductions are
 homogeneous). The `gated` signals read out_proj's input through a hook on out_proj, so they need a
 Mamba path that calls out_proj as a module: transformers' Nemotron-H mixer does on every path but the
@@ -40,8 +41,8 @@ WIDTH_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hidden": ("sum", ("sum", "l2", "max")),
     "ffn": ("act", ("act", "act_down")),
     "attention_heads": ("act", ("act", "act_out")),
-    "mamba_heads": ("x_out", ("x", "x_out", "gated", "gated_out")),
-    "mamba_head_dim": ("x", ("x", "gated")),
+    "mamba_heads": ("gated_out", ("x", "x_out", "gated", "gated_out")),
+    "mamba_head_dim": ("gated", ("x", "gated")),
 }
 AXIS_ALIASES = {"attention": "attention_heads", "heads": "attention_heads", "mamba": "mamba_heads",
                 "head_dim": "mamba_head_dim", "mamba_dims": "mamba_head_dim", "neurons": "ffn"}
