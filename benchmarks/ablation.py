@@ -149,9 +149,12 @@ def width_rankings(b: Bench, draws: list[dict], mag: dict, axis: str) -> list[tu
     return out
 
 
-def run_width(b: Bench, draws: list[dict], mag: dict, rows: list | None = None, save=lambda: None) -> list[dict]:
+def run_width(b: Bench, draws: list[dict], mag: dict, rows: list | None = None, save=lambda: None,
+              axes=None) -> list[dict]:
     rows = [] if rows is None else rows
     for axis, level, shape in cuts(b.arch):
+        if axes is not None and axis not in axes:
+            continue
         for fam, name, rep, ranking in width_rankings(b, draws, mag, axis):
             distill = (fam != "signal" or rep < b.cfg["distill_draws"]) and level in b.cfg["distill_levels"]
             r = b.measure(ranking, shape, steps=b.cfg["distill"] if distill else 0)
@@ -317,6 +320,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alt-only", action="store_true", help="the all-axes cut for the --alt rankings only "
                     "(no baselines, no from-scratch run; the report adds them to the teacher's -all run)")
     ap.add_argument("--distill-levels", default="25%,50%", help="cut levels whose students are distilled")
+    ap.add_argument("--axes", default=None, help="width axes to run (default: all), e.g. kv_heads,mamba_heads")
     ap.add_argument("--seeds", type=int, default=None, help="random seeds (default: the mode's)")
     ap.add_argument("--scratch-factor", type=int, default=10)
     args = ap.parse_args(argv)
@@ -345,7 +349,8 @@ def main(argv=None) -> int:
 
     if "width" in only:
         res["width"] = []
-        run_width(b, draws, mag, res["width"], save)  # saved after every student: a killed run keeps its rows
+        run_width(b, draws, mag, res["width"], save,  # saved after every student: a killed run keeps its rows
+                  axes=None if args.axes is None else set(args.axes.split(",")))
         save()
     if "depth" in only:
         res["depth"] = run_depth(b, draws)

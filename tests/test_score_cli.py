@@ -40,8 +40,9 @@ def test_outputs_follow_the_schema(scored, tiny_model_dir):
         names = set(f.keys())
         assert f.metadata()["metric"] == "kl"
     assert names == set(expected_shapes(arch)) | {"layers_mse", "layers_loss", "layers_cosine",
-                                                  "experts_frequency", "experts_output_norm"}
+                                                  "experts_frequency", "experts_output_norm", "hidden_covariance"}
     scores = Scores.load(out)
+    assert tuple(scores["hidden_covariance"].shape) == (arch.hidden_size, arch.hidden_size)
     scores.validate(arch)  # shapes, finite, non-negative
     for name, shape in expected_shapes(arch).items():
         assert tuple(scores[name].shape) == shape and scores[name].dtype == torch.float32
