@@ -200,6 +200,9 @@ def test_cli_auto_picks_pca_and_records_it(tiny_model_dir, text_file, tmp_path):
     same = CliRunner().invoke(app, ["prune", str(tiny_model_dir), "--scores", str(scores), "--ffn-size", "32",
                                     "--dry-run", "--json"])
     assert json.loads(same.stdout)["hidden_basis"] == "channels (the hidden size is not cut)"
+    text = CliRunner().invoke(app, ["prune", str(tiny_model_dir), "--scores", str(scores), "--hidden-size", "48",
+                                    "--dry-run"])
+    assert text.exit_code == 0 and "hidden basis: pca, the first 48 of 64 principal components" in text.stdout
 
 
 def test_cli_bad_basis_and_scores_without_covariance(tiny_model_dir, random_scores_dir, tmp_path):

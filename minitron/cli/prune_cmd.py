@@ -107,6 +107,12 @@ def render(doc: dict) -> None:
     if p["experts"]:
         out.print(f"moe: {p['experts']} routed experts x {p['moe_ffn_size']}, top-{p['experts_per_token']}, "
                   f"shared expert {p['shared_expert_ffn_size']}")
+    hb = doc.get("hidden_basis")
+    if isinstance(hb, dict):
+        out.print(f"hidden basis: pca, the first {hb['components']} of {hb['of']} principal components "
+                  f"({100 * hb['kept_variance']:.1f}% of the variance; norms x {hb['norm_scale']:.4f})")
+    elif hb:
+        out.print(f"hidden basis: {hb}")
     out.print(f"dropped layers: {p['dropped_layers'] or 'none'}")
     out.print(f"pattern: {p['pattern']}")
     out.print(f"parameters: {fmt_int(doc['params_before'])} -> [bold]{fmt_int(doc['params_after'])}[/bold] "
