@@ -56,7 +56,7 @@ def test_gated_signals_equal_a_naive_reference(family):
         y = torch.cat(seen[k]).double()  # [B, T, H·P]
         yh = y.reshape(*y.shape[:2], hn, p)
         heads.append(naive_aggregate(yh.norm(dim=-1), AGG))
-        w = mixer.out_proj.weight.double()
+        w = mixer.out_proj.weight.detach().double()
         contrib.append(naive_aggregate(torch.stack([(yh[:, :, h] @ w[:, h * p:(h + 1) * p].T).norm(dim=-1)
                                                     for h in range(hn)], dim=-1), AGG))
         ch = naive_aggregate(y.abs(), AGG)

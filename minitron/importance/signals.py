@@ -117,15 +117,15 @@ def head_contributions(a, weight, n_heads: int):
     """[B, T, H·D] head-major input of a projection and its [out, H·D] weight -> [B, T, H] float32:
     ||W[:, h] a_h|| per token, the norm of what head h adds to the projection's output.
 
-    One head at a time, so no [B, T, H, out] tensor is ever held.
+    Through each head's Gram matrix G_h = W[:, h]^T W[:, h] ([D, D], once per call): ||W_h a_h||^2 =
+    a_h^T G_h a_h, so a token costs H·D^2 multiply-adds instead of the projection's H·D·out.
     """
     import torch
 
     b, t, c = a.shape
     d = c // n_heads
-    a = a.float()
-    w = weight.float()
-    out = torch.empty(b, t, n_heads, dtype=torch.float32, device=a.device)
-    for h in range(n_heads):
-        out[..., h] = (a[..., h * d:(h + 1) * d] @ w[:, h * d:(h + 1) * d].T).norm(dim=-1)  # [B, T, out] -> [B, T]
-    return out
+    w = weight.float().reshape(weight.shape[0], n_heads, d)  # [out, H, D]
+    gram = torch.einsum("ohp,ohq->hpq", w, w)  # [H, D, D]
+    ah = a.float().reshape(b, t, n_heads, d)
+    sq = (torch.einsum("bthp,hpq->bthq", ah, gram) * ah).sum(dim=-1)  # [B, T, H]
+    return sq.clamp_min(0).sqrt()
