@@ -96,7 +96,7 @@ class WidthCollector:
                 if point.kind == "hidden":
                     name = _hidden_name(i, point.tag)
                     self._handles.append(mod.register_forward_hook(self._out_hook(name, width.channel_values)))
-                    self._handles.append(mod.register_forward_pre_hook(self._in_hook(None, self.add_covariance)))
+                    self._handles.append(mod.register_forward_pre_hook(self._covariance_hook))
                 elif point.kind == "ffn":
                     k = positions["ffn"][i]
                     hook = self._in_hook(f"ffn.{k}", width.channel_values)
@@ -152,15 +152,16 @@ class WidthCollector:
         return hook
 
     def _in_hook(self, name, fn):
-        """Adds `fn(input)` as statistic `name`; with `name` None, calls `fn(input)` itself."""
         def hook(_module, inputs):
             if self.enabled:
-                if name is None:
-                    fn(inputs[0])
-                else:
-                    self.add(name, fn(inputs[0]))
+                self.add(name, fn(inputs[0]))
 
         return hook
+
+    def _covariance_hook(self, _module, inputs) -> None:
+        """A norm's input -> the covariance of the normalised residual stream."""
+        if self.enabled:
+            self.add_covariance(inputs[0])
 
     def _add_expert_sums(self, k: int):
         def add(sums):

@@ -130,12 +130,15 @@ def _read_folds(ckpt: Checkpoint, rotation) -> None:
     """The residual stream's norm weights (small), which the rotation folds into their readers."""
     from safetensors import safe_open
 
-    rotation.folds = {}
+    by_file: dict[str, list] = {}
     for e in ckpt.tensors.values():
-        name = canonical_name(e.key)
-        if name in rotation.norms:
-            with safe_open(str(ckpt.path / e.file), framework="pt") as h:
-                rotation.folds[name] = h.get_tensor(e.key).float()
+        if canonical_name(e.key) in rotation.norms:
+            by_file.setdefault(e.file, []).append(e.key)
+    rotation.folds = {}
+    for fname, keys in by_file.items():  # each shard opened once
+        with safe_open(str(ckpt.path / fname), framework="pt") as h:
+            for key in keys:
+                rotation.folds[canonical_name(key)] = h.get_tensor(key).float()
 
 
 def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
