@@ -101,28 +101,29 @@ class Bench:
         with torch.no_grad():
             return float(score_blocks(model, self.eval_blocks, batch_size=8).loss)
 
-    def scores(self, draw: int, agg: str = "mean,l2") -> dict:
-        """Every candidate signal and the layer metrics on calibration draw `draw`."""
+    def scores(self, draw: int, agg: str = "mean,l2", grams: bool = False) -> dict:
+        """Every candidate signal and the layer metrics on calibration draw `draw` (and with `grams`, the
+        statistics of `prune --compensation`)."""
         from minitron.importance.aggregate import Aggregation
         from minitron.importance.engine import InMemorySource
         from minitron.recipes.score import score_tensors
 
         t, _, _ = score_tensors(InMemorySource(self.teacher), self.arch, self.calib[draw], agg=Aggregation.parse(agg),
-                                batch_size=8, layer_metric="kl", all_metrics=True)
+                                batch_size=8, layer_metric="kl", all_metrics=True, grams=grams)
         return t
 
-    def student(self, ranking: dict, shape: dict, dropped=(), rotation=None):
+    def student(self, ranking: dict, shape: dict, dropped=(), rotation=None, compensation=None):
         from minitron.prune.apply import prune_model
         from minitron.prune.select import Shape, make_plan
 
-        plan = make_plan(self.arch, Shape(**shape), ranking, dropped, rotation)
+        plan = make_plan(self.arch, Shape(**shape), ranking, dropped, rotation, compensation)
         return prune_model(self.teacher, plan), plan
 
     def measure(self, ranking: dict, shape: dict, dropped=(), steps: int = 0, recipe: dict | None = None,
-                rotation=None) -> dict:
+                rotation=None, compensation=None, seed: int = 0) -> dict:
         from minitron.distill.trainer import quick_distill
 
-        model, plan = self.student(ranking, shape, dropped, rotation)
+        model, plan = self.student(ranking, shape, dropped, rotation, compensation)
         row = {"pruned": self.loss(model), "params": plan.target().total_params}
         if steps:
             for p in model.parameters():
@@ -131,6 +132,8 @@ class Bench:
             # (its own final evaluation is on one block only: the loss below is the one compared)
             recipe = dict(recipe or DISTILL)
             recipe["warmup_steps"] = min(recipe["warmup_steps"], steps)
+            if seed:
+                recipe["seed"] = seed  # the data order (TrainConfig.seed)
             quick_distill(self.teacher, model, self.train_blocks, self.eval_blocks[:1], steps, **recipe)
             row["distilled"] = self.loss(model)
         return row

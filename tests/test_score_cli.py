@@ -34,7 +34,9 @@ def scored(tiny_model_dir, text_file, tmp_path_factory):
 
 def test_outputs_follow_the_schema(scored, tiny_model_dir):
     out, doc = scored
-    assert sorted(p.name for p in out.iterdir()) == ["importance.png", "minitron.json", "scores.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["compensation.safetensors", "importance.png", "minitron.json",
+                                                     "scores.safetensors"]
+    assert doc["compensation"].startswith("on (") and "compensation.safetensors" in doc["files"]
     arch = Architecture.from_path(tiny_model_dir)
     with safe_open(str(out / "scores.safetensors"), "pt") as f:
         names = set(f.keys())

@@ -55,6 +55,8 @@ def command(
 
       minitron prune MODEL --scores scores/ --target-params 9B --candidates 0 --dry-run --json
 
+      minitron prune MODEL --scores scores/ --mamba-heads 64 --compensation off --hidden-basis channels --out pruned/
+
       minitron prune nemotron-3-nano-30b-a3b --experts 96 --moe-ffn-size 1536 --dry-run
 
       minitron prune nemotron-3-nano-30b-a3b --target-params 22B --target-active-params 3B --dry-run
@@ -113,6 +115,12 @@ def render(doc: dict) -> None:
                   f"({100 * hb['kept_variance']:.1f}% of the variance; norms x {hb['norm_scale']:.4f})")
     elif hb:
         out.print(f"hidden basis: {hb}")
+    comp = doc.get("compensation")
+    if isinstance(comp, dict):
+        out.print(f"compensation: {comp['tensors']} output projections refitted to their kept inputs "
+                  f"(least squares, ridge {comp['ridge']:g})")
+    elif comp:
+        out.print(f"compensation: {comp}")
     out.print(f"dropped layers: {p['dropped_layers'] or 'none'}")
     out.print(f"pattern: {p['pattern']}")
     out.print(f"parameters: {fmt_int(doc['params_before'])} -> [bold]{fmt_int(doc['params_after'])}[/bold] "

@@ -60,6 +60,8 @@ def command(
 
       minitron score MODEL --data train.txt --width-metric ffn=act_down --width-metric mamba_heads=gated_out --out scores/
 
+      minitron score MODEL --data train.txt --compensation on --out scores/
+
       torchrun --nproc-per-node 8 -m minitron score MODEL --data train.txt --out scores/
     """
     from minitron import distributed
@@ -102,6 +104,8 @@ def render(doc: dict) -> None:
                   + ", ".join(f"{a} {r:.3f}" for a, r in st.items())
                   + (f"  [yellow]{', '.join(low)} below {STABLE}: more --samples would change the ranking[/yellow]"
                      if low else ""))
+    if doc.get("compensation"):
+        out.print(f"compensation statistics: {doc['compensation']}")
     t = Table(title="concentration of importance (per layer, averaged)", title_justify="left")
     for col in ("axis", "units", "layers", "top 10% share", "gini"):
         t.add_column(col, justify="left" if col == "axis" else "right")

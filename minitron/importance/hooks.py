@@ -11,6 +11,9 @@ model's family names (`Family.hook_points`; for Nemotron-H `norm`, `mixer.down_p
     attention o_proj      input          -> attention heads (KV heads derived at the end)
     mamba in_proj         output         -> x-slice: Mamba heads and head-dim channels
     mamba out_proj        input          -> gated output y (only for the `gated*` signals, `signals.py`)
+    down_proj, o_proj, out_proj, the shared expert's down_proj: input -> with `grams`, its mean x x^T
+                                             (`gram.<component>.<k>`: what `prune --compensation`
+                                             refits the kept columns with, `minitron.prune.compensation`)
     MoE experts           inputs (x, top-k indices, top-k weights) -> routed experts and their neurons
                                              (`experts.py`; the experts' weights are read from the module;
                                              captured inside the experts' own forward, `expert_capture.py`,
@@ -44,7 +47,9 @@ class WidthCollector:
     tensors beside the chosen ones (for the ablation benchmark; `minitron score` never writes them)."""
 
     def __init__(self, arch: Architecture, agg: Aggregation, stats, expert_metric: str = "reap",
-                 width_metrics: dict | None = None, all_metrics: bool = False):
+                 width_metrics: dict | None = None, all_metrics: bool = False, grams: bool = False):
+        from minitron.importance.aggregate import Stats
+
         self.arch, self.agg, self.stats = arch, agg, stats
         self.expert_metric = expert_metric
         self.metrics = signals.resolve(width_metrics)
@@ -56,6 +61,11 @@ class WidthCollector:
         self._capture: ExpertCapture | None = None
         self._cov = None  # float64 running sum of u u^T on the model's device (u = x / rms(x)), and its rows
         self._cov_rows = 0
+        # with `grams`: the output projections' input Gram matrices, kept apart from `stats` (never split
+        # in halves: each is [in, in]); name -> running float64 sum of x^T x on the model's device
+        self.grams = grams
+        self.gram_stats = Stats()
+        self._grams: dict[str, list] = {}
 
     def wants(self, axis: str, name: str) -> bool:
         """Whether signal `name` of `axis` is collected."""
@@ -101,12 +111,14 @@ class WidthCollector:
                     k = positions["ffn"][i]
                     hook = self._in_hook(f"ffn.{k}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
+                    self._gram(mod, f"ffn.{k}")
                     if self.wants("ffn", "act_down"):
                         self._handles.append(mod.register_forward_pre_hook(self._down_norm_hook(k)))
                 elif point.kind == "attention":
                     k = positions["attention"][i]
                     hook = self._in_hook(f"attention.{k}", lambda t, nq=nq: width.head_values(t, nq))
                     self._handles.append(mod.register_forward_pre_hook(hook))
+                    self._gram(mod, f"attention.{k}")
                     if self.wants("attention_heads", "act_out"):
                         self._handles.append(mod.register_forward_pre_hook(self._contribution_hook(
                             f"attention_out.{k}", nq)))
@@ -119,13 +131,31 @@ class WidthCollector:
                 elif point.kind == "shared_ffn":
                     hook = self._in_hook(f"shared_ffn.{positions['moe'][i]}", width.channel_values)
                     self._handles.append(mod.register_forward_pre_hook(hook))
+                    self._gram(mod, f"shared_ffn.{positions['moe'][i]}")
                 elif point.kind == "mamba":
                     mixer = submodule(blk, point.path.rpartition(".")[0])  # the module holding in_proj
                     k = positions["mamba"][i]
                     self._handles.append(mod.register_forward_hook(self._mamba_hook(k, mixer)))
                     if self._gated_wanted():
                         self._handles.append(mixer.out_proj.register_forward_pre_hook(self._gated_hook(k)))
+                    self._gram(mixer.out_proj, f"mamba.{k}")
         return self
+
+    def _gram(self, module, name: str) -> None:
+        """With `grams`: accumulate `module`'s input Gram matrix as `gram.<name>`."""
+        if not self.grams:
+            return
+
+        def hook(_module, inputs):
+            if self.enabled:
+                x = inputs[0].detach()
+                x = x.reshape(-1, x.shape[-1]).double()
+                part = x.T @ x
+                acc = self._grams.setdefault(name, [None, 0])
+                acc[0] = part if acc[0] is None else acc[0].add_(part)
+                acc[1] += x.shape[0]
+
+        self._handles.append(module.register_forward_pre_hook(hook))
 
     def detach(self) -> None:
         """Remove the hooks, and move the covariance into the statistics (whole, not split in halves)."""
@@ -140,6 +170,10 @@ class WidthCollector:
             self.stats.add("hidden_cov_rows", torch.tensor([float(self._cov_rows)]))
             self.stats.odd = odd
             self._cov, self._cov_rows = None, 0
+        for name, (total, rows) in self._grams.items():
+            self.gram_stats.add(f"gram.{name}", total)
+            self.gram_stats.add(f"gram_rows.{name}", torch.tensor([float(rows)], dtype=torch.float64))
+        self._grams.clear()
         if self._capture is not None:
             self._capture.close()
             self._capture = None
@@ -278,6 +312,32 @@ class WidthCollector:
                                f"moe_act.{k}": (e, a.moe_intermediate_size),
                                f"shared_ffn.{k}": (a.moe_shared_expert_intermediate_size,)})
         return shapes
+
+    def gram_shapes(self, skip=frozenset()) -> dict[str, tuple[int, ...]]:
+        """The Gram statistics collected with `grams` (for the cross-rank reduction of `gram_stats`)."""
+        a = self.arch
+        if not self.grams:
+            return {}
+        sizes = {"ffn": (a.ffn_layers(), a.intermediate_size),
+                 "attention": (a.attention_layers(), a.num_attention_heads * a.head_dim),
+                 "mamba": (a.mamba_layers(), a.mamba_intermediate),
+                 "shared_ffn": (a.moe_layers(), a.moe_shared_expert_intermediate_size)}
+        out = {}
+        for comp, (layers, n) in sizes.items():
+            for k, i in enumerate(layers):
+                if i not in skip:
+                    out[f"gram.{comp}.{k}"], out[f"gram_rows.{comp}.{k}"] = (n, n), (1,)
+        return out
+
+    def finalize_grams(self) -> dict:
+        """`gram.<component>.<k>`: the mean x x^T over every token at that projection's input (float32)."""
+        out = {}
+        for name in sorted(self.gram_stats.sums):
+            if name.startswith("gram.") and name in self.gram_stats:
+                rows = float(self.gram_stats["gram_rows." + name[5:]].item())
+                if rows > 0:
+                    out[name] = (self.gram_stats[name] / rows).float()
+        return out
 
     def finalize(self, n_samples: float, n_tokens: float = 0.0) -> dict:
         """The width tensors of `scores.safetensors` (float32); layers never run score 0."""

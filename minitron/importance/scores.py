@@ -18,6 +18,13 @@ Tensors (all finite, non-negative, larger = more important):
                                                               (u = x / rms(x) at every norm's input; not a
                                                               score: the basis of `prune --hidden-basis pca`)
 
+With `minitron score --compensation` (auto: on for models whose matrices total under 1 GiB), a
+second file, `compensation.safetensors`, holds for each output projection the mean x x^T of its input
+(`gram.ffn.<k>` [intermediate]^2 for down_proj, `gram.attention.<k>` [heads * head_dim]^2 for o_proj,
+`gram.mamba.<k>` [H*P]^2 for out_proj, `gram.shared_ffn.<k>`; k counts the layers with that
+component). They are not scores: `prune --compensation` refits the kept columns with them
+(`minitron.prune.compensation`), and reads them one at a time from the file.
+
 `minitron.json` beside it records the model fingerprint the scores belong to.
 """
 
@@ -33,6 +40,8 @@ from minitron.models.safetensors_io import write_file as write_safetensors
 from minitron.models.architecture import Architecture
 
 SCORES_FILE = "scores.safetensors"
+GRAMS_FILE = "compensation.safetensors"
+GRAM_PREFIX = "gram."
 WIDTH_AXES = tuple(ax.unit for ax in SCORED if ax.component != "moe")
 MOE_AXES = tuple(ax.unit for ax in SCORED if ax.component == "moe")  # only in the scores of a model with MoE layers
 
@@ -50,6 +59,7 @@ class Scores:
     metric: str = "kl"
     fingerprint: str | None = None
     width_metrics: dict = field(default_factory=dict)  # axis -> signal chosen (signals.py); {}: the defaults
+    grams_file: Path | None = None  # compensation.safetensors beside a loaded scores file, if there is one
 
     def __getitem__(self, name: str):
         return self.tensors[name]
@@ -72,6 +82,10 @@ class Scores:
             raise InputError(f"scores tensor 'hidden_covariance' has shape {list(cov.shape)} but the model needs "
                              f"{[arch.hidden_size] * 2}", flag=flag)
         for name, t in self.tensors.items():
+            if name.startswith(GRAM_PREFIX):
+                if t.dim() != 2 or t.shape[0] != t.shape[1] or not torch.isfinite(t).all():
+                    raise InputError(f"scores tensor {name!r} is not a finite square matrix", flag=flag)
+                continue
             if name == "hidden_covariance":
                 if not torch.isfinite(t).all():
                     raise InputError("scores tensor 'hidden_covariance' has non-finite values", flag=flag)
@@ -88,7 +102,10 @@ class Scores:
 
             meta["width_metrics"] = format_metrics(self.width_metrics)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.tensors.items()}
+        grams = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(GRAM_PREFIX)]}
         write_safetensors(tensors, path, metadata=meta)
+        if grams:
+            write_safetensors(grams, path.parent / GRAMS_FILE, metadata={"fingerprint": self.fingerprint or ""})
         return path
 
     @classmethod
@@ -115,4 +132,6 @@ class Scores:
                 prov = {}
         fp = meta.get("fingerprint") or prov.get("inputs", {}).get("model_fingerprint")
         chosen = dict(item.split("=", 1) for item in meta.get("width_metrics", "").split(",") if "=" in item)
-        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, width_metrics=chosen)
+        grams = f.parent / GRAMS_FILE
+        return cls(tensors=tensors, metric=meta.get("metric", "kl"), fingerprint=fp or None, width_metrics=chosen,
+                   grams_file=grams if grams.is_file() else None)

@@ -4,7 +4,9 @@ Each tensor is cut with `tensor_indices` (plan.py), the same function the stream
 dropped blocks are left out and the others renumbered. Fused routed experts ([E, ...], `stacked`
 specs) are cut slice by slice: the kept experts, each with its own kept neurons, stacked again.
 Dropped experts of the checkpoint layout (one tensor per expert) are left out and the others renumbered.
-A plan with a hidden rotation (`rotation.py`) then contracts each tensor's hidden dimensions.
+A plan with compensation (`compensation.py`) refits the output projections whose input is cut instead
+of cutting their columns; a plan with a hidden rotation (`rotation.py`) then contracts each tensor's
+hidden dimensions.
 """
 
 from __future__ import annotations
@@ -93,7 +95,12 @@ def prune_state_dict(state_dict: dict, plan: PrunePlan, *, layout: str = "module
         if new_name is None:
             continue
         prefix = key[: len(key) - len(name)]
-        cut = prune_stacked(t, spec, plan) if spec.stacked else prune_tensor(t, tensor_indices(spec, plan))
+        if spec.stacked:
+            cut = prune_stacked(t, spec, plan)
+        else:
+            idx = tensor_indices(spec, plan)
+            comp = plan.compensation
+            cut = comp.cut(name, t, idx) if comp is not None and comp.covers(name, idx) else prune_tensor(t, idx)
         if rot is not None:
             cut = rot.apply(name, spec, cut)
         out[checkpoint_name(new_name, prefix) if prefix else new_name] = cut

@@ -17,6 +17,8 @@ original 0-based block numbers):
     rotation        None, or the principal basis of the residual stream (`rotation.py`): hidden
                     then holds the first k components, and every hidden dimension is kept whole
                     here and contracted to k by `rotation.apply`
+    compensation    None, or the least-squares refit of the output projections whose input is cut
+                    (`compensation.py`): applied by both applies in place of the column cut
 
 Kept experts are renumbered in order (checkpoint keys `experts.{j}.` are rewritten, like layers).
 
@@ -64,6 +66,7 @@ class PrunePlan:
     experts_per_token: int | None = None
     dropped_layers: tuple[int, ...] = ()
     rotation: object | None = None  # a minitron.prune.rotation.HiddenRotation
+    compensation: object | None = None  # a minitron.prune.compensation.Compensation
 
     # ------------------------------------------------------------------ construction
     @classmethod

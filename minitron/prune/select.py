@@ -134,16 +134,19 @@ def grouped_top_k(scores, n_groups: int, k_per_group: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=(), rotation=None) -> PrunePlan:
+def make_plan(arch: Architecture, shape: Shape, scores=None, dropped_layers=(), rotation=None,
+              compensation=None) -> PrunePlan:
     """Rank every axis with `scores` (a `Scores`, or None: identity) and keep the top of the target shape.
 
     `rotation` (`minitron.prune.rotation`): keep the first hidden components of that basis instead of
     the top hidden channels, where the shape cuts the hidden size (a shape that keeps it is left unrotated).
+    `compensation` (`minitron.prune.compensation`): refit the output projections whose input is cut.
     """
-    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers, rotation)
+    return plan_for(arch, validate_shape(arch, shape), scores, dropped_layers, rotation, compensation)
 
 
-def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=(), rotation=None) -> PrunePlan:
+def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=(), rotation=None,
+             compensation=None) -> PrunePlan:
     """`make_plan` of a shape already resolved and validated (`validate_shape`, as a `Target` holds it)."""
     import torch
 
@@ -155,7 +158,7 @@ def plan_for(arch: Architecture, s: Shape, scores=None, dropped_layers=(), rotat
 
     a = arch
     plan = PrunePlan(source=a, hidden=top_k(rows("hidden", 1, a.hidden_size).reshape(-1), s.hidden_size),
-                     dropped_layers=tuple(sorted(set(dropped_layers))))
+                     dropped_layers=tuple(sorted(set(dropped_layers))), compensation=compensation)
     if rotation is not None and s.hidden_size < a.hidden_size:
         plan.hidden, plan.rotation = tuple(range(s.hidden_size)), rotation.keep(s.hidden_size)
     mlp = a.ffn_layers()

@@ -6,6 +6,7 @@ safetensors header is written first and the tensors are then streamed into it on
     for each source tensor, in file order (dropped blocks and dropped experts are never read):
         read its kept row range with `safe_open(...).get_slice(key)[lo:hi]`
         cut every dimension with `tensor_indices` (the function the in-memory apply uses)
+        with compensation (`compensation.py`), an output projection's kept columns are refitted instead
         with a hidden rotation (`rotation.py`), contract its hidden dimensions to the kept components
         append the bytes to the current output shard
 
@@ -98,7 +99,7 @@ def shard_header(items: list[Item]) -> bytes:
     return encode_header(entries, {"format": "pt"})
 
 
-def read_pruned(handle, item: Item, rotation=None):
+def read_pruned(handle, item: Item, rotation=None, compensation=None):
     """Read only the bounding row range of the kept rows, then cut every dimension (and rotate)."""
     import torch
 
@@ -119,7 +120,10 @@ def read_pruned(handle, item: Item, rotation=None):
         lo, hi = min(rows), max(rows) + 1
         t = sl[lo:hi]
         idx = ([r - lo for r in rows], *item.idx[1:])
-    t = prune_tensor_fast(t, idx)
+    if compensation is not None and compensation.covers(item.spec.name, idx):
+        t = compensation.cut(item.spec.name, t, idx)
+    else:
+        t = prune_tensor_fast(t, idx)
     if rotation is not None:
         t = rotation.apply(item.spec.name, item.spec, t)
     assert tuple(t.shape) == item.shape, (item.out_key, tuple(t.shape), item.shape)
@@ -166,7 +170,7 @@ def prune_checkpoint(ckpt: Checkpoint, plan: PrunePlan, out_dir: str | Path, *,
                         handle = None  # release the previous shard's mapping first
                         handle = safe_open(str(ckpt.path / it.src_file), framework="pt")
                         handle_file = it.src_file
-                    t = read_pruned(handle, it, plan.rotation)
+                    t = read_pruned(handle, it, plan.rotation, plan.compensation)
                     if t.numel():
                         f.write(memoryview(t.numpy()).cast("B"))
                     del t

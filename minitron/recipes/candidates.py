@@ -16,7 +16,7 @@ from minitron.prune.select import make_plan
 
 
 def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_blocks, *, batch_size: int = 4,
-                 progress=None, rotation=None) -> list[dict]:
+                 progress=None, method=None) -> list[dict]:
     """For each candidate: {"proxy_kl", "proxy_loss"} of the candidate pruned in memory.
 
     The figures are `minitron eval`'s (`score_blocks`: mean next-token NLL, and the chunked forward
@@ -28,7 +28,7 @@ def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_bloc
 
     out = []
     for n, c in enumerate(candidates):
-        plan = make_plan(arch_src, c.shape(), scores, c.dropped_layers, rotation)
+        plan = make_plan(arch_src, c.shape(), scores, c.dropped_layers, **(method or {}))
         student = prune_model(model, plan)
         res = score_blocks(student, eval_blocks, batch_size=batch_size, teacher=model)
         out.append({"proxy_kl": res.mean_kl, "proxy_loss": res.loss})
@@ -38,13 +38,13 @@ def proxy_scores(model, arch_src, candidates: list[Candidate], scores, eval_bloc
 
 
 def distill_scores(model, arch_src, candidates: list[Candidate], scores, train_blocks, eval_blocks, *, steps: int,
-                   lr: float, device: str = "cpu", progress=None, rotation=None) -> list[dict]:
+                   lr: float, device: str = "cpu", progress=None, method=None) -> list[dict]:
     """For each candidate: {"distill_kl", "distill_loss"} after `steps` of short distillation."""
     from minitron.distill.trainer import quick_distill
 
     out = []
     for n, c in enumerate(candidates):
-        plan = make_plan(arch_src, c.shape(), scores, c.dropped_layers, rotation)
+        plan = make_plan(arch_src, c.shape(), scores, c.dropped_layers, **(method or {}))
         student = prune_model(model, plan)
         for p in student.parameters():
             p.requires_grad_(True)

@@ -16,6 +16,7 @@ from minitron.errors import InputError
 from minitron.memory import GPU_PRESETS, Budget, Serving, make_budget, max_sequences, parse_size, resolve_context
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from minitron.prune.search import AXES, default_space, enumerate_candidates, rank_by_params, require_feasible
+from minitron.prune.compensation import resolve as resolve_compensation
 from minitron.prune.rotation import resolve as resolve_rotation
 from minitron.prune.select import Shape, least_important, plan_for
 from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
@@ -34,6 +35,9 @@ class PruneOptions:
     hidden_basis: str = option("--hidden-basis", default="auto",
                                help="Hidden cut: pca (rotate the residual stream, keep its principal components), "
                                     "channels (keep the top channels), auto (pca where the family and scores allow).")
+    compensation: str = option("--compensation", default="auto",
+                               help="Refit the output projections whose input is cut (least squares on the scores' "
+                                    "statistics): on, off, auto (on where the scores carry them).")
     num_layers: int | None = option("--num-layers", default=None,
                                     help="Exact depth: drop the least important layers (layer scores).")
     drop_layers: str | None = option("--drop-layers", default=None, help="Exact depth: 0-based layers to drop, e.g. 7,8,17.")
@@ -178,13 +182,17 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
                  "scores": str(o.scores) if o.scores else None, "target": target.record(o.shape, o.drop_layers)}
     rotation, doc["hidden_basis"] = resolve_rotation(o.hidden_basis, arch, scores,
                                                      None if target.searching else target.shape.hidden_size)
+    compensation, doc["compensation"] = resolve_compensation(o.compensation, arch, scores)
+    method = {"rotation": rotation, "compensation": compensation}
 
     if target.searching:
-        plan, cands = _search(o, target, ckpt, scores, doc, progress, log, rotation)
+        plan, cands = _search(o, target, ckpt, scores, doc, progress, log, method)
     else:
-        plan, cands = _exact(o, target, ckpt, scores, log, rotation), None
+        plan, cands = _exact(o, target, ckpt, scores, log, method), None
     if plan.rotation is not None:
         doc["hidden_basis"] = {"chosen": doc["hidden_basis"], **plan.rotation.record()}
+    if plan.compensation is not None:
+        doc["compensation"] = {"chosen": doc["compensation"], **plan.compensation.record(plan)}
 
     pruned = plan.target()
     before, after = target.serving.estimate(arch), target.serving.estimate(pruned)
@@ -213,7 +221,7 @@ def prune(o: PruneOptions, *, progress=None, log=lambda msg: None) -> dict:
     return doc
 
 
-def _exact(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, log, rotation=None):
+def _exact(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, log, method=None):
     arch = ckpt.arch
     dropped: list[int] = list(target.drop_layers or ())
     k = arch.num_layers - target.num_layers if target.num_layers is not None else 0
@@ -227,7 +235,7 @@ def _exact(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, log, rotat
         if len(order) < k:
             raise InputError(f"--keep-layer-types leaves only {len(order)} droppable layers", flag="--num-layers")
         dropped = order[:k]
-    return plan_for(arch, target.shape, scores, dropped, rotation)
+    return plan_for(arch, target.shape, scores, dropped, **(method or {}))
 
 
 def _iterative_drop(o: PruneOptions, ckpt: Checkpoint, k: int, keep_min, log) -> list[int]:
@@ -273,7 +281,7 @@ def _model_and_blocks(o: PruneOptions, ckpt: Checkpoint, *, n_eval: int, n_train
     return model, blocks[n_train:], blocks[:n_train]
 
 
-def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, progress, log, rotation=None):
+def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, progress, log, method=None):
     arch = ckpt.arch
     order = None
     if target.drop_order is not None:
@@ -294,18 +302,18 @@ def _search(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, doc, prog
     require_feasible(cands, target)
     feasible = rank_by_params(cands)
     doc["n_candidates"], doc["n_feasible"] = len(cands), len(feasible)
-    rows, info = _shortlist_and_rank(o, target, ckpt, scores, feasible, progress, log, rotation)
+    rows, info = _shortlist_and_rank(o, target, ckpt, scores, feasible, progress, log, method)
     doc["ranking"], doc["shortlist"], doc["winner_reason"] = info["ranking"], info["shortlist"], info["reason"]
     best = rows[0]["_c"]
     for rank, d in enumerate(rows, 1):
         d["rank"] = rank
     shown = rows if o.top_k == 0 else rows[: o.top_k]
     cands_out = [{k: v for k, v in d.items() if k != "_c"} for d in shown]
-    return plan_for(arch, best.shape().resolve(arch), scores, best.dropped_layers, rotation), cands_out
+    return plan_for(arch, best.shape().resolve(arch), scores, best.dropped_layers, **(method or {})), cands_out
 
 
 def _shortlist_and_rank(o: PruneOptions, target: Target, ckpt: Checkpoint, scores, feasible, progress, log,
-                        rotation=None):
+                        method=None):
     """Rows of every feasible candidate, the ranked shortlist first (winner on top), then the others
     largest first; and what the JSON document says of the ranking (`minitron.prune.shortlist`)."""
     from minitron.prune import shortlist as sl
@@ -322,7 +330,7 @@ def _shortlist_and_rank(o: PruneOptions, target: Target, ckpt: Checkpoint, score
     info = {"shortlist": short.to_dict(), "ranking": "params"}
     key, distilled = None, 0
     if scores is not None and ckpt.has_weights and o.data and top:
-        key, distilled = _rank_with_model(o, ckpt, scores, top, progress, log, rotation)
+        key, distilled = _rank_with_model(o, ckpt, scores, top, progress, log, method)
         info["ranking"] = f"{key} after {o.candidate_distill_steps} steps" if distilled else key
         info["shortlist"] |= {"proxy": f"proxy_{o.proxy}", "distilled": distilled,
                               "distill_steps": o.candidate_distill_steps}
@@ -333,7 +341,7 @@ def _shortlist_and_rank(o: PruneOptions, target: Target, ckpt: Checkpoint, score
     return rows, info
 
 
-def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict], progress, log, rotation=None):
+def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict], progress, log, method=None):
     """Rank `short` in place by the zero-shot proxy (all of it), then the best `--distill-candidates` by the
     same figure after `--candidate-distill-steps` of distillation. Returns (the field ranked by, how many
     were distilled)."""
@@ -343,7 +351,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict
     model, eval_blocks, train_blocks = _model_and_blocks(o, ckpt, n_eval=o.proxy_samples, n_train=n_train)
     log(f"zero-shot proxy on all {len(short)} shortlisted candidates ({len(eval_blocks)} held-back blocks)")
     figs = proxy_scores(model, ckpt.arch, [d["_c"] for d in short], scores, eval_blocks,
-                        progress=progress, rotation=rotation)
+                        progress=progress, method=method)
     for d, f in zip(short, figs, strict=True):
         d.update(f)
     key = f"proxy_{o.proxy}"
@@ -354,7 +362,7 @@ def _rank_with_model(o: PruneOptions, ckpt: Checkpoint, scores, short: list[dict
     log(f"short distillation ({o.candidate_distill_steps} steps) of the {k} best by the proxy")
     figs = distill_scores(model, ckpt.arch, [d["_c"] for d in short[:k]], scores, train_blocks, eval_blocks,
                           steps=o.candidate_distill_steps, lr=o.lr, device=str(model.device),
-                          progress=progress, rotation=rotation)
+                          progress=progress, method=method)
     for d, f in zip(short[:k], figs, strict=True):
         d.update(f)
     key = f"distill_{o.proxy}"

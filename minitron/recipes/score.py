@@ -43,6 +43,10 @@ class ScoreOptions:
         "--streaming/--no-streaming", default=None,
         help="Stream one block at a time from the safetensors files (default: when the weights don't fit in the "
              "device's free memory).")
+    compensation: str = option(
+        "--compensation", default="auto",
+        help="Also record each output projection's input statistics (compensation.safetensors) for `prune "
+             "--compensation`: on, off, auto (on when they total at most 1 GiB).")
     # axis -> signal (signals.py); only the axes asked for
     width_metrics: dict = option(
         "--width-metric", default_factory=dict, type=list[str] | None, parse=parse_width_metrics,
@@ -78,6 +82,8 @@ class Prepared:
     dtype_name: str
     streaming: bool
     data: list = field(default_factory=list)
+    grams: bool = False  # collect the compensation statistics (`--compensation`)
+    grams_why: str = ""
 
 
 def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
@@ -112,6 +118,9 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
         raise InputError("give at least one data file", flag="--data")
     ckpt = open_checkpoint(model, require_weights=True)
     arch = ckpt.arch
+    from minitron.prune.compensation import collect
+
+    grams, grams_why = collect(opts.compensation, arch)
     seq_len = resolve_seq_len(opts.seq_len, arch.max_position_embeddings)
     device = distributed.local_device(resolve_device(opts.device))
     dtype_name = auto_dtype(opts.dtype, device)
@@ -124,7 +133,8 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
     streaming = opts.streaming if opts.streaming is not None else weights > MEMORY_FRACTION * free
     opts = ScoreOptions(**{**opts.to_dict(), "seq_len": seq_len})
     p = Prepared(ckpt=ckpt, arch=arch, opts=opts, agg=agg, tokens=tokens, device=device, dtype=dtype,
-                 dtype_name=dtype_name, streaming=streaming, data=[str(d) for d in data])
+                 dtype_name=dtype_name, streaming=streaming, data=[str(d) for d in data], grams=grams,
+                 grams_why=grams_why)
     if streaming:
         _check_streaming_memory(p, free)
     return p
@@ -187,7 +197,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
     tensors, n_samples, n_tokens = score_tensors(source, p.arch, mine, agg=p.agg, batch_size=p.opts.batch_size,
                                                  layer_metric=p.opts.layer_metric, progress=progress,
                                                  expert_metric=p.opts.expert_metric, width_metrics=p.opts.width_metrics,
-                                                 stability=stability)
+                                                 stability=stability, grams=p.grams)
     scores = Scores(tensors=tensors, metric=p.opts.layer_metric, fingerprint=model_fingerprint(p.ckpt.path),
                     width_metrics=dict(p.opts.width_metrics))
     scores.validate(p.arch)
@@ -202,6 +212,7 @@ def run(p: Prepared, progress=None) -> ScoreResult:
         "world_size": distributed.world_size(),
         "seconds": round(time.perf_counter() - t0, 3),
         "stability": stability,  # split-half Spearman per width axis (minitron.importance.stability)
+        "compensation": p.grams_why,
     }
     if p.streaming:
         info["bytes_read"] = source.bytes_read
@@ -210,7 +221,8 @@ def run(p: Prepared, progress=None) -> ScoreResult:
 
 def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, layer_metric: str,
                   progress=None, expert_metric: str = "reap", width_metrics: dict | None = None,
-                  all_metrics: bool = False, stability: dict | None = None) -> tuple[dict, int, int]:
+                  all_metrics: bool = False, stability: dict | None = None,
+                  grams: bool = False) -> tuple[dict, int, int]:
     """Run `tokens` (this rank's share) through a source; all-reduce; -> (score tensors, samples, tokens).
 
     The tensors are those of `scores.safetensors`: the width axes (by `width_metrics`, axis -> signal
@@ -219,7 +231,8 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     `experts_<metric>` for the others. With `all_metrics`, also `candidate.AXIS.NAME` for every
     candidate width signal (one pass for the ablation benchmark). A `stability` dict is filled with
     the split-half rank agreement of each width axis (`minitron.importance.stability`); the scores
-    are the same with or without it.
+    are the same with or without it. With `grams`, also `gram.<component>.<k>` for each output
+    projection (`minitron.prune.compensation`; `Scores.save` writes them to their own file).
     """
     import torch
 
@@ -230,7 +243,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
 
     stats = Stats(split=stability is not None)
     collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric, width_metrics=width_metrics,
-                               all_metrics=all_metrics).attach(source.model)
+                               all_metrics=all_metrics, grams=grams).attach(source.model)
     try:
         run_engine(source, tokens, batch_size=batch_size, layer_metric=layer_metric, stats=stats,
                    collector=collector, progress=progress)
@@ -239,6 +252,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     stats.all_reduce({**collector.stat_shapes(), **stat_shapes(arch.num_layers, layer_metric)})
     n_samples = float(stats["samples"].item()) if "samples" in stats else 0.0
     n_tok = float(stats["tokens"].item()) if "tokens" in stats else 0.0
+    collector.gram_stats.all_reduce(collector.gram_shapes())
     tensors = collector.finalize(n_samples, n_tok)
     if stability is not None:
         stability.update(_split_half(collector, stats))
@@ -247,6 +261,7 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     for name, t in layer.items():
         if name != layer_metric:
             tensors[f"layers_{name}"] = t
+    tensors.update(collector.finalize_grams())
     bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         raise RuntimeError(f"non-finite scores in {', '.join(bad)} (try --dtype fp32)")
@@ -297,8 +312,9 @@ def write_outputs(out: Path, p: Prepared, result: ScoreResult, *, overwrite: boo
         **result.info,
         "least_important_layers": least_important_layers(t["layers"], p.arch.pattern),
         "concentration": concentration(t),
-        "tensors": {k: list(v.shape) for k, v in sorted(t.items())},
-        "files": ["scores.safetensors", "minitron.json", "importance.png"],
+        "tensors": {k: list(v.shape) for k, v in sorted(t.items()) if not k.startswith("gram.")},
+        "files": ["scores.safetensors", "minitron.json", "importance.png"]
+                 + (["compensation.safetensors"] if any(k.startswith("gram.") for k in t) else []),
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         result.scores.save(tmp)
