@@ -50,3 +50,15 @@ def assert_refused(result, flag: str, match: str, out: Path) -> None:
     assert result.exit_code == 2, result.output
     assert flag in result.stderr and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def score_dir(out: Path, model_dir, text, extra=()) -> Path:
+    """Run `minitron score` on `model_dir` (4 samples of 32 tokens) into `out`; return `out`."""
+    from typer.testing import CliRunner
+
+    from minitron.cli.main import app
+
+    r = CliRunner().invoke(app, ["score", str(model_dir), "--data", str(text), "--samples", "4", "--seq-len", "32",
+                                 "--out", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    return out

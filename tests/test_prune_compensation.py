@@ -14,6 +14,7 @@ import json
 import family_helpers as fam
 import pytest
 import torch
+from prune_helpers import score_dir
 
 from minitron.models.tensors import model_specs
 from minitron.prune.apply import prune_model, prune_state_dict
@@ -210,25 +211,13 @@ def test_auto_collects_only_small_statistics():
     assert gram_bytes(big) > 40 * 2**30
 
 
-def _score_dir(tmp_path, model_dir, text, extra=()):
-    from typer.testing import CliRunner
-
-    from minitron.cli.main import app
-
-    out = tmp_path / "scores"
-    r = CliRunner().invoke(app, ["score", str(model_dir), "--data", str(text), "--samples", "4", "--seq-len", "32",
-                                 "--out", str(out), *extra])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_cli_score_and_prune(tiny_model_dir, text_file, tmp_path):
     from typer.testing import CliRunner
 
     from minitron.cli.main import app
     from minitron.models.checkpoint import load_model
 
-    scores = _score_dir(tmp_path, tiny_model_dir, text_file)
+    scores = score_dir(tmp_path / "scores", tiny_model_dir, text_file)
     assert (scores / "compensation.safetensors").is_file()
     prov = json.loads((scores / "minitron.json").read_text())
     assert prov["result"]["compensation"].startswith("on (") and "compensation.safetensors" in prov["result"]["files"]
@@ -264,5 +253,5 @@ def test_cli_bad_input(tiny_model_dir, text_file, random_scores_dir, tmp_path):
     r = run(app, ["score", str(tiny_model_dir), "--data", str(text_file), "--samples", "4", "--seq-len", "32",
                   "--out", str(s_out), "--compensation", "yes"])
     assert r.exit_code == 2 and "--compensation" in r.output and not s_out.exists()
-    off = _score_dir(tmp_path / "x", tiny_model_dir, text_file, ["--compensation", "off"]) if (tmp_path / "x").mkdir() is None else None
+    off = score_dir(tmp_path / "off", tiny_model_dir, text_file, ["--compensation", "off"])
     assert not (off / "compensation.safetensors").exists()

@@ -15,6 +15,7 @@ import json
 import family_helpers as fam
 import pytest
 import torch
+from prune_helpers import score_dir
 
 from minitron.models.architecture import Architecture
 from minitron.prune.apply import prune_model
@@ -170,24 +171,12 @@ def test_refused_where_it_cannot_be_folded():
     assert "does not declare" in unsupported(Architecture.from_config(tiny_zamba2_config(**UNTIED)))
 
 
-def _score_dir(tmp_path, model_dir, text, extra=()):
-    from typer.testing import CliRunner
-
-    from minitron.cli.main import app
-
-    out = tmp_path / "scores"
-    r = CliRunner().invoke(app, ["score", str(model_dir), "--data", str(text), "--samples", "4", "--seq-len", "32",
-                                 "--out", str(out), *extra])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_cli_auto_picks_pca_and_records_it(tiny_model_dir, text_file, tmp_path):
     from typer.testing import CliRunner
 
     from minitron.cli.main import app
 
-    scores = _score_dir(tmp_path, tiny_model_dir, text_file)
+    scores = score_dir(tmp_path / "scores", tiny_model_dir, text_file)
     out = tmp_path / "pruned"
     r = CliRunner().invoke(app, ["prune", str(tiny_model_dir), "--scores", str(scores), "--hidden-size", "48",
                                  "--out", str(out), "--json"])
@@ -228,7 +217,7 @@ def test_cli_tied_model_refuses_pca(tmp_path, text_file):
     from minitron.testing import make_tiny_model_dir
 
     model_dir = make_tiny_model_dir(tmp_path / "m" / "qwen2", tiny_dense_config("qwen2"))
-    scores = _score_dir(tmp_path / "m", model_dir, text_file)
+    scores = score_dir(tmp_path / "m" / "scores", model_dir, text_file)
     (tmp_path / "o").mkdir()
     out = tmp_path / "o" / "pruned"
     r = CliRunner().invoke(app, ["prune", str(model_dir), "--scores", str(scores), "--hidden-size", "32",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from minitron.errors import InputError
 from minitron.recipes import score as score_run
@@ -66,7 +67,12 @@ def test_torchrun_two_processes_equal_one(in_memory, tiny_model_dir, text_file, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"world_size": 2') == 1  # only rank 0 reports (and writes)
     got = Scores.load(out)
-    assert_same(in_memory.scores.tensors, got.tensors, tol=1e-5)
+    # The compensation statistics go to their own file, all-reduced like the scores.
+    scores = {k: v for k, v in in_memory.scores.tensors.items() if not k.startswith("gram.")}
+    grams = {k: v for k, v in in_memory.scores.tensors.items() if k.startswith("gram.")}
+    assert_same(scores, got.tensors, tol=1e-5)
+    assert grams and got.grams_file is not None
+    assert_same(grams, load_file(str(got.grams_file)), tol=1e-5)
 
 
 def test_layer_streamed_bf16_equals_in_memory_bf16(tiny_model_dir, text_file):
