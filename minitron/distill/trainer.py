@@ -14,6 +14,7 @@ gradients over ranks): the gradient is the same whatever the split, and a 2-proc
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -60,6 +61,10 @@ class TrainConfig:
     temperature: float = option("--temperature", default=1.0, help="Softmax temperature of both models.")
     top_k: int | None = option("--top-k", default=None, help="Restrict the loss to the teacher's top-k tokens.")
     ce_weight: float = option("--ce-weight", default=0.0, help="Weight of the student's LM loss mixed in.")
+    intermediate_weight: float = option(  # Minitron's L_is (minitron.distill.intermediate)
+        "--intermediate-weight", default=0.0,
+        help="Weight of the intermediate-state loss: the student's stream after each layer vs the teacher's "
+             "(its kept layers, carried into the student's hidden basis); 0: logits only.")
     eval_every: int = option("--eval-every", default=0, help="Evaluate every N steps (0: start and end only).")
     eval_batch_size: int | None = None
     seed: int = option("--seed", default=0, help="Seed of the data order.")
@@ -92,6 +97,8 @@ class TrainConfig:
         need(self.temperature > 0, f"must be > 0, got {self.temperature}", "--temperature")
         need(self.top_k is None or self.top_k >= 1, f"must be >= 1, got {self.top_k}", "--top-k")
         need(self.ce_weight >= 0, f"must be >= 0, got {self.ce_weight}", "--ce-weight")
+        need(self.intermediate_weight >= 0 and math.isfinite(self.intermediate_weight),
+             f"must be a finite number >= 0, got {self.intermediate_weight}", "--intermediate-weight")  # fmt: skip
         need(self.eval_every >= 0, f"must be >= 0, got {self.eval_every}", "--eval-every")
         need(self.chunk_size is None or self.chunk_size >= 1, f"must be >= 1, got {self.chunk_size}", "--chunk-size")
         self.global_batch_size = g
@@ -144,10 +151,12 @@ class Trainer:
 
     def __init__(self, teacher, student, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None,
                  cfg: TrainConfig, *, device: str = "cpu", fsdp: bool = False, train_masks: torch.Tensor | None = None,
-                 eval_masks: torch.Tensor | None = None, order=None):  # fmt: skip
+                 eval_masks: torch.Tensor | None = None, order=None, layer_map: list[int] | None = None):  # fmt: skip
         """`teacher`: a model (resident) or a `CachedTeacher`; `train_masks` / `eval_masks` [n, L] bool:
         the tokens that count as targets (chat data: assistant tokens), None for all; `order`: which
-        blocks each step reads (`sampling.Uniform` by default, `sampling.Mix` for a weighted mix)."""
+        blocks each step reads (`sampling.Uniform` by default, `sampling.Mix` for a weighted mix);
+        `layer_map`: the teacher layer of each student layer, for `intermediate_weight` (default: the
+        identity, which needs as many layers)."""
         self.world, self.rank = dist.world_size(), dist.rank()
         self.cfg = cfg.validate(self.world)
         self.device, self.fsdp = device, fsdp
@@ -182,6 +191,36 @@ class Trainer:
         self.last_metrics: dict = {}
         self.train_time = 0.0
         self.trained_tokens = 0  # tokens trained in this session (tokens/s)
+        self.intermediate = self._intermediate(layer_map) if cfg.intermediate_weight > 0 else None
+
+    def _intermediate(self, layer_map):
+        """The L_is term: its layer map, the hidden map from the embeddings, c_j from the run's first block."""
+        from minitron.distill import intermediate as im
+
+        if self.teacher is None:
+            raise InputError("needs the teacher model: cached teacher logits carry no hidden states", flag=im.FLAG)
+        student = unwrap(self.student)
+        n_t, n_s = len(im.decoder_layers(self.teacher)), len(im.decoder_layers(student))
+        if layer_map is None:
+            if n_t != n_s:
+                raise InputError(f"the student has {n_s} layers and the teacher {n_t}: give the layer map", flag=im.FLAG)
+            layer_map = list(range(n_t))
+        if len(layer_map) != n_s or not all(0 <= i < n_t for i in layer_map):
+            raise InputError(f"layer map {layer_map} does not fit a {n_s}-layer student of a {n_t}-layer teacher",
+                             flag=im.FLAG)  # fmt: skip
+        p, residual = im.hidden_map(self.teacher, student)
+        loss = im.IntermediateLoss(layer_map, p, residual)
+        self._calibrate(loss)
+        return loss
+
+    def _calibrate(self, loss) -> None:
+        from minitron.distill.intermediate import capture
+
+        idx = self.order.indices(0, self.cfg.global_batch_size)[:1]  # the same on every rank and for any micro-batch
+        ids = self.train_blocks[idx].to(self.device)
+        with torch.no_grad(), capture(self.teacher, detach=True) as states:
+            self.source.output("calibrate", idx, ids, self.device, self.cfg.autocast_dtype)
+        loss.calibrate(states)
 
     # -- state
     @property
@@ -201,6 +240,7 @@ class Trainer:
             "student": model_sd, "optimizer": optim_sd, "schedule": self.schedule.state_dict(),
             "step": self.step, "samples_seen": self.step * self.cfg.global_batch_size, "tokens": self.tokens,
             "rng": rng_state(), "initial_eval": self.initial_eval, "config": self.cfg.to_dict(),
+            **({"intermediate": self.intermediate.state_dict()} if self.intermediate is not None else {}),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -223,6 +263,10 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
         self.initial_eval = state.get("initial_eval")
+        if self.intermediate is not None and "intermediate" in state:  # the map of the run's start, not of now
+            from minitron.distill.intermediate import IntermediateLoss
+
+            self.intermediate = IntermediateLoss.from_state(state["intermediate"])
         set_rng_state(state["rng"])
 
     # -- evaluation
@@ -246,19 +290,21 @@ class Trainer:
 
     def accumulate_gradients(self, step: int) -> torch.Tensor:
         """Forward and backward of this rank's micro-batches of optimiser step `step`; gradients are
-        left in `.grad` (all-reduced over ranks). Returns this rank's [kd sum, ce sum] (fp64)."""
+        left in `.grad` (all-reduced over ranks). Returns this rank's [kd sum, ce sum, L_is sum] (fp64)."""
         cfg, g = self.cfg, self.cfg.global_batch_size
         indices = self.order.indices(step, g)
         micro = rank_micro_batches(indices, cfg.micro_batch_size, self.rank, self.world)
         kd_norm, ce_norm = self.norms(step)  # tokens of the whole global batch
         kd_norm, ce_norm = max(kd_norm, 1), max(ce_norm, 1)
-        sums = torch.zeros(2, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64)
+        states = self._states
         for i, idx in enumerate(micro):
             ids = self.train_blocks[idx].to(self.device)  # [micro, L]
             lm = None if self.train_masks is None else self.train_masks[idx].to(self.device)
-            target = self.source.output("train", idx, ids, self.device, cfg.autocast_dtype)  # logits or cached bins
+            with states(self.teacher, detach=True) as t_states:
+                target = self.source.output("train", idx, ids, self.device, cfg.autocast_dtype)  # logits or cached bins
             with self._sync(last=i == len(micro) - 1):
-                with autocast(self.device, cfg.autocast_dtype):
+                with autocast(self.device, cfg.autocast_dtype), states(self.student, detach=False) as s_states:
                     s_logits = logits_of(self.student, ids)  # [micro, L, V]
                 # Resident teacher: the gradient w.r.t. the student logits is written over its logits (no new [N, V]).
                 kd = kd_loss(s_logits, target, kl_mask(lm), kind=cfg.loss, temperature=cfg.temperature,
@@ -269,10 +315,26 @@ class Trainer:
                     ce = lm_loss(s_logits, ids, lm, reduction="sum")
                     objective = objective + cfg.ce_weight * ce / ce_norm
                     sums[1] += float(ce.detach())
+                if self.intermediate is not None:
+                    inter = self.intermediate.sum(t_states, s_states, kl_mask(lm))
+                    objective = objective + cfg.intermediate_weight * inter / kd_norm
+                    sums[2] += float(inter.detach())
+                    del t_states, s_states
                 del s_logits
                 (objective * self.world).backward()  # DDP / FSDP average over ranks: undo the 1/world
             sums[0] += float(kd.detach())
         return sums
+
+    @contextlib.contextmanager
+    def _states(self, model, detach: bool):
+        """The layers' output states of `model` during the block ({} without the intermediate loss)."""
+        if self.intermediate is None or model is None:
+            yield {}
+            return
+        from minitron.distill.intermediate import capture
+
+        with capture(model, detach) as states:
+            yield states
 
     def train_step(self) -> dict:
         cfg, g, L = self.cfg, self.cfg.global_batch_size, self.seq_len
@@ -295,6 +357,9 @@ class Trainer:
         if cfg.ce_weight > 0:
             m["lm_loss"] = float(sums[1] / max(ce_norm, 1))
             m["loss"] = kd_mean + cfg.ce_weight * m["lm_loss"]
+        if self.intermediate is not None:
+            m["intermediate"] = float(sums[2] / max(kd_norm, 1))
+            m["loss"] = m["loss"] + cfg.intermediate_weight * m["intermediate"]
         if cfg.loss == "forward-kl" and cfg.top_k is None and cfg.temperature == 1.0 and not self.source.cached:
             m["kl"] = kd_mean
         if isinstance(self.order, Mix):  # the realised mix of the blocks read so far
@@ -349,11 +414,14 @@ class Trainer:
             "steps": self.step, "tokens": self.tokens, "initial_eval": self.initial_eval,
             "final_eval": self.final_eval, "train": self.last_metrics,
             "tokens_per_second": self.trained_tokens / self.train_time if self.train_time else None,
+            **({"intermediate": {"weight": self.cfg.intermediate_weight, **self.intermediate.record()}}
+               if self.intermediate is not None else {}),
         }  # fmt: skip
 
 
 def quick_distill(teacher, student, train_blocks, eval_blocks, steps, lr=1e-4, micro_batch_size=4, *,
-                  device: str = "cpu", initial_eval: bool = False, **config) -> dict:  # fmt: skip
+                  device: str = "cpu", initial_eval: bool = False, layer_map: list[int] | None = None,
+                  **config) -> dict:  # fmt: skip
     """Distil `student` (trained in place) from `teacher` for `steps` steps; no files written.
 
     For ranking pruning candidates. The teacher is frozen during the run and handed back with its
@@ -366,7 +434,7 @@ def quick_distill(teacher, student, train_blocks, eval_blocks, steps, lr=1e-4, m
     cfg = TrainConfig(steps=steps, lr=lr, micro_batch_size=micro_batch_size, **config)
     flags, mode = [p.requires_grad for p in teacher.parameters()], teacher.training
     try:
-        trainer = Trainer(teacher, student, train_blocks, eval_blocks, cfg, device=device)
+        trainer = Trainer(teacher, student, train_blocks, eval_blocks, cfg, device=device, layer_map=layer_map)
         if not initial_eval:
             trainer.initial_eval = {}  # skip the evaluation at the start
         summary = trainer.train()

@@ -122,6 +122,7 @@ class Prepared:
     eval_split: str = "train"
     train: object = None  # minitron.data.Dataset (blocks, loss masks, sources, mix weights)
     evals: object = None
+    layer_map: list | None = None  # --intermediate-weight: the teacher layer of each student layer
 
 
 def prepare(opts: DistillOptions) -> Prepared:
@@ -164,6 +165,7 @@ def prepare(opts: DistillOptions) -> Prepared:
 
     t_ckpt = open_model_dir(opts.teacher, "--teacher")
     s_ckpt = open_model_dir(opts.student, "--student")
+    layer_map = _layer_map(opts, t_ckpt, s_ckpt)
     if opts.fsdp and opts.fsdp_load == "sharded":  # every tensor has a source in the files (headers only)
         from minitron.distill.sharded_load import check_loadable
 
@@ -222,7 +224,21 @@ def prepare(opts: DistillOptions) -> Prepared:
     if not opts.restart:
         run_dir.check_resumable(identity)
     return Prepared(opts, t_ckpt, s_ckpt, tok, tok_dir, train.blocks, evals.blocks, source, device, dtype, run_dir,
-                    identity, cache, eval_split, train, evals)  # fmt: skip
+                    identity, cache, eval_split, train, evals, layer_map)  # fmt: skip
+
+
+def _layer_map(opts: DistillOptions, t_ckpt, s_ckpt) -> list[int] | None:
+    """--intermediate-weight: the teacher layer of each student layer (from the student's prune record)."""
+    if not opts.train.intermediate_weight:
+        return None
+    from minitron.distill import intermediate as im
+
+    if opts.teacher_logits is not None:
+        raise InputError("needs the teacher model: cached teacher logits (--teacher-logits) carry no hidden states",
+                         flag=im.FLAG)  # fmt: skip
+    if opts.fsdp:
+        raise InputError("is not supported with --fsdp yet (run it with DDP: torchrun without --fsdp)", flag=im.FLAG)
+    return im.layer_map(opts.student, t_ckpt.arch, s_ckpt.arch)
 
 
 def data_paths(specs) -> list[Path]:
@@ -263,7 +279,7 @@ def run_distill(opts: DistillOptions, *, on_event=None) -> dict:
 
     order = Mix(p.train.sources, p.train.weights, opts.train.seed) if p.train.weights else None
     trainer = Trainer(teacher, student, p.train_blocks, p.eval_blocks, opts.train, device=p.device, fsdp=opts.fsdp,
-                      train_masks=p.train.masks, eval_masks=p.evals.masks, order=order)  # fmt: skip
+                      train_masks=p.train.masks, eval_masks=p.evals.masks, order=order, layer_map=p.layer_map)  # fmt: skip
     resumed_from = None
     latest = p.run_dir.latest()
     if latest is not None:

@@ -1,0 +1,84 @@
+"""The intermediate-state loss (`distill --intermediate-weight`) on the all-axes student (issue 18).
+
+On one trained teacher, the student of `benchmarks/compensation.py` (calibration draw 0, the
+all-axes cut ablation.ALL_AXES in the principal basis, Mamba signals `gated_out` / `gated`, the
+2 layers the default layer scores drop, output projections refitted: today's defaults), distilled
+with the demo's recipe (WSD, lr 2e-3, 4 warm-up steps, 8 x 128-token blocks) and the
+intermediate-state loss at several weights; held-out loss on the ablation's 32 x 128 tokens:
+
+    40 steps     weight 0 (logits only) and 10 on `--orders` data orders; 1, 3 and 30 on order 0
+    longer runs  weight 0 and 10, order 0, `--long` total steps (each its own WSD run): how many
+                 tokens reach 80 % of the gap
+
+    python benchmarks/intermediate.py --teacher minitron/assets/demo/teacher --out docs/benchmarks/intermediate/seed0.json
+    python benchmarks/intermediate.py --teacher /work/artifacts/teacher-seed1 --out docs/benchmarks/intermediate/seed1.json
+
+Single thread by default (`--threads`). One JSON document of rows, written as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ablation as A  # noqa: E402
+from hidden_basis import RECIPE, STEPS  # noqa: E402
+
+from minitron.prune.compensation import Compensation  # noqa: E402
+from minitron.prune.rotation import from_covariance  # noqa: E402
+from minitron.prune.select import least_important  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed) of weights 0 and 10")
+    ap.add_argument("--weights", default="1,3,30", help="further weights, order 0 only")
+    ap.add_argument("--long", default="80,160", help="total steps of the longer runs (weights 0 and 10, order 0)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})
+    doc = {"teacher": str(args.teacher), "teacher_loss": b.loss(b.teacher), "command": "python benchmarks/intermediate.py "
+           + " ".join(argv if argv is not None else sys.argv[1:]), "load_start": os.getloadavg(), "rows": []}
+
+    def row(**r):
+        doc["rows"].append(r)
+        doc["load_end"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        A.log(json.dumps(r))
+
+    t = b.scores(0, grams=True)
+    t = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
+    rot, comp = from_covariance(b.arch, t["hidden_covariance"]), Compensation(b.arch, t)
+    dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
+    kept = [i for i in range(b.arch.num_layers) if i not in dropped]
+
+    def measure(weight: float, order: int, steps: int = STEPS):
+        recipe = {**RECIPE, "intermediate_weight": weight, "layer_map": kept}
+        r = b.measure(t, A.ALL_AXES, dropped, steps=steps, recipe=recipe, rotation=rot, compensation=comp, seed=order)
+        gap = r["pruned"] - doc["teacher_loss"]
+        row(weight=weight, order=order, steps=steps, tokens=steps * RECIPE["micro_batch_size"] * A.SEQ_LEN,
+            recovered=(r["pruned"] - r["distilled"]) / gap, **r)
+
+    for order in (int(o) for o in args.orders.split(",")):
+        for w in (0.0, 10.0):
+            measure(w, order)
+    for w in (float(x) for x in args.weights.split(",") if x):
+        measure(w, 0)
+    for steps in (int(s) for s in args.long.split(",") if s):
+        for w in (0.0, 10.0):
+            measure(w, 0, steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
