@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed) of weights 0 and 10")
     ap.add_argument("--weights", default="1,3,30", help="further weights, order 0 only")
-    ap.add_argument("--long", default="80,160", help="total steps of the longer runs (weights 0 and 10, order 0)")
+    ap.add_argument("--long", default="80", help="total steps of the longer runs (weights 0 and 10, order 0)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})

@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from minitron.cli.main import app
 from minitron.distill import intermediate as im
 from minitron.distill.trainer import TrainConfig, Trainer
-from minitron.models.checkpoint import open_checkpoint
-from minitron.models.checkpoint import load_model
+from minitron.models.checkpoint import load_model, open_checkpoint
 from minitron.prune.rotation import from_covariance
 
 DROP = [2, 5]  # one Mamba block and one MLP block of M-M*EM-*M

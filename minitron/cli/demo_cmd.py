@@ -33,7 +33,7 @@ HEADINGS = {
     "prune": "prune: search shapes under the budget, rank those near it by KL to the teacher, prune the best",
     "prune-moe": "prune: keep the 8 of 16 routed experts with the highest REAP score in every MoE layer, "
                  "48 of 64 neurons in each",
-    "distill": "distill: forward KL to the teacher's logits (8 x 256 tokens a step)",
+    "distill": "distill: forward KL to the teacher's logits and its stream after each kept layer (8 x 256 tokens a step)",
     "eval": "eval: loss, perplexity and KL on 16 held-out blocks, a 60-item cloze task from the held-out text, "
             "memory, decode speed",
 }

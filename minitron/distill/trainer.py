@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minitron import distributed as dist
-from minitron.losses.divergence import DEFAULT_CHUNK, check_kind, lm_loss
 from minitron.distill.sampling import Mix, Uniform, rank_micro_batches
 from minitron.distill.schedule import SCHEDULES, Schedule
 from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the stable import path)
@@ -37,6 +36,7 @@ from minitron.distill.teacher import (  # noqa: F401 (evaluate: re-exported, the
     reduce_sum,
 )
 from minitron.errors import InputError
+from minitron.losses.divergence import DEFAULT_CHUNK, check_kind, lm_loss
 from minitron.options import option
 
 

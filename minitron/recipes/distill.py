@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from minitron import distributed as dist
-from minitron.hub import resolve_model_path
-from minitron.options import group, option
 from minitron.distill.checkpointing import RunDir, run_dir_for
 from minitron.distill.trainer import TrainConfig, Trainer, unwrap
 from minitron.errors import InputError, MinitronError
+from minitron.hub import resolve_model_path
+from minitron.options import group, option
 from minitron.recipes.distill_models import FSDP_LOADS, load_models
 
 
@@ -128,8 +128,8 @@ class Prepared:
 def prepare(opts: DistillOptions) -> Prepared:
     """Every check that can fail on user input; loads tokenizer and data, no models, writes nothing."""
     from minitron.data import data_fingerprints, load_dataset, mix_eval, resolve_seq_len
-    from minitron.io import check_output_dir, model_fingerprint
     from minitron.device import auto_dtype, resolve_device
+    from minitron.io import check_output_dir, model_fingerprint
     from minitron.models.checkpoint import open_model_dir, optional_tokenizer
 
     opts.out = Path(opts.out)
@@ -359,9 +359,9 @@ def _write_output(p: Prepared, student, summary: dict, state_dict=None) -> None:
     metrics.jsonl + minitron.json, renamed into place in one step."""
     from minitron import card
     from minitron.data import data_fingerprints
+    from minitron.dtypes import compute_dtype_of_code, torch_dtype
     from minitron.io import atomic_output_dir, model_fingerprint, write_provenance
     from minitron.models.checkpoint import copy_side_files
-    from minitron.dtypes import compute_dtype_of_code, torch_dtype
 
     opts = p.opts
     dtype = torch_dtype(compute_dtype_of_code(p.student_ckpt.dtype))
