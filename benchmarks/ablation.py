@@ -62,6 +62,24 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
+class Rows:
+    """A result document of rows, rewritten whole to `out` after each row (a stopped run keeps its rows):
+    {teacher, teacher_loss, command, load_start, load_end, rows}."""
+
+    def __init__(self, out: Path, script: str, argv, teacher: Path, teacher_loss: float):
+        self.out = out
+        self.doc = {"teacher": str(teacher), "teacher_loss": teacher_loss,
+                    "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "load_start": os.getloadavg(), "rows": []}  # fmt: skip
+
+    def __call__(self, **r) -> None:
+        self.doc["rows"].append(r)
+        self.doc["load_end"] = os.getloadavg()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.doc, indent=1) + "\n")
+        log(json.dumps(r))
+
+
 def cuts(arch) -> list[tuple[str, str, dict]]:
     """(axis, level, Shape fields) of every single-axis cut; the level is the share of the axis removed."""
     a = arch
@@ -297,8 +315,8 @@ def from_scratch(b: Bench, ranking: dict, dropped, target: float, steps: int, fa
 
 def _lm_steps(b: Bench, model, opt, start: int, steps: int) -> None:
     """Steps start..start+steps-1 of next-token loss on the distillation's blocks (its order: `step_indices`)."""
-    from minitron.losses.divergence import lm_loss
     from minitron.distill.sampling import step_indices
+    from minitron.losses.divergence import lm_loss
 
     model.train()
     for s in range(start, start + steps):

@@ -23,8 +23,6 @@ Single thread by default (`--threads`). One JSON document of rows, printed as it
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -54,15 +52,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     draws = [int(d) for d in args.draws.split(",")]
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": max(draws) + 1, "seeds": args.seeds})
-    doc = {"teacher": str(args.teacher), "teacher_loss": b.loss(b.teacher), "command": "python benchmarks/compensation.py "
-           + " ".join(argv if argv is not None else sys.argv[1:]), "load_start": os.getloadavg(), "rows": []}
-
-    def row(**r):
-        doc["rows"].append(r)
-        doc["load_end"] = os.getloadavg()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
-        A.log(json.dumps(r))
+    row = A.Rows(args.out, "compensation.py", argv, args.teacher, b.loss(b.teacher))
 
     for d in draws:
         t = b.scores(d, grams=True)  # every candidate signal, and the statistics of the refit

@@ -19,8 +19,6 @@ Single thread by default (`--threads`). One JSON document of rows, written as it
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -46,15 +44,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})
-    doc = {"teacher": str(args.teacher), "teacher_loss": b.loss(b.teacher), "command": "python benchmarks/intermediate.py "
-           + " ".join(argv if argv is not None else sys.argv[1:]), "load_start": os.getloadavg(), "rows": []}
-
-    def row(**r):
-        doc["rows"].append(r)
-        doc["load_end"] = os.getloadavg()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
-        A.log(json.dumps(r))
+    row = A.Rows(args.out, "intermediate.py", argv, args.teacher, b.loss(b.teacher))
 
     t = b.scores(0, grams=True)
     t = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
@@ -65,7 +55,7 @@ def main(argv=None) -> int:
     def measure(weight: float, order: int, steps: int = STEPS):
         recipe = {**RECIPE, "intermediate_weight": weight, "layer_map": kept}
         r = b.measure(t, A.ALL_AXES, dropped, steps=steps, recipe=recipe, rotation=rot, compensation=comp, seed=order)
-        gap = r["pruned"] - doc["teacher_loss"]
+        gap = r["pruned"] - row.doc["teacher_loss"]
         row(weight=weight, order=order, steps=steps, tokens=steps * RECIPE["micro_batch_size"] * A.SEQ_LEN,
             recovered=(r["pruned"] - r["distilled"]) / gap, **r)
 
