@@ -5,7 +5,8 @@
 For each size: a random teacher and a depth-pruned-shape student (transformers' NemotronH, fp32) are
 written to a temporary directory, then `run_distill` runs `--steps` steps in a fresh subprocess and
 reports its peak RSS (`ru_maxrss`); the plan is `memory_plan.plan` for the same options. Variants:
-resident teacher, gradient checkpointing, cached teacher logits. Also the RSS of the bare runtime
+resident teacher, gradient checkpointing, cached teacher logits, and `--intermediate-weight 10` without
+and with checkpointing (the student is the teacher's first layers, with a prune record). Also the RSS of the bare runtime
 (Python + torch + transformers + minitron + the tokenizer), the plan's `runtime` term.
 """
 
@@ -23,6 +24,10 @@ SIZES = {
     "medium": dict(hidden=768, vocab=8192, seq_len=256, batch=2, teacher="M-M*M-M-M*M-M-", student="M-M*M-M-"),
 }
 
+# (name, gradient checkpointing, cached teacher logits, --intermediate-weight)
+VARIANTS = (("resident", False, False, 0.0), ("checkpointing", True, False, 0.0), ("cached", False, True, 0.0),
+            ("intermediate", False, False, 10.0), ("intermediate+checkpointing", True, False, 10.0))  # fmt: skip
+
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
@@ -36,7 +41,7 @@ else:
     torch.set_num_threads(2)
     from minitron.recipes.distill import DistillOptions, run_distill
     from minitron.distill.trainer import TrainConfig
-    cfg = TrainConfig(steps=spec["steps"], micro_batch_size=spec["batch"], lr=1e-4)
+    cfg = TrainConfig(steps=spec["steps"], micro_batch_size=spec["batch"], lr=1e-4, intermediate_weight=spec["iw"])
     run_distill(DistillOptions(teacher=Path(spec["teacher"]), student=Path(spec["student"]), data=[Path(spec["data"])],
                 out=Path(spec["out"]), train=cfg, seq_len=spec["seq_len"], eval_samples=1, save_every=0,
                 device="cpu", gradient_checkpointing=spec["ckpt"], teacher_logits=spec["cache"]))
@@ -55,6 +60,10 @@ def _make(size: dict, work: Path):
                             max_shard_size="2GB")  # fmt: skip
     s = make_tiny_model_dir(work / "student", cfg=tiny_config(hybrid_override_pattern=size["student"], **common),
                             seed=1, max_shard_size="2GB")  # fmt: skip
+    # the student is the teacher's first layers: its prune record gives --intermediate-weight the layer map
+    n_t, n_s = len(size["teacher"]), len(size["student"])
+    (s / "minitron.json").write_text(json.dumps({"command": "prune", "result": {"indices": {
+        "dropped_layers": list(range(n_s, n_t))}}}))  # fmt: skip
     data = work / "data.txt"
     words = "the quick brown fox jumps over the lazy dog while hybrid models mix mamba and attention layers"
     data.write_text((words + " ") * 3000)
@@ -89,13 +98,13 @@ def main() -> None:
         run_teacher_logits(TeacherLogitsOptions(model=t, data=[data], out=cache, seq_len=size["seq_len"], top_k=64,
                                                 device="cpu"))  # fmt: skip
         ta, sa = Architecture.from_path(t), Architecture.from_path(s)
-        for variant, ckpt, cached in (("resident", False, False), ("checkpointing", True, False), ("cached", False, True)):
+        for variant, ckpt, cached, iw in VARIANTS:
             spec = {"what": "run", "teacher": str(t), "student": str(s), "data": str(data), "steps": args.steps,
                     "out": str(work / f"out-{variant}"), "seq_len": size["seq_len"], "batch": size["batch"],
-                    "ckpt": ckpt, "cache": str(cache) if cached else None}  # fmt: skip
+                    "ckpt": ckpt, "cache": str(cache) if cached else None, "iw": iw}  # fmt: skip
             peak = _child(spec)
             p = plan(PlanInput(teacher=ta, student=sa, seq_len=size["seq_len"], micro_batch_size=size["batch"],
-                               cached_teacher=cached, gradient_checkpointing=ckpt))  # fmt: skip
+                               cached_teacher=cached, gradient_checkpointing=ckpt, intermediate=iw > 0))  # fmt: skip
             rows.append({"size": name, "variant": variant, "teacher_params": ta.total_params,
                          "student_params": sa.total_params, "measured_peak_rss": peak, "plan_total": p["total"],
                          "plan_over_measured": p["total"] / peak, "runtime_rss": runtime, "terms": p["terms"]})  # fmt: skip

@@ -9,9 +9,13 @@ intermediate-state loss at several weights; held-out loss on the ablation's 32 x
     40 steps     weight 0 (logits only) and 10 on `--orders` data orders; 1, 3 and 30 on order 0
     longer runs  weight 0 and 10, order 0, `--long` total steps (each its own WSD run): how many
                  tokens reach 80 % of the gap
+    passes       `--passes P`: weights 0 and 10 on every order, 40 x P steps over the very blocks the
+                 40-step run reads (the same 40,960 tokens, P times)
 
     python benchmarks/intermediate.py --teacher minitron/assets/demo/teacher --out docs/benchmarks/intermediate/seed0.json
     python benchmarks/intermediate.py --teacher /work/artifacts/teacher-seed1 --out docs/benchmarks/intermediate/seed1.json
+
+`--set adam_beta1=0.7` runs the same rows with a field of the recipe changed (session 11's momentum rows).
 
 Single thread by default (`--threads`). One JSON document of rows, written as it goes.
 """
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation as A  # noqa: E402
 from hidden_basis import RECIPE, STEPS  # noqa: E402
 
+from minitron.distill.sampling import Uniform  # noqa: E402
 from minitron.prune.compensation import Compensation  # noqa: E402
 from minitron.prune.rotation import from_covariance  # noqa: E402
 from minitron.prune.select import least_important  # noqa: E402
@@ -41,6 +46,10 @@ def main(argv=None) -> int:
     ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed) of weights 0 and 10")
     ap.add_argument("--weights", default="1,3,30", help="further weights, order 0 only")
     ap.add_argument("--long", default="80", help="total steps of the longer runs (weights 0 and 10, order 0)")
+    ap.add_argument("--passes", default="", help="also train 40 x PASSES steps on the 40-step run's own blocks "
+                    "(the same tokens, seen PASSES times; weights 0 and 10, every order), e.g. 2")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a TrainConfig field over the demo's recipe, e.g. adam_beta1=0.7 (repeatable)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})
@@ -52,12 +61,22 @@ def main(argv=None) -> int:
     dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
     kept = [i for i in range(b.arch.num_layers) if i not in dropped]
 
-    def measure(weight: float, order: int, steps: int = STEPS):
-        recipe = {**RECIPE, "intermediate_weight": weight, "layer_map": kept}
-        r = b.measure(t, A.ALL_AXES, dropped, steps=steps, recipe=recipe, rotation=rot, compensation=comp, seed=order)
+    base = {**RECIPE, **dict(_field(kv) for kv in args.set)}
+    row.doc["recipe"] = base
+
+    def measure(weight: float, order: int, steps: int = STEPS, passes: int = 1):
+        recipe = {**base, "intermediate_weight": weight, "layer_map": kept}
+        g, every = recipe["micro_batch_size"], b.train_blocks
+        if passes > 1:  # exactly the blocks the 40-step run of this order reads, `passes` times (new order each)
+            seen = [i for s in range(STEPS) for i in Uniform(len(every), order).indices(s, g)]
+            b.train_blocks, steps = every[seen], STEPS * passes
+        try:
+            r = b.measure(t, A.ALL_AXES, dropped, steps=steps, recipe=recipe, rotation=rot, compensation=comp, seed=order)
+        finally:
+            b.train_blocks = every
         gap = r["pruned"] - row.doc["teacher_loss"]
-        row(weight=weight, order=order, steps=steps, tokens=steps * RECIPE["micro_batch_size"] * A.SEQ_LEN,
-            recovered=(r["pruned"] - r["distilled"]) / gap, **r)
+        row(weight=weight, order=order, steps=steps, passes=passes,
+            tokens=(steps // passes) * g * A.SEQ_LEN, recovered=(r["pruned"] - r["distilled"]) / gap, **r)
 
     for order in (int(o) for o in args.orders.split(",")):
         for w in (0.0, 10.0):
@@ -67,7 +86,23 @@ def main(argv=None) -> int:
     for steps in (int(s) for s in args.long.split(",") if s):
         for w in (0.0, 10.0):
             measure(w, 0, steps)
+    for passes in (int(p) for p in args.passes.split(",") if p):
+        for order in (int(o) for o in args.orders.split(",")):
+            for w in (0.0, 10.0):
+                measure(w, order, passes=passes)
     return 0
+
+
+def _field(kv: str) -> tuple[str, object]:
+    """FIELD=VALUE of --set, the value typed as the TrainConfig field's default."""
+    from minitron.distill.trainer import TrainConfig
+
+    key, sep, value = kv.partition("=")
+    default = TrainConfig.__dataclass_fields__.get(key)
+    if not sep or default is None:
+        raise SystemExit(f"--set: expected FIELD=VALUE with a TrainConfig field, got {kv!r}")
+    kind = type(default.default) if default.default is not None else float
+    return key, kind(value)
 
 
 if __name__ == "__main__":

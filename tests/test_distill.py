@@ -51,7 +51,9 @@ def test_config_validation_names_the_flag():
     from minitron.errors import InputError
 
     for kw, flag in (({"steps": 0}, "--steps"), ({"global_batch_size": 6}, "--global-batch-size"),
-                     ({"schedule": "linear"}, "--schedule"), ({"loss": "kl"}, "--loss"), ({"lr": 0}, "--lr")):  # fmt: skip
+                     ({"schedule": "linear"}, "--schedule"), ({"loss": "kl"}, "--loss"), ({"lr": 0}, "--lr"),
+                     ({"adam_beta1": 1.0}, "--adam-beta1"), ({"adam_beta1": -0.1}, "--adam-beta1"),
+                     ({"adam_beta2": float("nan")}, "--adam-beta2")):  # fmt: skip
         with pytest.raises(InputError) as e:
             TrainConfig(**({"steps": 2, "micro_batch_size": 4} | kw)).validate()
         assert e.value.flag == flag
@@ -83,6 +85,38 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, student_dir)
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-7, msg=k)
     assert any(float(g.abs().max()) > 0 for g in grads[0].values())
+
+
+def test_adam_betas_are_the_optimiser_s(tiny_model_dir, student_dir):
+    """--adam-beta1/2: three steps of the trainer equal AdamW written out by hand with those betas, on the
+    gradients the trainer stepped with (after its clip); beta1 0.7 and 0.9 differ from the second step."""
+    blocks = _blocks(16)
+    finals = {}
+    for b1 in (0.7, 0.9):
+        teacher, student = _models(tiny_model_dir, student_dir)
+        start = {n: p.detach().clone() for n, p in student.named_parameters()}
+        cfg = TrainConfig(steps=3, micro_batch_size=4, lr=1e-3, warmup_steps=1, adam_beta1=b1, adam_beta2=0.9)
+        tr = Trainer(teacher, student, blocks, None, cfg)
+        seen, step = [], tr.optimizer.step
+
+        def record(step=step, seen=seen, student=student):
+            seen.append({n: p.grad.detach().clone() for n, p in student.named_parameters()})
+            step()
+
+        tr.optimizer.step = record
+        for _ in range(3):
+            tr.train_step()
+        ref, m, v = dict(start), {n: 0 * x for n, x in start.items()}, {n: 0 * x for n, x in start.items()}
+        for t, grads in enumerate(seen, start=1):
+            lr = lr_at(t - 1, 3, lr=1e-3, min_lr=1e-4, warmup=1, kind="wsd")
+            for n, g in grads.items():
+                m[n] = b1 * m[n] + (1 - b1) * g
+                v[n] = 0.9 * v[n] + 0.1 * g * g
+                ref[n] = ref[n] - lr * (m[n] / (1 - b1**t)) / ((v[n] / (1 - 0.9**t)).sqrt() + 1e-8)
+        for n, p in student.named_parameters():
+            torch.testing.assert_close(p.detach(), ref[n], rtol=1e-5, atol=1e-7, msg=n)
+        finals[b1] = {n: p.detach().clone() for n, p in student.named_parameters()}
+    assert any(not torch.allclose(finals[0.7][n], finals[0.9][n]) for n in finals[0.7])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, student_dir):
@@ -192,6 +226,7 @@ def _other_tokenizer_student(student_dir, tmp_path):
         ("steps_and_tokens", "--steps"),
         ("bad_batch", "--global-batch-size"),
         ("too_little_data", "--data"),
+        ("beta1", "--adam-beta1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(case, flag, tiny_model_dir, student_dir, text_file, tmp_path):
@@ -217,6 +252,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, flag, tiny_model_dir, st
         extra = ["--steps", "2", "--tokens", "100"]
     elif case == "bad_batch":
         extra = ["--steps", "2", "--global-batch-size", "6"]
+    elif case == "beta1":
+        extra = ["--steps", "2", "--adam-beta1", "1"]
     elif case == "too_little_data":
         data = tmp_path / "short.txt"
         data.write_text("a few words only")

@@ -65,6 +65,52 @@ def test_terms_fsdp_cache_and_checkpointing():
     assert gpu["terms"]["teacher_weights"] == t.total_params * 2 and gpu["mamba_path"] == "kernels"
 
 
+def test_intermediate_term_is_what_the_trainer_holds(tiny_model_dir, tmp_path):
+    """--intermediate-weight: the plan's term equals the bytes of the teacher states the trainer captures
+    (its kept layers only) plus what the loss saves for its backward, counted on a real step."""
+    from distill_helpers import STUDENT_PATTERN_KEEP
+
+    from minitron.distill.trainer import TrainConfig, Trainer
+    from minitron.models.checkpoint import load_model
+
+    teacher = load_model(tiny_model_dir)
+    student = load_model(make_pruned_student(tiny_model_dir, tmp_path / "student"))
+    t_arch, s_arch = (Architecture.from_config(m.config.to_dict()) for m in (teacher, student))
+    kept = list(STUDENT_PATTERN_KEEP)
+    b, length = 2, 16
+    tr = Trainer(teacher, student, torch.randint(3, 384, (4, length)), None,
+                 TrainConfig(steps=1, micro_batch_size=b, intermediate_weight=1.0), layer_map=kept)  # fmt: skip
+    ids = tr.train_blocks[:b]
+    with tr._states(tr.teacher, detach=True) as t_states, torch.no_grad():
+        teacher(input_ids=ids, use_cache=False)
+    with tr._states(student, detach=False) as s_states:
+        student(input_ids=ids, use_cache=False)
+    saved: dict[int, int] = {}
+    known = {v.untyped_storage().data_ptr() for v in s_states.values()}  # layer outputs: in `activations`
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in known:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tr.intermediate.sum(t_states, s_states, None)
+    assert sorted(t_states) == kept  # the dropped teacher layers are not captured
+    held = sum(v.untyped_storage().nbytes() for v in t_states.values()) + sum(saved.values())
+    x = PlanInput(teacher=t_arch, student=s_arch, seq_len=length, micro_batch_size=b, intermediate=True)
+    planned = plan(x)["terms"]["intermediate"]
+    assert held > 0 and abs(planned - held) <= 4 * len(kept), (planned, held)  # (+ the c_j scalars the loss saves)
+    assert plan(PlanInput(**(vars(x) | {"intermediate": False})))["terms"]["intermediate"] == 0
+    # it needs the teacher model and is refused under FSDP2: the cheapest fit offers neither
+    big = PlanInput(teacher=t_arch, student=s_arch, seq_len=16, micro_batch_size=1, intermediate=True)
+    plain = PlanInput(**(vars(big) | {"intermediate": False}))
+    tight = plan(PlanInput(**(vars(plain) | {"cached_teacher": True})))["total"]  # checkpointing is not enough
+    assert plan(PlanInput(**(vars(plain) | {"gradient_checkpointing": True})))["total"] > tight
+    assert "--teacher-logits" in (cheapest_fit(plain, tight) or ("?",))[0]
+    found = cheapest_fit(big, tight)
+    assert found is None or ("--teacher-logits" not in found[0] and "--fsdp" not in found[0])
+
+
 def test_cheapest_fit_prefers_the_cheapest_change():
     t = Architecture.from_config(tiny_config(**DENSE))
     x = PlanInput(teacher=t, student=t, seq_len=1024, micro_batch_size=8)
@@ -99,6 +145,20 @@ def test_dry_run_12b_9b_on_80gb_gpus(tmp_path, monkeypatch):
     assert len(line) == 1 and line[0].startswith("error: --gpu:") and "cheapest change that fits" in line[0]
     assert "memory per device" in r.stdout and "teacher weights" in r.stdout
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_dry_run_with_the_intermediate_loss(tmp_path, monkeypatch):
+    """12B -> 9B with --intermediate-weight: its term is in the plan (56 student layers x 8192 tokens x
+    (5120 bf16 + 4480 fp32)), and with nothing left to offer the error says why and what fits without it."""
+    monkeypatch.chdir(tmp_path)
+    r = _dry("--gpu", "a100-80gb", "--nproc", "1", "--intermediate-weight", "10", "--json")
+    assert r.exit_code == 3, r.output
+    doc, end = json.JSONDecoder().raw_decode(r.stdout)  # the plan, then the error's document
+    assert json.loads(r.stdout[end:])["exit_code"] == 3
+    assert doc["asked"]["terms"]["intermediate"] == 56 * 8192 * (5120 * 2 + 4480 * 4) and doc["asked"]["intermediate"]
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and "--intermediate-weight" in line[0] and "without it: --gradient-checkpointing" in line[0]
+    assert not list(tmp_path.iterdir())
 
 
 def test_budget_is_checked_before_loading(tiny_model_dir, text_file, tmp_path):

@@ -98,7 +98,7 @@ def _dry_run(opts, json_out: bool) -> None:
 
 
 PLAN_ROWS = ("teacher_weights", "student_weights", "gradients", "optimizer", "fsdp_gathered", "activations", "logits",
-             "runtime")  # fmt: skip
+             "intermediate", "runtime")  # fmt: skip
 
 
 def _render_plan(doc: dict) -> None:

@@ -95,9 +95,11 @@ def decoder_layers(model):
 
 
 @contextmanager
-def capture(model, detach: bool):
-    """{layer index: its output hidden states} for the forward passes run inside the block."""
+def capture(model, detach: bool, layers=None):
+    """{layer index: its output hidden states} for the forward passes run inside the block; `layers`:
+    the indices to keep (default all; the teacher's kept layers, so its dropped ones cost no memory)."""
     states: dict[int, torch.Tensor] = {}
+    wanted = None if layers is None else set(layers)
 
     def hook(i):
         def fn(_module, _args, out):
@@ -106,7 +108,8 @@ def capture(model, detach: bool):
 
         return fn
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(decoder_layers(model))]
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(decoder_layers(model))
+               if wanted is None or i in wanted]  # fmt: skip
     try:
         yield states
     finally:

@@ -16,6 +16,9 @@ Terms, in bytes per device (N devices; FSDP2 shards the first four by N, DDP rep
     logits             student logits [b, L, V] fp32 + the teacher's [b, L, V] (compute dtype; they become
                        the loss gradient) or, cached, the gradient buffer [b, L, V] fp32 + the bins read
                        + the loss's chunk temporaries (3 x chunk x V fp32)
+    intermediate       with `--intermediate-weight`: the teacher's stream after each of its J kept layers
+                       [b, L, h_t] (compute dtype, captured for the loss) + the J differences the loss saves
+                       for its backward [b, L, h_s] fp32
     runtime            the process itself: Python, torch, transformers (CPU) or the CUDA context (GPU)
 
 Activations per token and layer are the element counts autograd saves in transformers' NemotronH
@@ -87,6 +90,7 @@ class PlanInput:
     device: str = "cpu"
     chunk_tokens: int = 32
     top_k: int = 64  # cached teacher logits: bins per token
+    intermediate: bool = False  # --intermediate-weight > 0: the captured states of the J student layers
 
 
 def plan(x: PlanInput) -> dict:
@@ -121,11 +125,13 @@ def plan(x: PlanInput) -> dict:
         "fsdp_gathered": max(student_phase, teacher_phase) if shard > 1 else 0,
         "activations": int(ckpt_act if x.gradient_checkpointing else full_act),
         "logits": int(logits),
+        "intermediate": s.num_layers * tokens * (t.hidden_size * cb + s.hidden_size * 4) if x.intermediate else 0,
         "runtime": CPU_RUNTIME if x.device == "cpu" else CUDA_RUNTIME,
     }
     return {
         "devices": n, "fsdp": bool(x.fsdp and n > 1), "cached_teacher": x.cached_teacher,
-        "gradient_checkpointing": x.gradient_checkpointing, "micro_batch_size": x.micro_batch_size,
+        "gradient_checkpointing": x.gradient_checkpointing, "intermediate": x.intermediate,
+        "micro_batch_size": x.micro_batch_size,
         "seq_len": x.seq_len, "compute_dtype": x.compute_dtype, "terms": terms, "total": sum(terms.values()),
         "activations_without_checkpointing": int(full_act), "activations_with_checkpointing": int(ckpt_act),
         "teacher_params": pt, "student_params": ps, "mamba_path": "kernels" if kernels else "reference",
@@ -137,7 +143,9 @@ def cheapest_fit(x: PlanInput, budget: int, *, max_devices: int = 1024) -> tuple
 
     Order: a smaller micro-batch (more accumulation: the same global batch, a little slower), then
     gradient checkpointing (about a third more compute), then cached teacher logits (one teacher pass
-    and disk), then more devices with FSDP2 (more hardware); later steps keep the earlier changes.
+    and disk), then more devices with FSDP2 (more hardware); later steps keep the earlier changes. With
+    the intermediate-state loss neither cached logits nor FSDP2 is offered: it needs the teacher model
+    and is not yet supported under FSDP2.
     """
     ckpt, cache = "--gradient-checkpointing", "--teacher-logits DIR (from `minitron teacher-logits`)"
     singles: list[tuple[str, PlanInput]] = []
@@ -149,13 +157,13 @@ def cheapest_fit(x: PlanInput, budget: int, *, max_devices: int = 1024) -> tuple
         singles.append((ckpt, replace(x, gradient_checkpointing=True)))
         if x.micro_batch_size > 1:
             singles.append((f"--micro-batch-size 1 + {ckpt}", replace(x, gradient_checkpointing=True, micro_batch_size=1)))
-    if not x.cached_teacher:
+    if not x.cached_teacher and not x.intermediate:
         singles.append((cache, replace(x, cached_teacher=True)))
         both = replace(x, cached_teacher=True, gradient_checkpointing=True, micro_batch_size=1)
         singles.append((f"--micro-batch-size 1 + {ckpt} + {cache}", both))
     candidates = list(singles)
     n = x.devices * 2 if x.fsdp else 2
-    while n <= max_devices:
+    while n <= max_devices and not x.intermediate:
         more = f"{n} devices with --fsdp (torchrun --nproc-per-node {n})"
         candidates.append((more, replace(x, devices=n, fsdp=True)))
         candidates += [(f"{what} + {more}", replace(p, devices=n, fsdp=True)) for what, p in singles]

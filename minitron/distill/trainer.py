@@ -55,6 +55,9 @@ class TrainConfig:
     warmup_steps: int = option("--warmup-steps", default=0, help="Linear warmup steps.")
     schedule: str = option("--schedule", default="wsd", help="wsd, cosine or constant.")
     weight_decay: float = option("--weight-decay", default=0.0, help="AdamW weight decay (matrices only).")
+    adam_beta1: float = option("--adam-beta1", default=0.9,
+                               help="AdamW's first-moment decay (momentum); short runs recover faster at 0.7.")
+    adam_beta2: float = option("--adam-beta2", default=0.95, help="AdamW's second-moment decay.")
     clip: float | None = option("--clip", default=1.0, type=float, parse=lambda v: v or None,  # None or 0: no clipping
                                 help="Gradient-norm clip (0: none).")
     loss: str = option("--loss", default="forward-kl", help="forward-kl, reverse-kl or jsd.")
@@ -92,6 +95,9 @@ class TrainConfig:
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected {', '.join(SCHEDULES)})",
              "--schedule")  # fmt: skip
         need(self.weight_decay >= 0, f"must be >= 0, got {self.weight_decay}", "--weight-decay")
+        for name, flag in (("adam_beta1", "--adam-beta1"), ("adam_beta2", "--adam-beta2")):
+            v = getattr(self, name)
+            need(0 <= v < 1, f"must be in [0, 1), got {v}", flag)
         need(self.clip is None or self.clip >= 0, f"must be >= 0, got {self.clip}", "--clip")
         check_kind(self.loss)
         need(self.temperature > 0, f"must be > 0, got {self.temperature}", "--temperature")
@@ -182,7 +188,7 @@ class Trainer:
         # agree to the last bit (the fused kernel rounds differently and does not take DTensors).
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+            lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8,
         )  # fmt: skip
         self.schedule = Schedule(cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule)
         self.step = 0
@@ -218,7 +224,7 @@ class Trainer:
 
         idx = self.order.indices(0, self.cfg.global_batch_size)[:1]  # the same on every rank and for any micro-batch
         ids = self.train_blocks[idx].to(self.device)
-        with torch.no_grad(), capture(self.teacher, detach=True) as states:
+        with torch.no_grad(), capture(self.teacher, detach=True, layers=loss.layer_map) as states:
             self.source.output("calibrate", idx, ids, self.device, self.cfg.autocast_dtype)
         loss.calibrate(states)
 
@@ -333,7 +339,8 @@ class Trainer:
             return
         from minitron.distill.intermediate import capture
 
-        with capture(model, detach) as states:
+        layers = self.intermediate.layer_map if model is self.teacher else None  # the teacher's kept layers only
+        with capture(model, detach, layers) as states:
             yield states
 
     def train_step(self) -> dict:

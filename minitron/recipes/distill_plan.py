@@ -34,7 +34,7 @@ def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None
         devices=1, fsdp=False, cached_teacher=opts.teacher_logits is not None,
         gradient_checkpointing=opts.gradient_checkpointing, compute_dtype=dtype, device=kind,
         chunk_tokens=auto_chunk(student_arch.vocab_size, opts.train.chunk_size),
-        top_k=opts.train.top_k or 64,
+        top_k=opts.train.top_k or 64, intermediate=opts.train.intermediate_weight > 0,
     )  # fmt: skip
     from dataclasses import replace
 
@@ -51,6 +51,9 @@ def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None
             found = cheapest_fit(asked, budget.budget_bytes)
             doc["suggestion"] = found[0] if found else None
             doc["suggested_plan"] = found[1] if found else None
+            if found is None and asked.intermediate:  # what fits once the intermediate-state loss is off
+                other = cheapest_fit(replace(asked, intermediate=False), budget.budget_bytes)
+                doc["suggestion_without_intermediate"] = other[0] if other else None
     return doc
 
 
@@ -60,6 +63,11 @@ def infeasible_message(doc: dict) -> str:
     where = f"{doc['asked']['devices']} device(s)" + (" with FSDP2" if doc["asked"]["fsdp"] else "")
     if doc["suggestion"]:
         fix = f"; cheapest change that fits: {doc['suggestion']} ({doc['suggested_plan']['total'] / gib:.1f} GiB)"
+    elif doc["asked"].get("intermediate"):
+        fix = ("; nothing fits with --intermediate-weight, which needs the teacher model (no --teacher-logits) "
+               "and does not yet run under --fsdp")
+        other = doc.get("suggestion_without_intermediate")
+        fix += f"; without it: {other}" if other else "; nothing fits without it either"
     else:
         fix = "; nothing up to 1024 devices fits"
     return f"the plan needs {need:.1f} GiB per device on {where}, the budget is {have:.1f} GiB{fix}"
