@@ -180,17 +180,21 @@ def test_student_of_unknown_depth_is_refused(tiny_model_dir, text_file, tmp_path
     assert list(out.parent.iterdir()) == []
 
 
-def test_ddp_two_processes_equal_one(tiny_model_dir, pca_student, text_file, tmp_path):
-    """torchrun 2 (gloo) with the loss equals 1 process with the same global batch (the loss is a sum)."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one(tiny_model_dir, pca_student, text_file, tmp_path, mode):
+    """torchrun 2 (gloo), DDP or FSDP2, with the loss equals 1 process with the same global batch (the
+    loss is a sum); under FSDP2 the map is solved from the gathered embeddings."""
     from distill_helpers import run_cli, weights
 
     args = ["--steps", "3", "--global-batch-size", "4", "--micro-batch-size", "2", "--intermediate-weight", "10",
             "--json"]  # fmt: skip
     one = run_cli(base_args(tiny_model_dir, pca_student, text_file, tmp_path / "one", *args))
-    two = run_cli(base_args(tiny_model_dir, pca_student, text_file, tmp_path / "two", *args), torchrun=2)
+    extra = ["--fsdp"] if mode == "fsdp" else []
+    two = run_cli(base_args(tiny_model_dir, pca_student, text_file, tmp_path / "two", *args, *extra), torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert b["world_size"] == 2 and a["intermediate"] == b["intermediate"]
+    assert json.loads((tmp_path / "two" / "minitron.json").read_text())["options"]["fsdp"] is (mode == "fsdp")
     assert b["train"]["intermediate"] == pytest.approx(a["train"]["intermediate"], rel=1e-5)
     assert b["train"]["loss"] == pytest.approx(a["train"]["loss"], rel=1e-5)
     wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")

@@ -101,14 +101,14 @@ def test_intermediate_term_is_what_the_trainer_holds(tiny_model_dir, tmp_path):
     planned = plan(x)["terms"]["intermediate"]
     assert held > 0 and abs(planned - held) <= 4 * len(kept), (planned, held)  # (+ the c_j scalars the loss saves)
     assert plan(PlanInput(**(vars(x) | {"intermediate": False})))["terms"]["intermediate"] == 0
-    # it needs the teacher model and is refused under FSDP2: the cheapest fit offers neither
+    # it needs the teacher model: the cheapest fit never offers cached logits with it
     big = PlanInput(teacher=t_arch, student=s_arch, seq_len=16, micro_batch_size=1, intermediate=True)
     plain = PlanInput(**(vars(big) | {"intermediate": False}))
     tight = plan(PlanInput(**(vars(plain) | {"cached_teacher": True})))["total"]  # checkpointing is not enough
     assert plan(PlanInput(**(vars(plain) | {"gradient_checkpointing": True})))["total"] > tight
     assert "--teacher-logits" in (cheapest_fit(plain, tight) or ("?",))[0]
     found = cheapest_fit(big, tight)
-    assert found is None or ("--teacher-logits" not in found[0] and "--fsdp" not in found[0])
+    assert found is None or "--teacher-logits" not in found[0]
 
 
 def test_cheapest_fit_prefers_the_cheapest_change():
@@ -149,15 +149,21 @@ def test_dry_run_12b_9b_on_80gb_gpus(tmp_path, monkeypatch):
 
 def test_dry_run_with_the_intermediate_loss(tmp_path, monkeypatch):
     """12B -> 9B with --intermediate-weight: its term is in the plan (56 student layers x 8192 tokens x
-    (5120 bf16 + 4480 fp32)), and with nothing left to offer the error says why and what fits without it."""
+    (5120 bf16 + 4480 fp32)) and in the cheapest fit; when only dropping it would fit, the error says so."""
     monkeypatch.chdir(tmp_path)
     r = _dry("--gpu", "a100-80gb", "--nproc", "1", "--intermediate-weight", "10", "--json")
     assert r.exit_code == 3, r.output
     doc, end = json.JSONDecoder().raw_decode(r.stdout)  # the plan, then the error's document
     assert json.loads(r.stdout[end:])["exit_code"] == 3
-    assert doc["asked"]["terms"]["intermediate"] == 56 * 8192 * (5120 * 2 + 4480 * 4) and doc["asked"]["intermediate"]
+    term = 56 * 8192 * (5120 * 2 + 4480 * 4)
+    assert doc["asked"]["terms"]["intermediate"] == term and doc["asked"]["intermediate"]
+    assert doc["suggestion"].startswith("--gradient-checkpointing + 4 devices with --fsdp")
+    assert doc["suggested_plan"]["terms"]["intermediate"] == term
+    r = _dry("--memory-budget", "30GiB", "--device", "cuda", "--nproc", "1", "--intermediate-weight", "10")
+    assert r.exit_code == 3, r.output
     line = r.stderr.strip().splitlines()
-    assert len(line) == 1 and "--intermediate-weight" in line[0] and "without it: --gradient-checkpointing" in line[0]
+    assert len(line) == 1 and line[0].startswith("error: --memory-budget:"), r.stderr
+    assert "fits with --intermediate-weight" in line[0] and "without it: --gradient-checkpointing" in line[0]
     assert not list(tmp_path.iterdir())
 
 

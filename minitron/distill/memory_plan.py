@@ -144,8 +144,7 @@ def cheapest_fit(x: PlanInput, budget: int, *, max_devices: int = 1024) -> tuple
     Order: a smaller micro-batch (more accumulation: the same global batch, a little slower), then
     gradient checkpointing (about a third more compute), then cached teacher logits (one teacher pass
     and disk), then more devices with FSDP2 (more hardware); later steps keep the earlier changes. With
-    the intermediate-state loss neither cached logits nor FSDP2 is offered: it needs the teacher model
-    and is not yet supported under FSDP2.
+    the intermediate-state loss cached logits are not offered: it needs the teacher model.
     """
     ckpt, cache = "--gradient-checkpointing", "--teacher-logits DIR (from `minitron teacher-logits`)"
     singles: list[tuple[str, PlanInput]] = []
@@ -163,7 +162,7 @@ def cheapest_fit(x: PlanInput, budget: int, *, max_devices: int = 1024) -> tuple
         singles.append((f"--micro-batch-size 1 + {ckpt} + {cache}", both))
     candidates = list(singles)
     n = x.devices * 2 if x.fsdp else 2
-    while n <= max_devices and not x.intermediate:
+    while n <= max_devices:
         more = f"{n} devices with --fsdp (torchrun --nproc-per-node {n})"
         candidates.append((more, replace(x, devices=n, fsdp=True)))
         candidates += [(f"{what} + {more}", replace(p, devices=n, fsdp=True)) for what, p in singles]

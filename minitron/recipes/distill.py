@@ -236,8 +236,6 @@ def _layer_map(opts: DistillOptions, t_ckpt, s_ckpt) -> list[int] | None:
     if opts.teacher_logits is not None:
         raise InputError("needs the teacher model: cached teacher logits (--teacher-logits) carry no hidden states",
                          flag=im.FLAG)  # fmt: skip
-    if opts.fsdp:
-        raise InputError("is not supported with --fsdp yet (run it with DDP: torchrun without --fsdp)", flag=im.FLAG)
     return im.layer_map(opts.student, t_ckpt.arch, s_ckpt.arch)
 
 

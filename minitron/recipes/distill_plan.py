@@ -64,8 +64,7 @@ def infeasible_message(doc: dict) -> str:
     if doc["suggestion"]:
         fix = f"; cheapest change that fits: {doc['suggestion']} ({doc['suggested_plan']['total'] / gib:.1f} GiB)"
     elif doc["asked"].get("intermediate"):
-        fix = ("; nothing fits with --intermediate-weight, which needs the teacher model (no --teacher-logits) "
-               "and does not yet run under --fsdp")
+        fix = "; nothing up to 1024 devices fits with --intermediate-weight, which needs the teacher model (no --teacher-logits)"
         other = doc.get("suggestion_without_intermediate")
         fix += f"; without it: {other}" if other else "; nothing fits without it either"
     else:
