@@ -197,8 +197,8 @@ def bench_cached(args) -> dict:
 def bench_step(args) -> dict:
     import torch
 
-    from minitron.losses.divergence import distill_loss
     from minitron.distill.trainer import TrainConfig, Trainer
+    from minitron.losses.divergence import distill_loss
 
     teacher, student, blocks = _models(args)
     cfg = TrainConfig(steps=10_000, micro_batch_size=args.batch, lr=1e-5, chunk_size=args.chunk_size)

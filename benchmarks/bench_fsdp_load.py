@@ -60,8 +60,8 @@ def worker(spec: dict) -> None:
     import torch
 
     from minitron import distributed as dist
-    from minitron.recipes.distill import DistillOptions, load_models, prepare, run_distill
     from minitron.distill.trainer import TrainConfig
+    from minitron.recipes.distill import DistillOptions, load_models, prepare, run_distill
 
     torch.set_num_threads(1)
     opts = DistillOptions(teacher=Path(spec["teacher"]), student=Path(spec["student"]), data=[Path(spec["data"])],

@@ -84,9 +84,9 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES))
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
-    from minitron.recipes.teacher_logits import TeacherLogitsOptions, run_teacher_logits
     from minitron.distill.memory_plan import PlanInput, plan
     from minitron.models.architecture import Architecture
+    from minitron.recipes.teacher_logits import TeacherLogitsOptions, run_teacher_logits
 
     rows = []
     for name in args.sizes:

@@ -49,8 +49,8 @@ def _child_copy(src: Path, dst: Path) -> dict:
 
 
 def _child_prune(src: Path, dst: Path, scores: Path, moe: bool = False) -> dict:
-    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.select import Shape
+    from minitron.recipes.prune import PruneOptions, prune
 
     t0 = time.perf_counter()
     if moe:

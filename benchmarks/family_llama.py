@@ -77,11 +77,11 @@ def main(argv=None) -> int:
     from minitron.cli.demo_cmd import demo_paths
     from minitron.data import load_blocks
     from minitron.distill.trainer import evaluate
-    from minitron.recipes.score import ScoreOptions, score_model
     from minitron.models.architecture import Architecture
     from minitron.models.checkpoint import load_model, load_tokenizer
-    from minitron.recipes.prune import PruneOptions, prune
     from minitron.prune.select import Shape
+    from minitron.recipes.prune import PruneOptions, prune
+    from minitron.recipes.score import ScoreOptions, score_model
 
     work = args.work or Path(tempfile.mkdtemp(prefix="minitron-llama-"))
     demo_teacher, train_txt, heldout_txt = demo_paths()

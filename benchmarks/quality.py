@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_scores import load_state_dict, magnitude_scores, random_scores, save_scores  # noqa: E402
 from quality_tables import NOTES_MARK, render_doc, table_depth, table_scratch, table_width  # noqa: E402
 
-from minitron.losses.divergence import lm_loss  # noqa: E402
 from minitron.distill.sampling import rank_micro_batches, step_indices  # noqa: E402
 from minitron.distill.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
+from minitron.losses.divergence import lm_loss  # noqa: E402
 
 SEQ_LEN = 256
 LR = 2e-3  # the demo's distillation lr (and the teacher's training lr): width study and from scratch
@@ -136,8 +136,8 @@ class Bench:
         return self.evaluate(load_model(path, dtype="fp32", device="cpu"))
 
     def prune(self, scores_dir: Path, dest: Path, *, shape: dict | None = None, num_layers: int | None = None) -> dict:
-        from minitron.recipes.prune import PruneOptions, prune
         from minitron.prune.select import Shape
+        from minitron.recipes.prune import PruneOptions, prune
 
         doc = prune(PruneOptions(model=self.teacher_dir, out=dest, scores=scores_dir, shape=Shape(**(shape or {})),
                                  num_layers=num_layers, device="cpu"))

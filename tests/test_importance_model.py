@@ -93,8 +93,8 @@ def test_attention_kv_head_with_zeroed_values_ranks_last():
     assert int(got["kv_heads"][0].argmin()) == 1 and float(got["kv_heads"][0, 1]) == 0.0
 
 
-def test_mamba_head_with_zeroed_out_proj_columns_ranks_last_in_its_group():
-    """The x-slice itself does not see out_proj; the head's output-weight norm makes the score 0."""
+def test_mamba_head_with_zeroed_out_proj_columns_ranks_last_in_the_second_group():
+    """A head of the second group, second Mamba layer: with its out_proj columns zero it adds nothing."""
     model = build_model()
     a = ARCH
     p, per_group = a.mamba_head_dim, a.mamba_num_heads // a.n_groups

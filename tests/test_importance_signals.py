@@ -17,9 +17,9 @@ from minitron.errors import InputError
 from minitron.importance import signals
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.recipes.score import score_tensors
 from minitron.models.architecture import Architecture
 from minitron.models.layer_types import ATTENTION, MAMBA, MLP
+from minitron.recipes.score import score_tensors
 from minitron.testing import build_model, tiny_config
 
 ARCH = Architecture.from_config(tiny_config())

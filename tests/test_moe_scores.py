@@ -15,8 +15,8 @@ from minitron.cli.main import app
 from minitron.importance import experts as ex
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.engine import InMemorySource
-from minitron.recipes.score import score_tensors
 from minitron.models.architecture import Architecture
+from minitron.recipes.score import score_tensors
 from minitron.testing import build_model, make_tiny_model_dir, tiny_config
 
 CFG = tiny_config(n_routed_experts=6, num_experts_per_tok=2)

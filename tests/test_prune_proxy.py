@@ -8,8 +8,8 @@ import torch
 
 from minitron.losses.nll import nll_sum_reference
 from minitron.models.architecture import Architecture
-from minitron.recipes.candidates import proxy_scores
 from minitron.prune.search import Candidate
+from minitron.recipes.candidates import proxy_scores
 from minitron.testing import build_model, tiny_config
 
 

@@ -21,7 +21,13 @@ from minitron.models.architecture import Architecture
 from minitron.prune.apply import prune_model
 from minitron.prune.rotation import from_covariance, unsupported
 from minitron.prune.select import Shape, make_plan
-from minitron.testing import tiny_config, tiny_dense_config, tiny_falcon_h1_config, tiny_hybrid_config, tiny_zamba2_config
+from minitron.testing import (
+    tiny_config,
+    tiny_dense_config,
+    tiny_falcon_h1_config,
+    tiny_hybrid_config,
+    tiny_zamba2_config,
+)
 
 UNTIED = {"tie_word_embeddings": False}
 CONFIGS = {

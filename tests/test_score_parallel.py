@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from minitron.errors import InputError
+from minitron.importance.scores import Scores
 from minitron.recipes import score as score_run
 from minitron.recipes.score import ScoreOptions, prepare, score_model
-from minitron.importance.scores import Scores
 
 OPTS = {"samples": 5, "seq_len": 32, "batch_size": 2, "device": "cpu"}
 

@@ -18,8 +18,8 @@ from typing import Annotated
 import typer
 
 from minitron.cli.common import JsonOpt, command, emit_json, info, stdout
-from minitron.errors import InputError, MinitronError
 from minitron.cli.run_stages import _restage, _without, invoke, stage_argv, validate  # noqa: F401
+from minitron.errors import InputError, MinitronError
 from minitron.recipe import Recipe, check_links, load, stage_dir
 
 RUN_FILE = "run.json"

@@ -21,7 +21,6 @@ from minitron.cli.options import with_options
 from minitron.cli.progress import Progress
 from minitron.recipes.score import ScoreOptions
 
-
 STABLE = 0.9  # split-half Spearman below which a ranking is flagged (docs/score.md)
 
 

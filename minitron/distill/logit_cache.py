@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitron.progress import report
 from minitron.errors import CheckpointError, InputError
+from minitron.progress import report
 
 FORMAT = "minitron-teacher-logits/1"
 INDEX_FILE = "index.json"
@@ -65,10 +65,10 @@ def write_split(teacher, blocks, out_dir: Path, split: str, *, k: int, temperatu
     import torch
     from safetensors.torch import save_file
 
-    from minitron.losses.divergence import auto_chunk
     from minitron.distill.teacher import autocast
-    from minitron.losses.topk import teacher_bins
     from minitron.dtypes import torch_dtype
+    from minitron.losses.divergence import auto_chunk
+    from minitron.losses.topk import teacher_bins
 
     n, seq_len = blocks.shape
     v = int(teacher.config.vocab_size)

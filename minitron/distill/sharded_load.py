@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitron.dtypes import torch_dtype_of_code
-from minitron.models.safetensors_io import header_length
 from minitron.errors import CheckpointError
+from minitron.models.safetensors_io import header_length
 from minitron.models.tensors import canonical_name
 
 _EXPERT_RE = re.compile(r"^(.*\.experts)\.([^.]+)$")  # `...experts.up_proj` (module) <- `...experts.{j}.up_proj.weight`

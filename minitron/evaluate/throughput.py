@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from minitron.errors import InputError
-from minitron.options import option
 from minitron.models.compat import cache_kwargs, output_cache
+from minitron.options import option
 
 
 @dataclass(frozen=True)

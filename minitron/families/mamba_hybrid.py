@@ -45,7 +45,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import minitron.families.parts as parts
-from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, MOE_C, ModuleNames, config_getter
+from minitron.families.base import (
+    ATTENTION_C,
+    FFN_C,
+    MAMBA_C,
+    MOE_C,
+    Family,
+    HookPoint,
+    ModuleNames,
+    config_getter,
+)
 from minitron.families.mamba2 import mamba2_config_fields, mamba2_params, mamba2_specs
 from minitron.models.layer_types import ATTENTION, MAMBA, pattern_from_config, set_pattern
 from minitron.models.tensors import EXPERTS, FFN, HIDDEN, MOE_FFN, TensorSpec, one

@@ -13,7 +13,16 @@ when the config says `tie_word_embeddings` (checked against the built model in t
 
 from __future__ import annotations
 
-from minitron.families.base import ATTENTION_C, FFN_C, Family, HookPoint, MAMBA_C, MOE_C, ModuleNames, config_getter
+from minitron.families.base import (
+    ATTENTION_C,
+    FFN_C,
+    MAMBA_C,
+    MOE_C,
+    Family,
+    HookPoint,
+    ModuleNames,
+    config_getter,
+)
 from minitron.families.mamba2 import mamba2_params, mamba2_specs
 from minitron.families.parts import written_config
 from minitron.models.layer_types import ATTENTION, MAMBA, MLP, MOE, pattern_from_config, set_pattern

@@ -25,7 +25,13 @@ import contextlib
 
 import torch
 
-from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS, cosine_distance, finalize_layer_scores, mse_per_token
+from minitron.importance.depth import (
+    LAYER_METRICS,
+    LOGIT_METRICS,
+    cosine_distance,
+    finalize_layer_scores,
+    mse_per_token,
+)
 from minitron.losses.reference import kl_from_logp, nll_from_logp
 from minitron.progress import report
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from minitron.axes import SCORED
 from minitron.errors import InputError
-from minitron.models.safetensors_io import write_file as write_safetensors
 from minitron.models.architecture import Architecture
+from minitron.models.safetensors_io import write_file as write_safetensors
 
 SCORES_FILE = "scores.safetensors"
 GRAMS_FILE = "compensation.safetensors"

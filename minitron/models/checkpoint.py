@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minitron.dtypes import CODE_BYTES, torch_dtype
-from minitron.models.safetensors_io import read_header as read_safetensors_header
 from minitron.errors import CheckpointError, InputError, MinitronError
 from minitron.models.architecture import Architecture, read_config
+from minitron.models.safetensors_io import read_header as read_safetensors_header
 from minitron.models.tensors import TensorSpec, base_prefix, canonical_name, model_specs
 
 TOKENIZER_FILES = (

@@ -214,4 +214,4 @@ def pruned_shape(spec: TensorSpec, idx: tuple[list[int] | None, ...], plan: Prun
     out = tuple(n if ix is None else len(ix) for n, ix in zip(spec.shape, idx, strict=True))
     if plan is None or plan.rotation is None:
         return out
-    return tuple(len(plan.hidden) if any(a == HIDDEN for a, _ in segs) else n for n, segs in zip(out, spec.dims))
+    return tuple(len(plan.hidden) if any(a == HIDDEN for a, _ in segs) else n for n, segs in zip(out, spec.dims, strict=True))

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from minitron.axes import AXES as REGISTRY
 from minitron.axes import BY_NAME, NAMES
+from minitron.dtypes import DTYPE_BYTES, norm_dtype
 from minitron.errors import InfeasibleError, InputError
 from minitron.memory import GiB, Serving, prefill_activation_bytes
-from minitron.dtypes import DTYPE_BYTES, norm_dtype
 from minitron.models.architecture import Architecture
 from minitron.prune.select import Shape, drop_sequence
 from minitron.tensor_parallel import problems as tp_problems

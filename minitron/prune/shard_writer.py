@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitron import faults
-from minitron.models.checkpoint import Checkpoint
 from minitron.dtypes import CODE_BYTES
-from minitron.progress import report
+from minitron.models.checkpoint import Checkpoint
 from minitron.models.safetensors_io import encode_header
 from minitron.models.tensors import canonical_name, checkpoint_name, model_specs
+from minitron.progress import report
 from minitron.prune.plan import PrunePlan, pruned_shape, stacked_indices, tensor_indices
 
 DEFAULT_SHARD_BYTES = 5 * 10**9

@@ -21,8 +21,8 @@ from minitron.axes import FLAGS
 from minitron.errors import InputError
 from minitron.memory import Budget, Serving
 from minitron.models.architecture import Architecture
-from minitron.prune.search import Range, parse_search
 from minitron.models.layer_types import layer_char
+from minitron.prune.search import Range, parse_search
 from minitron.prune.select import Shape, check_drop, shape_arch, validate_shape
 from minitron.tensor_parallel import impossible as tp_impossible
 from minitron.tensor_parallel import problems as tp_problems

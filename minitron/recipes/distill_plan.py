@@ -16,8 +16,8 @@ from minitron.errors import InfeasibleError, InputError, MinitronError
 
 
 def plan_document(opts, teacher_arch, student_arch, *, device: str | None = None) -> dict:
-    from minitron.losses.divergence import auto_chunk
     from minitron.device import auto_dtype
+    from minitron.losses.divergence import auto_chunk
     from minitron.memory import make_budget
 
     if opts.nproc is not None and opts.nproc < 1:

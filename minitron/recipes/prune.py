@@ -13,15 +13,29 @@ from pathlib import Path
 
 from minitron.data import resolve_seq_len
 from minitron.errors import InputError
-from minitron.memory import GPU_PRESETS, Budget, Serving, make_budget, max_sequences, parse_size, resolve_context
+from minitron.memory import (
+    GPU_PRESETS,
+    Budget,
+    Serving,
+    make_budget,
+    max_sequences,
+    parse_size,
+    resolve_context,
+)
 from minitron.models.checkpoint import Checkpoint, copy_side_files, open_checkpoint
-from minitron.prune.search import AXES, default_space, enumerate_candidates, rank_by_params, require_feasible
+from minitron.options import group, option, shared
 from minitron.prune.compensation import resolve as resolve_compensation
 from minitron.prune.rotation import resolve as resolve_rotation
+from minitron.prune.search import (
+    AXES,
+    default_space,
+    enumerate_candidates,
+    parse_params,
+    rank_by_params,
+    require_feasible,
+)
 from minitron.prune.select import Shape, least_important, plan_for
 from minitron.prune.shard_writer import DEFAULT_SHARD_BYTES
-from minitron.options import group, option, shared
-from minitron.prune.search import parse_params
 from minitron.prune.shortlist import DEFAULT_BAND, DEFAULT_DISTILL_CANDIDATES
 from minitron.prune.target import Target, parse_target
 

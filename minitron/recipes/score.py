@@ -92,9 +92,9 @@ def prepare(model: str | Path, data, opts: ScoreOptions) -> Prepared:
 
     from minitron import distributed
     from minitron.data import load_blocks
-    from minitron.models.checkpoint import load_tokenizer, open_checkpoint
     from minitron.device import auto_dtype, resolve_device
     from minitron.dtypes import torch_dtype
+    from minitron.models.checkpoint import load_tokenizer, open_checkpoint
 
     if opts.samples < 1:
         raise InputError(f"must be >= 1, got {opts.samples}", flag="--samples")
@@ -237,9 +237,9 @@ def score_tensors(source, arch, tokens, *, agg: Aggregation, batch_size: int, la
     import torch
 
     from minitron.importance.aggregate import Stats
+    from minitron.importance.depth import finalize_layer_scores
     from minitron.importance.engine import run_engine, stat_shapes
     from minitron.importance.hooks import WidthCollector
-    from minitron.importance.depth import finalize_layer_scores
 
     stats = Stats(split=stability is not None)
     collector = WidthCollector(arch, agg, stats, expert_metric=expert_metric, width_metrics=width_metrics,
