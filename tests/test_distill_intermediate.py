@@ -200,3 +200,32 @@ def test_two_processes_equal_one(tiny_model_dir, pca_student, text_file, tmp_pat
     wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_fsdp_resume_after_sigkill(tiny_model_dir, pca_student, text_file, tmp_path):
+    """Under FSDP2 with the loss, rank 0 SIGKILLs itself after the step-2 checkpoint; the rerun resumes
+    (the loss's map and c_j travel with the checkpoint's small entries, broadcast from rank 0) and ends
+    with the uninterrupted run's weights, bit for bit."""
+    import subprocess
+    import sys
+
+    from distill_helpers import run_cli, subprocess_env, weights
+
+    args = ["--steps", "4", "--global-batch-size", "4", "--micro-batch-size", "2", "--save-every", "2",
+            "--intermediate-weight", "10", "--fsdp", "--json"]  # fmt: skip
+    ref = run_cli(base_args(tiny_model_dir, pca_student, text_file, tmp_path / "ref", *args), torchrun=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minitron",
+           *base_args(tiny_model_dir, pca_student, text_file, out, *args)]  # fmt: skip
+    killed = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env() | {"MINITRON_FAULT": "checkpoint-saved"},
+                            timeout=300)  # fmt: skip
+    assert killed.returncode != 0 and not out.exists()
+    r = run_cli(base_args(tiny_model_dir, pca_student, text_file, out, *args), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc, want = json.loads(r.stdout), json.loads(ref.stdout)
+    assert doc["resumed_from"] == 2 and doc["intermediate"] == want["intermediate"]
+    assert doc["train"]["loss"] == want["train"]["loss"]
+    a, b = weights(tmp_path / "ref"), weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
