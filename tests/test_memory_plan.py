@@ -153,8 +153,9 @@ def test_dry_run_with_the_intermediate_loss(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = _dry("--gpu", "a100-80gb", "--nproc", "1", "--intermediate-weight", "10", "--json")
     assert r.exit_code == 3, r.output
-    doc, end = json.JSONDecoder().raw_decode(r.stdout)  # the plan, then the error's document
-    assert json.loads(r.stdout[end:])["exit_code"] == 3
+    doc = json.loads(r.stdout)  # one document: the plan, with the error in it
+    assert doc["exit_code"] == 3 and doc["error"].startswith("--gpu:") and doc["fits"] is False
+    assert r.stderr.strip().splitlines()[-1] == f"error: {doc['error']}"
     term = 56 * 8192 * (5120 * 2 + 4480 * 4)
     assert doc["asked"]["terms"]["intermediate"] == term and doc["asked"]["intermediate"]
     assert doc["suggestion"].startswith("--gradient-checkpointing + 4 devices with --fsdp")

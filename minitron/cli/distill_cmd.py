@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, command, emit_json, fmt_int, stdout
+from minitron.cli.common import JsonOpt, command, emit_json, fmt_int, report_error, stdout
 from minitron.cli.options import with_options
 from minitron.cli.progress import Progress
+from minitron.errors import InfeasibleError
 from minitron.recipes.distill import DistillOptions
 
 
@@ -90,11 +91,17 @@ def _dry_run(opts, json_out: bool) -> None:
     from minitron.recipes.distill_plan import check_plan, memory_plan
 
     doc = memory_plan(opts)
-    if json_out:
-        emit_json(doc)
-    else:
+    if not json_out:
         _render_plan(doc)
-    check_plan(doc)
+        check_plan(doc)
+        return
+    try:
+        check_plan(doc)
+    except InfeasibleError as e:  # one document under --json: the plan with the error in it
+        report_error(str(e), e.exit_code, as_json=False)
+        emit_json({**doc, "error": str(e), "exit_code": e.exit_code})
+        raise typer.Exit(e.exit_code) from None
+    emit_json(doc)
 
 
 PLAN_ROWS = ("teacher_weights", "student_weights", "gradients", "optimizer", "fsdp_gathered", "activations", "logits",
