@@ -99,11 +99,12 @@ def info(msg: str) -> None:
         stderr().print(msg)
 
 
-def report_error(message: str, code: int, *, as_json: bool | None = None) -> None:
-    """The one error line on stderr, and under --json the error document on stdout."""
+def report_error(message: str, code: int, *, as_json: bool | None = None, document: dict | None = None) -> None:
+    """The one error line on stderr, and under --json the error document on stdout (`document`: what
+    the command would have printed, which the error fields join, so that it stays one document)."""
     print(f"error: {message}", file=sys.stderr)
     if state.json if as_json is None else as_json:
-        emit_json({"error": message, "exit_code": code})
+        emit_json({**(document or {}), "error": message, "exit_code": code})
 
 
 def fail(err: BaseException) -> typer.Exit:
@@ -111,7 +112,7 @@ def fail(err: BaseException) -> typer.Exit:
     if debug_enabled():
         traceback.print_exception(err, file=sys.stderr)
     if isinstance(err, MinitronError):
-        report_error(str(err), err.exit_code)
+        report_error(str(err), err.exit_code, document=getattr(err, "document", None))
         return typer.Exit(err.exit_code)
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     hint = "" if debug_enabled() else " (set MINITRON_DEBUG=1 for the traceback)"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from minitron.cli.common import JsonOpt, command, emit_json, fmt_int, report_error, stdout
+from minitron.cli.common import JsonOpt, command, emit_json, fmt_int, stdout
 from minitron.cli.options import with_options
 from minitron.cli.progress import Progress
 from minitron.errors import InfeasibleError
@@ -97,10 +97,9 @@ def _dry_run(opts, json_out: bool) -> None:
         return
     try:
         check_plan(doc)
-    except InfeasibleError as e:  # one document under --json: the plan with the error in it
-        report_error(str(e), e.exit_code, as_json=False)
-        emit_json({**doc, "error": str(e), "exit_code": e.exit_code})
-        raise typer.Exit(e.exit_code) from None
+    except InfeasibleError as e:  # one document under --json: the plan, with the error in it
+        e.document = doc
+        raise
     emit_json(doc)
 
 
