@@ -101,7 +101,15 @@ def _field(kv: str) -> tuple[str, object]:
     default = TrainConfig.__dataclass_fields__.get(key)
     if not sep or default is None:
         raise SystemExit(f"--set: expected FIELD=VALUE with a TrainConfig field, got {kv!r}")
-    kind = type(default.default) if default.default is not None else float
+    import dataclasses
+
+    if default.default is None or default.default is dataclasses.MISSING:  # no typed default: a number
+        return key, float(value) if any(c in value for c in ".e") else int(value)
+    kind = type(default.default)
+    if kind is bool:  # bool("False") would be True
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"--set: {key} takes true or false, got {value!r}")
+        return key, value.lower() in ("true", "1")
     return key, kind(value)
 
 
