@@ -53,9 +53,12 @@ def parse_schedule(text: str) -> list[tuple[float, int]]:
     if text == "one":
         return [(1.0, STEPS)]
     out = []
-    for part in text.split(","):
-        f, _, s = part.partition("@")
-        out.append((float(f), int(s)))
+    try:
+        for part in text.split(","):
+            f, _, s = part.partition("@")
+            out.append((float(f), int(s)))
+    except ValueError:
+        raise SystemExit(f"--schedules: {text!r}: expected one or F@S,... (e.g. 0.5@10)") from None
     fracs, steps = [f for f, _ in out], [s for _, s in out]
     if not (all(0 < f < 1 for f in fracs) and fracs == sorted(fracs) and steps == sorted(steps)
             and 0 < steps[0] and steps[-1] < STEPS):  # fmt: skip
