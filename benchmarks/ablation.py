@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,6 +97,33 @@ def cuts(arch) -> list[tuple[str, str, dict]]:
     return out
 
 
+def int_list(flag: str, text: str) -> list[int]:
+    """A flag's comma-separated integers >= 0 ('' for none); anything else ends the script in one line."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if any(x < 0 for x in out):
+        raise SystemExit(f"{flag}: expected integers >= 0, got {text!r}")
+    return out
+
+
+def gated(t: dict) -> dict:
+    """Scores `t` with the Mamba rankings `prune` uses by default: `gated_out` heads, `gated` head dim."""
+    return {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
+
+
+@dataclass
+class Defaults:
+    """The default all-axes cut's inputs (`Bench.defaults`); `kept`: the teacher layer of each student layer."""
+
+    ranking: dict
+    rotation: object
+    compensation: object
+    dropped: list
+    kept: list
+
+
 class Bench:
     def __init__(self, teacher: Path, cfg: dict):
         from minitron.data import load_blocks
@@ -129,6 +157,19 @@ class Bench:
         t, _, _ = score_tensors(InMemorySource(self.teacher), self.arch, self.calib[draw], agg=Aggregation.parse(agg),
                                 batch_size=8, layer_metric="kl", all_metrics=True, grams=grams)
         return t
+
+    def defaults(self, draw: int = 0) -> Defaults:
+        """Today's defaults for the all-axes cut on calibration draw `draw`: the ranking with the gated
+        Mamba signals, the principal hidden basis, the output-projection refit and the DROP_ALL layers
+        the layer scores drop (what `minitron score` + `minitron prune` do with no options)."""
+        from minitron.prune.compensation import Compensation
+        from minitron.prune.rotation import from_covariance
+        from minitron.prune.select import least_important
+
+        t = gated(self.scores(draw, grams=True))
+        dropped = least_important(t["layers"], self.arch, {"*": 1})[:DROP_ALL]
+        return Defaults(t, from_covariance(self.arch, t["hidden_covariance"]), Compensation(self.arch, t), dropped,
+                        [i for i in range(self.arch.num_layers) if i not in dropped])  # fmt: skip
 
     def student(self, ranking: dict, shape: dict, dropped=(), rotation=None, compensation=None):
         from minitron.prune.apply import prune_model

@@ -23,10 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation as A  # noqa: E402
 from hidden_basis import RECIPE, STEPS  # noqa: E402
 
-from minitron.prune.compensation import Compensation  # noqa: E402
-from minitron.prune.rotation import from_covariance  # noqa: E402
-from minitron.prune.select import least_important  # noqa: E402
-
 # (row name, the cut, lr)
 ROWS = [("none", None, None), *((axis, axis, None) for axis in A.ALL_AXES), ("depth", "depth", None),
         ("attention_heads", "attention_heads", 5e-4)]  # fmt: skip
@@ -41,10 +37,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})
     row = A.Rows(args.out, "distill_floor.py", argv, args.teacher, b.loss(b.teacher))
-    t = b.scores(0, grams=True)
-    t = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
-    rot, comp = from_covariance(b.arch, t["hidden_covariance"]), Compensation(b.arch, t)
-    dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
+    d = b.defaults(0)
+    t, rot, comp, dropped = d.ranking, d.rotation, d.compensation, d.dropped
     for name, cut, lr in ROWS:
         shape = {cut: A.ALL_AXES[cut]} if cut in A.ALL_AXES else {}
         drop = dropped if cut == "depth" else []

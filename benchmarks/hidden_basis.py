@@ -61,8 +61,7 @@ def main(argv=None) -> int:
     for d in draws:
         t = b.scores(d)
         rot = from_covariance(b.arch, t["hidden_covariance"])
-        gated = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"],
-                 "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
+        gated = A.gated(t)
         dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
         if d == 0:
             draw0(b, args, t, rot, gated, dropped, row)

@@ -33,9 +33,6 @@ import ablation as A  # noqa: E402
 from hidden_basis import RECIPE, STEPS  # noqa: E402
 
 from minitron.distill.sampling import Uniform  # noqa: E402
-from minitron.prune.compensation import Compensation  # noqa: E402
-from minitron.prune.rotation import from_covariance  # noqa: E402
-from minitron.prune.select import least_important  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,11 +52,8 @@ def main(argv=None) -> int:
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})
     row = A.Rows(args.out, "intermediate.py", argv, args.teacher, b.loss(b.teacher))
 
-    t = b.scores(0, grams=True)
-    t = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
-    rot, comp = from_covariance(b.arch, t["hidden_covariance"]), Compensation(b.arch, t)
-    dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
-    kept = [i for i in range(b.arch.num_layers) if i not in dropped]
+    d = b.defaults(0)
+    t, rot, comp, dropped, kept = d.ranking, d.rotation, d.compensation, d.dropped, d.kept
 
     base = {**RECIPE, **dict(_field(kv) for kv in args.set)}
     row.doc["recipe"] = base

@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--schedules", default="one;0.5@10;0.5@20;0.33@5,0.67@10",
                     help="';'-separated schedules: one, or F@S,... (see the module's text)")
     args = ap.parse_args(argv)
+    orders = A.int_list("--orders", args.orders)
     names = ["one", *(s for s in args.schedules.split(";") if s != "one")]  # the one cut first: its gap is the gap
     schedules = [(s, parse_schedule(s)) for s in names]
     torch.set_num_threads(args.threads)
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
     def cut(model, arch, shape: dict, drop: int):
         t, _, _ = score_tensors(InMemorySource(model), arch, b.calib[0], agg=Aggregation.parse("mean,l2"),
                                 batch_size=8, layer_metric="kl", all_metrics=True, grams=True)  # fmt: skip
-        t = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"],
-             "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}  # fmt: skip
+        t = A.gated(t)
         dropped = least_important(t["layers"], arch, {"*": 1})[:drop] if drop else []
         plan = make_plan(arch, Shape(**shape), t, dropped, from_covariance(arch, t["hidden_covariance"]),
                          Compensation(arch, t))  # fmt: skip
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
     one_shot = float("nan")
     every, g = b.train_blocks, RECIPE_40["micro_batch_size"]
-    for order in (int(o) for o in args.orders.split(",")):
+    for order in orders:
         stream = [i for s in range(STEPS) for i in Uniform(len(every), order).indices(s, g)]
         for name, stages in schedules:
             model, arch, kept, lo, steps = b.teacher, b.arch, list(range(b.arch.num_layers)), 0, []
