@@ -171,3 +171,15 @@ def test_streaming_flag(scored, tiny_model_dir, text_file, tmp_path):
     a, b = Scores.load(out), Scores.load(tmp_path / "st")
     assert torch.allclose(a["layers_cosine"], b["layers"], atol=1e-6)
     assert torch.allclose(a["mamba_heads"], b["mamba_heads"], atol=1e-6)
+
+
+def test_help_marks_each_width_axis_default():
+    # the flag's help was once written out by hand and kept the pre-0.2 Mamba defaults (x_out, x)
+    from minitron.importance.signals import WIDTH_METRICS
+
+    r = invoke("--help")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.replace("│", " ").split())  # the panel's borders and wrapping undone
+    for axis, (default, names) in WIDTH_METRICS.items():
+        assert f"{axis}: " + ", ".join(f"{n} (default)" if n == default else n for n in names) in text, axis
+    assert "gated_out (default)" in text and "x_out (default)" not in text

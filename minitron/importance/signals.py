@@ -48,6 +48,12 @@ AXIS_ALIASES = {"attention": "attention_heads", "heads": "attention_heads", "mam
                 "head_dim": "mamba_head_dim", "mamba_dims": "mamba_head_dim", "neurons": "ffn"}
 
 
+def metrics_help() -> str:
+    """Every axis's names, its default marked: `hidden: sum (default), l2, max; ffn: ...` (the flag's help)."""
+    return "; ".join(f"{axis}: " + ", ".join(f"{n} (default)" if n == d else n for n in names)
+                     for axis, (d, names) in WIDTH_METRICS.items())  # fmt: skip
+
+
 def defaults() -> dict[str, str]:
     return {axis: d for axis, (d, _) in WIDTH_METRICS.items()}
 

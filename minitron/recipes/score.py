@@ -16,7 +16,7 @@ from minitron.data import resolve_seq_len
 from minitron.errors import InputError
 from minitron.importance.aggregate import Aggregation
 from minitron.importance.depth import LAYER_METRICS, LOGIT_METRICS
-from minitron.importance.signals import parse_width_metrics
+from minitron.importance.signals import metrics_help, parse_width_metrics
 from minitron.options import option
 
 MEMORY_FRACTION = 0.7  # share of the free device memory the in-memory path may use for weights
@@ -50,9 +50,7 @@ class ScoreOptions:
     # axis -> signal (signals.py); only the axes asked for
     width_metrics: dict = option(
         "--width-metric", default_factory=dict, type=list[str] | None, parse=parse_width_metrics,
-        help="AXIS=NAME (repeatable, or comma-separated): the signal of a width axis. hidden: sum (default), l2, "
-             "max (across layers); ffn: act (default), act_down; attention_heads: act (default), act_out; "
-             "mamba_heads: x, x_out (default), gated, gated_out; mamba_head_dim: x (default), gated. "
+        help=f"AXIS=NAME (repeatable, or comma-separated): the signal of a width axis. {metrics_help()}. "
              "See docs/score.md.")
 
     def to_dict(self) -> dict:
