@@ -97,6 +97,16 @@ def cuts(arch) -> list[tuple[str, str, dict]]:
     return out
 
 
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every issue-18 benchmark on one teacher takes: --teacher, --out, --threads (1: the
+    machine is shared); the description is the first line of the script's `doc`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--teacher", type=Path, default=REPO / "minitron" / "assets" / "demo" / "teacher")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
 def int_list(flag: str, text: str) -> list[int]:
     """A flag's comma-separated integers >= 0 ('' for none); anything else ends the script in one line."""
     try:

@@ -21,7 +21,6 @@ Single thread by default (`--threads`). One JSON document of rows, written as it
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,9 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation as A  # noqa: E402
-from hidden_basis import RECIPE, STEPS  # noqa: E402
+from hidden_basis import RECIPE_40, STEPS  # noqa: E402
 
-RECIPE_40 = {**RECIPE, "adam_beta1": 0.7, "intermediate_weight": 10.0}  # the demo's distillation recipe
 PROJECTIONS = ("out_proj", "o_proj", "down_proj")  # the writer of each nemotron_h block's mixer
 
 
@@ -86,10 +84,7 @@ def sequential_refit(student, teacher, blocks: torch.Tensor, kept: list[int], q:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed)")
     ap.add_argument("--batches", default="8,16,32", help="blocks per step, every order (multiples of 8)")
     ap.add_argument("--big", default="64", help="blocks per step, order 0 only ('' for none)")

@@ -22,7 +22,6 @@ Single thread by default (`--threads`). One JSON document of rows, printed as it
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -41,10 +40,7 @@ RIDGES = (1e-3, 1e-2, 1e-1)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     ap.add_argument("--draws", default="0,1")
     ap.add_argument("--orders", default="0,1,2", help="data orders of the distillation (TrainConfig.seed)")
     ap.add_argument("--seeds", type=int, default=3, help="random rankings")

@@ -13,7 +13,6 @@ Single thread by default (`--threads`). One JSON document of rows, written as it
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,10 +28,7 @@ ROWS = [("none", None, None), *((axis, axis, None) for axis in A.ALL_AXES), ("de
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     b = A.Bench(args.teacher, {"calib": 32, "eval": 32, "draws": 1, "seeds": 0})

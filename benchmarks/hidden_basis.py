@@ -18,7 +18,6 @@ Single thread by default (`--threads`). One JSON document of rows, printed as it
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,13 +33,11 @@ from minitron.prune.select import least_important  # noqa: E402
 
 RECIPE = {"lr": 2e-3, "schedule": "wsd", "warmup_steps": 4, "micro_batch_size": 8}  # the demo's (sweep's best)
 STEPS = 40
+RECIPE_40 = {**RECIPE, "adam_beta1": 0.7, "intermediate_weight": 10.0}  # the demo's recipe since session 11
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--draws", default="0", help="calibration draws, e.g. 0,1: draw 0 gets every row, the others "

@@ -22,7 +22,6 @@ Single thread by default (`--threads`). One JSON document of rows, written as it
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,10 +35,7 @@ from minitron.distill.sampling import Uniform  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed) of weights 0 and 10")
     ap.add_argument("--weights", default="1,3,30", help="further weights, order 0 only")
     ap.add_argument("--long", default="80", help="total steps of the longer runs (weights 0 and 10, order 0)")

@@ -22,7 +22,6 @@ Single thread by default (`--threads`). One JSON document of rows, written as it
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation as A  # noqa: E402
-from hidden_basis import RECIPE, STEPS  # noqa: E402
+from hidden_basis import RECIPE_40, STEPS  # noqa: E402
 
 from minitron.distill.sampling import Uniform, epoch_order  # noqa: E402
 from minitron.distill.trainer import quick_distill  # noqa: E402
@@ -43,7 +42,6 @@ from minitron.prune.rotation import from_covariance  # noqa: E402
 from minitron.prune.select import Shape, least_important, make_plan  # noqa: E402
 from minitron.recipes.score import score_tensors  # noqa: E402
 
-RECIPE_40 = {**RECIPE, "adam_beta1": 0.7, "intermediate_weight": 10.0}  # the demo's distillation recipe
 # the multiple each width is rounded to at an intermediate cut (Mamba heads: whole heads per group)
 MULTIPLE = {"hidden_size": 16, "ffn_size": 32, "attention_heads": 2, "mamba_heads": None, "mamba_head_dim": 1}
 
@@ -79,10 +77,7 @@ def partway(arch, frac: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, default=A.REPO / "minitron" / "assets" / "demo" / "teacher")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = A.arg_parser(__doc__)
     ap.add_argument("--orders", default="0,1,2", help="data orders (TrainConfig.seed)")
     ap.add_argument("--schedules", default="one;0.5@10;0.5@20;0.33@5,0.67@10",
                     help="';'-separated schedules: one, or F@S,... (see the module's text)")
