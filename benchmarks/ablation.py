@@ -189,10 +189,13 @@ class Bench:
         return prune_model(self.teacher, plan), plan
 
     def measure(self, ranking: dict, shape: dict, dropped=(), steps: int = 0, recipe: dict | None = None,
-                rotation=None, compensation=None, seed: int = 0) -> dict:
+                rotation=None, compensation=None, seed: int = 0, edit=None) -> dict:
+        """Loss of the pruned student (`edit(model)` applied first, if given), and after `steps` steps."""
         from minitron.distill.trainer import quick_distill
 
         model, plan = self.student(ranking, shape, dropped, rotation, compensation)
+        if edit is not None:
+            edit(model)
         row = {"pruned": self.loss(model), "params": plan.target().total_params}
         if steps:
             for p in model.parameters():

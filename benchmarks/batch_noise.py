@@ -105,18 +105,10 @@ def main(argv=None) -> int:
 
     def measure(kind: str, order: int, g: int, refit: bool = False) -> None:
         recipe = {**RECIPE_40, "layer_map": d.kept, "global_batch_size": g}
-        student = b.student
-        if refit:  # the same plan, then the sequential refit on the calibration blocks
-            def student(*a, **kw):
-                model, plan = A.Bench.student(b, *a, **kw)
-                sequential_refit(model, b.teacher, b.calib[0], d.kept, q)
-                return model, plan
-        b.student = student
-        try:
-            r = b.measure(d.ranking, A.ALL_AXES, d.dropped, steps=STEPS, recipe=recipe, rotation=d.rotation,
-                          compensation=d.compensation, seed=order)  # fmt: skip
-        finally:
-            del b.student  # back to the class's method
+        # refit: the same plan, then the sequential refit on the calibration blocks
+        edit = (lambda model: sequential_refit(model, b.teacher, b.calib[0], d.kept, q)) if refit else None
+        r = b.measure(d.ranking, A.ALL_AXES, d.dropped, steps=STEPS, recipe=recipe, rotation=d.rotation,
+                      compensation=d.compensation, seed=order, edit=edit)  # fmt: skip
         row(kind=kind, order=order, blocks_per_step=g, steps=STEPS, tokens=STEPS * g * A.SEQ_LEN,
             recovered=(start - r["distilled"]) / gap, **r)  # fmt: skip
 
