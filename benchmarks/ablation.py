@@ -118,11 +118,6 @@ def int_list(flag: str, text: str) -> list[int]:
     return out
 
 
-def gated(t: dict) -> dict:
-    """Scores `t` with the Mamba rankings `prune` uses by default: `gated_out` heads, `gated` head dim."""
-    return {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"], "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
-
-
 @dataclass
 class Defaults:
     """The default all-axes cut's inputs (`Bench.defaults`); `kept`: the teacher layer of each student layer."""
@@ -169,14 +164,14 @@ class Bench:
         return t
 
     def defaults(self, draw: int = 0) -> Defaults:
-        """Today's defaults for the all-axes cut on calibration draw `draw`: the ranking with the gated
-        Mamba signals, the principal hidden basis, the output-projection refit and the DROP_ALL layers
-        the layer scores drop (what `minitron score` + `minitron prune` do with no options)."""
+        """Today's defaults for the all-axes cut on calibration draw `draw`: the default signals (the gated
+        Mamba ones since 0.2: the scores' `mamba_heads` / `mamba_head_dim` are already those), the
+        principal hidden basis, the output-projection refit, and the DROP_ALL layers the layer scores rank lowest."""
         from minitron.prune.compensation import Compensation
         from minitron.prune.rotation import from_covariance
         from minitron.prune.select import least_important
 
-        t = gated(self.scores(draw, grams=True))
+        t = self.scores(draw, grams=True)
         dropped = least_important(t["layers"], self.arch, {"*": 1})[:DROP_ALL]
         return Defaults(t, from_covariance(self.arch, t["hidden_covariance"]), Compensation(self.arch, t), dropped,
                         [i for i in range(self.arch.num_layers) if i not in dropped])  # fmt: skip

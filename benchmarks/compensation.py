@@ -52,7 +52,6 @@ def main(argv=None) -> int:
 
     for d in draws:
         t = b.scores(d, grams=True)  # every candidate signal, and the statistics of the refit
-        t = A.gated(t)
         rot = from_covariance(b.arch, t["hidden_covariance"])
         comp = Compensation(b.arch, t)
         dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]

@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     for d in draws:
         t = b.scores(d)
         rot = from_covariance(b.arch, t["hidden_covariance"])
-        gated = A.gated(t)
+        # session 7's comparison; since 0.2 these are the defaults, so both rows rank the same
+        gated = {**t, "mamba_heads": t["candidate.mamba_heads.gated_out"],
+                 "mamba_head_dim": t["candidate.mamba_head_dim.gated"]}
         dropped = least_important(t["layers"], b.arch, {"*": 1})[: A.DROP_ALL]
         if d == 0:
             draw0(b, args, t, rot, gated, dropped, row)

@@ -93,7 +93,6 @@ def main(argv=None) -> int:
     def cut(model, arch, shape: dict, drop: int):
         t, _, _ = score_tensors(InMemorySource(model), arch, b.calib[0], agg=Aggregation.parse("mean,l2"),
                                 batch_size=8, layer_metric="kl", all_metrics=True, grams=True)  # fmt: skip
-        t = A.gated(t)
         dropped = least_important(t["layers"], arch, {"*": 1})[:drop] if drop else []
         plan = make_plan(arch, Shape(**shape), t, dropped, from_covariance(arch, t["hidden_covariance"]),
                          Compensation(arch, t))  # fmt: skip
